@@ -1,0 +1,72 @@
+"""DataLoaders built from a TrainConfig, and moving nested batches to the device."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from autotune.config import TrainConfig
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker gets a distinct, reproducible numpy/random seed derived from torch's.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+
+    random.seed(seed)
+
+
+def make_loader(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    train: bool,
+    collate_fn: Callable | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+) -> DataLoader:
+    """A DataLoader with the config's micro-batch and worker knobs.
+
+    ``pin_memory`` is honoured only when the device is a GPU (pinning without one only
+    costs time); ``persistent_workers`` only with workers.
+    """
+    workers = cfg.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size or cfg.micro_batch_size,
+        shuffle=train,
+        num_workers=workers,
+        pin_memory=cfg.pin_memory and device.type == "cuda",
+        persistent_workers=cfg.persistent_workers and workers > 0,
+        collate_fn=collate_fn,
+        generator=generator,
+        worker_init_fn=_seed_worker if workers > 0 else None,
+        drop_last=False,
+    )
+
+
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move a tensor, or a tuple/list/dict of tensors, to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device, non_blocking) for v in obj)
+    return obj
+
+
+def batch_len(target: Any) -> int:
+    """Number of samples in a batch, read from its target."""
+    if isinstance(target, torch.Tensor):
+        return int(target.shape[0]) if target.ndim else 1
+    if isinstance(target, dict):
+        return batch_len(next(iter(target.values())))
+    if isinstance(target, (list, tuple)):
+        return batch_len(target[0]) if target and isinstance(target[0], torch.Tensor) else len(target)
+    return 1

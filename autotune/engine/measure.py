@@ -1,0 +1,64 @@
+"""Steady-state throughput: warm-up steps excluded, timed windows, median over windows."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class ThroughputMeter:
+    """Times optimizer steps in windows of at least ``window_s`` seconds.
+
+    The first ``warmup_steps`` steps (allocator growth, cudnn autotuning, lazy init) are
+    not timed; at least one always is excluded, since timing starts when a step ends. ``sync`` waits for the device, so a window ends when its work is done, not
+    when it was queued. ``done`` turns true once ``windows`` windows are recorded.
+    """
+
+    warmup_steps: int = 2
+    window_s: float = 0.5
+    windows: int = 5
+    sync: Callable[[], None] = lambda: None
+    rates: list[float] = field(default_factory=list)  # samples/s of each window
+    steps: int = 0
+    _window_start: float | None = None
+    _window_samples: int = 0
+
+    def step(self, samples: int) -> None:
+        """Record one optimizer step that processed ``samples`` samples."""
+        self.steps += 1
+        if self.done:
+            return
+        if self.steps <= max(1, self.warmup_steps):
+            if self.steps == max(1, self.warmup_steps):
+                self._start_window()
+            return
+        self._window_samples += samples
+        elapsed = time.perf_counter() - self._window_start
+        if elapsed >= self.window_s:
+            self.sync()
+            elapsed = time.perf_counter() - self._window_start
+            self.rates.append(self._window_samples / elapsed)
+            self._start_window()
+
+    def _start_window(self) -> None:
+        self.sync()
+        self._window_start = time.perf_counter()
+        self._window_samples = 0
+
+    @property
+    def done(self) -> bool:
+        return len(self.rates) >= self.windows
+
+    def summary(self) -> dict[str, float | int | None]:
+        """Median samples/s over windows and the spread (min, max) in the same unit."""
+        if not self.rates:
+            return {"throughput_samples_per_s": None, "windows": 0}
+        return {
+            "throughput_samples_per_s": statistics.median(self.rates),
+            "throughput_min_samples_per_s": min(self.rates),
+            "throughput_max_samples_per_s": max(self.rates),
+            "windows": len(self.rates),
+        }

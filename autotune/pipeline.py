@@ -1,0 +1,239 @@
+"""The whole job: ``run`` (profile, search, select, tuned.yaml, final run, report) and
+``train`` (final run and report from a saved tuned.yaml).
+
+Each stage is a call into its own package; this module only wires them in order and
+decides where the outputs go inside the run directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autotune.config import TrainConfig, TunedConfig, load_tuned, write_atomic
+from autotune.engine.loop import TrainResult, pick_device, train as train_loop
+from autotune.hardware import HardwareProfile, collect_profile
+from autotune.report import classification_metrics, write_report
+from autotune.search import (
+    Facts,
+    SearchBudget,
+    enqueue_default,
+    fail_stale_trials,
+    gate,
+    load_space,
+    open_study,
+    run_search,
+    select,
+)
+from autotune.search.select import Selection
+from autotune.search.space import SearchSpace
+from autotune.task import Task, load_task
+
+STUDY_FILE = "study.db"
+TUNED_FILE = "tuned.yaml"
+WEIGHTS_FILE = "model.pt"
+HARDWARE_FILE = "hardware.yaml"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    out: Path
+    space: str = "default"
+    budget: SearchBudget = SearchBudget()
+    seed: int | None = None  # None: the model file's BASE seed
+    epochs: int | None = None  # None: the model file's BASE epochs
+    progress: bool = True
+
+
+def default_out(model_path: str | Path) -> Path:
+    """The run directory when --out is not given: runs/<model file stem>."""
+    return Path("runs") / Path(model_path).stem
+
+
+def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str, Path]:
+    """Tune, train and report for one model file; returns the paths written."""
+    task = load_task(model_path)
+    task = _override_base(task, opts)
+    out = opts.out
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"autotune: run directory {out}")
+    profile = collect_profile()
+    profile.save(out / HARDWARE_FILE)
+    log(f"autotune: hardware {profile.fingerprint} (training on {profile.device})")
+    space = gate(load_space(opts.space), _facts(profile, task))
+    storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
+    study = open_study(storage, task.name, task, space, task.base.seed)
+    stale = fail_stale_trials(study)
+    if stale:
+        log(f"autotune: marked {stale} trial(s) left running by an earlier stopped run as failed")
+    if study.trials:
+        log(f"autotune: resuming the study in {out / STUDY_FILE} ({len(study.trials)} trials so far)")
+    enqueue_default(study, space)
+    run_search(study, task, space, opts.budget, progress=opts.progress)
+    selection = select(study, task, opts.budget.trial, progress=opts.progress)
+    tuned = _tuned_config(task, space, profile, study, selection, storage)
+    paths = {"tuned": tuned.save(out / TUNED_FILE)}
+    log(f"autotune: wrote {paths['tuned']}")
+    result = final_run(task, tuned.train, out, opts.progress, log)
+    data = _report_data(task, tuned.train, result, profile)
+    data["search"] = _search_data(study, space, opts.budget)
+    data["selection"] = _selection_data(selection, tuned)
+    paths.update(write_report(data, out))
+    paths["weights"] = out / WEIGHTS_FILE
+    log(f"autotune: report {paths['markdown']}")
+    return paths
+
+
+def train(model_path: str | Path, config_path: str | Path, out: Path, epochs: int | None = None, progress: bool = True, log: Any = print) -> dict[str, Path]:
+    """Train with a saved tuned config and write the weights and the report."""
+    task = load_task(model_path)
+    tuned = load_tuned(config_path)
+    cfg = tuned.train if epochs is None else TrainConfig.from_dict({**tuned.train.to_dict(), "epochs": epochs})
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"autotune: training {task.path.name} with {config_path}")
+    result = final_run(task, cfg, out, progress, log)
+    paths = write_report(_report_data(task, cfg, result, None), out)
+    paths["weights"] = out / WEIGHTS_FILE
+    log(f"autotune: report {paths['markdown']}")
+    return paths
+
+
+def final_run(task: Task, cfg: TrainConfig, out: Path, progress: bool, log: Any = print) -> TrainResult:
+    """The full training run with ``cfg``; saves the weights into ``out``."""
+    device = pick_device()
+    log(
+        f"autotune: final run on {device}: {cfg.epochs} epochs, micro-batch {cfg.micro_batch_size}"
+        f" x {cfg.accumulation_steps}, amp {cfg.amp}, lr {cfg.lr:.3g}"
+    )
+    result = train_loop(task, cfg, device, progress=progress, eval_each_epoch=True)
+    weights = out / WEIGHTS_FILE
+    tmp = weights.with_suffix(".pt.tmp")
+    torch.save(result.model.state_dict(), tmp)
+    tmp.replace(weights)
+    return result
+
+
+def _override_base(task: Task, opts: RunOptions) -> Task:
+    import dataclasses
+
+    changes = {k: v for k, v in (("seed", opts.seed), ("epochs", opts.epochs)) if v is not None}
+    if not changes:
+        return task
+    return dataclasses.replace(task, base=dataclasses.replace(task.base, **changes))
+
+
+def _facts(profile: HardwareProfile, task: Task) -> Facts:
+    return Facts(
+        device_type=profile.device,
+        amp_blocked=profile.allowed_amp(),
+        logical_cores=int(profile.host.get("logical_cores") or 1),
+        has_blocks=bool(task.blocks(task.build_model())),
+        train_size=len(task.datasets()[0]),
+    )
+
+
+def versions() -> dict[str, str]:
+    """Versions of python and the packages a result depends on."""
+    out = {"python": platform.python_version(), "torch": str(torch.__version__)}
+    for dist in ("autotune", "optuna", "scikit-learn", "numpy", "nvidia-ml-py", "pyyaml", "tqdm"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _tuned_config(task: Task, space: SearchSpace, profile: HardwareProfile, study: Any, sel: Selection, storage: str) -> TunedConfig:
+    tuned_tps, default_tps = sel.median("tuned"), sel.median("default")
+    measured = {
+        "throughput_samples_per_s": tuned_tps,
+        "remeasured_samples_per_s": sel.remeasured.get("tuned", []),
+        "default_throughput_samples_per_s": default_tps,
+        "speedup_vs_default": tuned_tps / default_tps if tuned_tps and default_tps else None,
+        "peak_memory_bytes": sel.trial_attrs.get("peak_memory_bytes"),
+        "trial_val_loss": sel.trial_attrs.get("val_loss"),
+        "trial_val_accuracy": sel.trial_attrs.get("val_accuracy"),
+        "device": profile.device,
+    }
+    provenance = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "model_file": str(task.path),
+        "model_sha256": task.sha256,
+        "seeds": {"train": sel.config.seed, "sampler": task.base.seed},
+        "versions": versions(),
+        "hardware": {"fingerprint": profile.fingerprint, "device": profile.device,
+                     "cpu_model": profile.host.get("cpu_model"),
+                     "gpus": [g.get("name") for g in profile.gpus]},
+        "search_space": {"name": space.name, "sha256": space.sha256, "source": space.source,
+                         "space": space.to_dict(), "gated": space.gated},
+        "study": {"storage": storage, "name": study.study_name, "trial": sel.trial_number,
+                  "trials": len(study.trials)},
+    }
+    return TunedConfig(train=sel.config, provenance=provenance, measured=measured)
+
+
+def _report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: HardwareProfile | None) -> dict[str, Any]:
+    ev = result.evaluation
+    data: dict[str, Any] = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"file": str(task.path), "sha256": task.sha256},
+        "config": cfg.to_dict(),
+        "final": {
+            "epochs_run": len(result.history),
+            "history": result.history,
+            "seconds": result.seconds,
+            "samples_per_s": result.samples / result.seconds if result.seconds else None,
+            "peak_memory_bytes": result.peak_memory_bytes,
+            "val_loss": ev.loss,
+            "val_accuracy": ev.accuracy,
+        },
+        "versions": versions(),
+    }
+    if ev.y_true:
+        data["evaluation"] = classification_metrics(ev.y_true, ev.y_pred, task.class_names)
+    if profile is not None:
+        data["hardware"] = {
+            "fingerprint": profile.fingerprint,
+            "device": profile.device,
+            "cpu_model": profile.host.get("cpu_model"),
+            "logical_cores": profile.host.get("logical_cores"),
+            "memory_total_bytes": profile.host.get("memory_total_bytes"),
+            "gpus": [str(g.get("name")) for g in profile.gpus],
+            "nvml": profile.nvml.get("message") or "",
+        }
+    return data
+
+
+def _search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[str, Any]:
+    trials = []
+    for t in study.trials:
+        row = {"number": t.number, "state": t.state.name.lower(), **t.user_attrs}
+        row.pop("traceback", None)
+        trials.append(row)
+    return {
+        "space": space.to_dict(),
+        "gated": space.gated,
+        "budget": {"n_trials": budget.n_trials, "timeout_s": budget.timeout_s, "trial": budget.trial.to_dict()},
+        "trials": trials,
+    }
+
+
+def _selection_data(sel: Selection, tuned: TunedConfig) -> dict[str, Any]:
+    return {
+        "trial": sel.trial_number,
+        "remeasured": sel.remeasured,
+        "tuned_samples_per_s": tuned.measured["throughput_samples_per_s"],
+        "default_samples_per_s": tuned.measured["default_throughput_samples_per_s"],
+        "speedup_vs_default": tuned.measured["speedup_vs_default"],
+    }
+
+
+__all__ = ["RunOptions", "default_out", "final_run", "run", "train", "versions"]

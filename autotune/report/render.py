@@ -1,0 +1,178 @@
+"""Render the report data (one dict) as JSON and as Markdown.
+
+The data model is built by ``autotune.pipeline``; its sections are all optional except
+``model`` and ``config``, so a plain ``autotune train`` (no search) renders too:
+
+- model: {file, sha256}
+- hardware: {fingerprint, device, cpu_model, logical_cores, memory_total_bytes, gpus, nvml}
+- search: {space, gated, budget, trials: [...], best_trial, default_trial}
+- selection: {trial, remeasured: {tuned: [...], default: [...]}, tuned_samples_per_s,
+  default_samples_per_s, speedup_vs_default}
+- config: the TrainConfig used for the final run
+- final: {history: [...], seconds, samples_per_s, peak_memory_bytes, val_loss, val_accuracy}
+- evaluation: classification metrics (see ``evaluate.classification_metrics``)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from autotune.config import write_atomic
+
+REPORT_SCHEMA_VERSION = 1
+
+
+def write_report(data: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write report.json and report.md into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    data = {"schema_version": REPORT_SCHEMA_VERSION, **data}
+    return {
+        "json": write_atomic(out / "report.json", json.dumps(data, indent=2, default=str) + "\n"),
+        "markdown": write_atomic(out / "report.md", render_markdown(data)),
+    }
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    parts = [f"# autotune report: {Path(data['model']['file']).name}\n"]
+    parts.append(_headline(data))
+    for section in (_hardware, _search, _selection, _config, _final, _evaluation):
+        text = section(data)
+        if text:
+            parts.append(text)
+    return "\n".join(parts)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:,.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def _mib(n: Any) -> str:
+    return "-" if n is None else f"{n / 2**20:,.0f} MiB"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _headline(data: dict[str, Any]) -> str:
+    final, sel = data.get("final", {}), data.get("selection", {})
+    bits = []
+    if final.get("val_accuracy") is not None:
+        bits.append(f"validation accuracy **{final['val_accuracy']:.4f}**")
+    if final.get("val_loss") is not None:
+        bits.append(f"validation loss {final['val_loss']:.4f}")
+    if sel.get("speedup_vs_default"):
+        bits.append(f"tuned throughput **{sel['speedup_vs_default']:.2f}x** the default config")
+    return ("Result: " + ", ".join(bits) + ".\n") if bits else ""
+
+
+def _hardware(data: dict[str, Any]) -> str:
+    hw = data.get("hardware")
+    if not hw:
+        return ""
+    rows = [
+        ["fingerprint", hw.get("fingerprint")],
+        ["device", hw.get("device")],
+        ["CPU", hw.get("cpu_model")],
+        ["logical cores", hw.get("logical_cores")],
+        ["memory", _mib(hw.get("memory_total_bytes"))],
+        ["GPUs", ", ".join(hw.get("gpus") or []) or "none"],
+    ]
+    if hw.get("nvml"):
+        rows.append(["NVML", hw["nvml"]])
+    return "## Hardware\n\n" + _table(["", ""], rows)
+
+
+def _search(data: dict[str, Any]) -> str:
+    s = data.get("search")
+    if not s:
+        return ""
+    out = [f"## Search\n\nSpace `{s['space']['name']}`; budget: {s.get('budget')}.\n"]
+    params = [[k, v.get("choices", f"[{v.get('low')}, {v.get('high')}]")] for k, v in s["space"]["params"].items()]
+    out.append(_table(["knob", "searched over"], params))
+    gated = [[k, c, r] for k, d in (s.get("gated") or {}).items() for c, r in d.items()]
+    if gated:
+        out.append("Ruled out on this machine or model:\n\n" + _table(["knob", "choice", "why"], gated))
+    rows = [_trial_row(t) for t in s.get("trials", [])]
+    header = ["#", "state", "micro-batch", "accum", "workers", "amp", "ckpt", "samples/s", "peak memory", "val acc", "note"]
+    out.append(f"Trials ({len(rows)}):\n\n" + _table(header, rows))
+    return "\n".join(out)
+
+
+def _trial_row(t: dict[str, Any]) -> list[Any]:
+    cfg = t.get("config") or {}
+    note = t.get("reason") or ("default config" if t.get("role") == "default" else "")
+    return [
+        t["number"],
+        t["state"],
+        cfg.get("micro_batch_size"),
+        cfg.get("accumulation_steps"),
+        cfg.get("num_workers"),
+        cfg.get("amp"),
+        cfg.get("checkpointing"),
+        t.get("throughput_samples_per_s"),
+        _mib(t.get("peak_memory_bytes")),
+        t.get("val_accuracy"),
+        str(note).replace("|", "/")[:120],
+    ]
+
+
+def _selection(data: dict[str, Any]) -> str:
+    sel = data.get("selection")
+    if not sel:
+        return ""
+    rows = [
+        ["tuned (trial %s)" % sel["trial"], sel.get("tuned_samples_per_s"), ", ".join(f"{v:,.0f}" for v in sel["remeasured"].get("tuned", []))],
+        ["default (batch 32, fp32, no workers)", sel.get("default_samples_per_s"), ", ".join(f"{v:,.0f}" for v in sel["remeasured"].get("default", []))],
+    ]
+    text = "## Selection\n\nThe best trial re-measured side by side with the default config (interleaved, fresh processes):\n\n"
+    text += _table(["config", "median samples/s", "runs"], rows)
+    if sel.get("speedup_vs_default"):
+        text += f"\nSpeed-up of the tuned config over the default: **{sel['speedup_vs_default']:.2f}x**.\n"
+    return text
+
+
+def _config(data: dict[str, Any]) -> str:
+    cfg = data.get("config")
+    if not cfg:
+        return ""
+    return "## Config used for the final run\n\n" + _table(["knob", "value"], [[k, v] for k, v in cfg.items()])
+
+
+def _final(data: dict[str, Any]) -> str:
+    f = data.get("final")
+    if not f:
+        return ""
+    text = (
+        f"## Final training\n\n{f.get('epochs_run')} epochs in {f['seconds']:.1f} s, "
+        f"{_fmt(f.get('samples_per_s'))} samples/s, peak memory {_mib(f.get('peak_memory_bytes'))}.\n\n"
+    )
+    header = ["epoch", "train loss", "val loss", "val acc", "lr", "samples/s", "seconds"]
+    rows = [
+        [r["epoch"], r["train_loss"], r.get("val_loss"), r.get("val_accuracy"), r["lr"], r.get("samples_per_s"), r["seconds"]]
+        for r in f.get("history", [])
+    ]
+    return text + _table(header, rows)
+
+
+def _evaluation(data: dict[str, Any]) -> str:
+    ev = data.get("evaluation")
+    if not ev:
+        return ""
+    text = f"## Evaluation on the validation set ({ev['samples']} samples)\n\n"
+    text += "scikit-learn `classification_report`:\n\n```\n" + ev["report_text"].rstrip() + "\n```\n\n"
+    labels = ev["labels"]
+    rows = [[f"**{labels[i]}**", *row] for i, row in enumerate(ev["confusion_matrix"])]
+    text += "Confusion matrix (rows: true class, columns: predicted):\n\n"
+    text += _table(["true \\ pred", *labels], rows)
+    return text

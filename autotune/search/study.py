@@ -1,0 +1,176 @@
+"""The Optuna study: open or resume it on a real storage, and run trials until the budget.
+
+Each trial is asked from the study, its knobs suggested by the search space, measured in
+a fresh process (``worker.run_isolated``) and told back with its measurements as user
+attributes (units in their names), so Optuna's own tools show them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from autotune.config import TrainConfig
+from autotune.errors import ConfigError
+from autotune.search.space import SearchSpace
+from autotune.search.trial import TrialBudget, measure
+from autotune.search.worker import Outcome, run_isolated
+from autotune.task import Task
+
+OBJECTIVE = "throughput_samples_per_s"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@dataclass(frozen=True)
+class SearchBudget:
+    n_trials: int = 12  # finished trials the study should hold in all
+    timeout_s: float | None = None  # no new trial starts after this many seconds
+    trial: TrialBudget = TrialBudget()
+
+
+def open_study(storage: str, name: str, task: Task, space: SearchSpace, seed: int) -> optuna.Study:
+    """Create the study, or load it when it exists and belongs to the same model and space."""
+    optuna.logging.set_verbosity(logging.WARNING)
+    existing = _existing_attrs(storage, name)
+    n_done = existing.pop("_n_trials", 0)
+    sampler = optuna.samplers.TPESampler(seed=seed + n_done, n_startup_trials=5)
+    study = optuna.create_study(
+        storage=storage, study_name=name, direction="maximize", sampler=sampler, load_if_exists=True
+    )
+    if existing:
+        _check_same(existing, task, space, storage)
+    else:
+        study.set_user_attr("model_file", str(task.path))
+        study.set_user_attr("model_sha256", task.sha256)
+        study.set_user_attr("search_space", space.name)
+        study.set_user_attr("search_space_sha256", space.sha256)
+        study.set_user_attr("objective", OBJECTIVE)
+        study.set_user_attr("seed", seed)
+    return study
+
+
+def _existing_attrs(storage: str, name: str) -> dict[str, Any]:
+    try:
+        old = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return {}
+    return {**old.user_attrs, "_n_trials": len(old.trials)}
+
+
+def _check_same(attrs: dict[str, Any], task: Task, space: SearchSpace, storage: str) -> None:
+    hint = "Use another --out folder for a new study, or delete the old one."
+    if attrs.get("model_sha256") != task.sha256:
+        raise ConfigError(
+            f"The study in {storage} was made for a different version of the model file "
+            f"({attrs.get('model_file')}); resuming it would mix results of two models.",
+            hint=hint,
+        )
+    if attrs.get("search_space_sha256") != space.sha256:
+        raise ConfigError(
+            f"The study in {storage} was made with a different search space "
+            f"({attrs.get('search_space')!r}, other choices); resuming it would mix two spaces.",
+            hint=hint,
+        )
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """Mark trials left RUNNING by a tuner that was stopped as failed; return how many."""
+    stale = [t for t in study.trials if t.state == TrialState.RUNNING]
+    for t in stale:
+        study.tell(t.number, state=TrialState.FAIL)
+        study.set_user_attr(f"stale_trial_{t.number}", "the tuner stopped while it ran")
+    return len(stale)
+
+
+def enqueue_default(study: optuna.Study, space: SearchSpace) -> bool:
+    """Queue the untuned reference config (batch 32, fp32, no workers) as the first trial."""
+    if study.trials:
+        return False
+    default = TrainConfig()
+    knobs = {name: getattr(default, name) for name in space.searched()}
+    if not space.contains(knobs):
+        return False
+    study.enqueue_trial(knobs, user_attrs={"role": "default"})
+    return True
+
+
+def run_search(
+    study: optuna.Study,
+    task: Task,
+    space: SearchSpace,
+    budget: SearchBudget,
+    progress: bool = True,
+    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+) -> int:
+    """Run trials until the study holds ``budget.n_trials`` finished ones, or time is up.
+
+    Returns the number of trials run by this call.
+    """
+    done = sum(t.state in FINISHED for t in study.trials)
+    train_size = len(task.datasets()[0])
+    start, ran = time.perf_counter(), 0
+    bar = tqdm(total=budget.n_trials, initial=min(done, budget.n_trials), desc="trials", unit="trial", disable=not progress)
+    while done + ran < budget.n_trials:
+        if budget.timeout_s is not None and time.perf_counter() - start >= budget.timeout_s:
+            bar.write(f"search timeout of {budget.timeout_s:.0f} s reached")
+            break
+        frozen = _one_trial(study, task, space, budget.trial, train_size)
+        ran += 1
+        bar.update(1)
+        bar.set_postfix_str(_postfix(study, frozen))
+        if on_trial is not None:
+            on_trial(frozen)
+    bar.close()
+    return ran
+
+
+def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: TrialBudget, train_size: int) -> optuna.trial.FrozenTrial:
+    trial = study.ask()
+    cfg = TrainConfig.from_base(task.base, **space.suggest(trial))
+    trial.set_user_attr("config", cfg.to_dict())
+    reason = space.infeasible(cfg, train_size)
+    if reason:
+        trial.set_user_attr("status", "infeasible")
+        trial.set_user_attr("reason", reason)
+        return study.tell(trial, state=TrialState.PRUNED)
+    outcome = run_isolated(
+        measure,
+        {"model_path": str(task.path), "config": cfg.to_dict(), "budget": budget.to_dict()},
+        budget.timeout_s,
+    )
+    return _tell(study, trial, outcome)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> optuna.trial.FrozenTrial:
+    trial.set_user_attr("status", outcome.status)
+    for key, value in outcome.value.items():
+        trial.set_user_attr(key, value)
+    value = outcome.value.get(OBJECTIVE)
+    if outcome.ok and value is None:
+        outcome = Outcome("error", reason="the trial ended before a full timing window")
+        trial.set_user_attr("status", outcome.status)
+    if outcome.ok:
+        return study.tell(trial, value)
+    trial.set_user_attr("reason", outcome.reason)
+    if outcome.detail:
+        trial.set_user_attr("traceback", outcome.detail[-4000:])
+    # Out of memory is a property of the config (too big), so the sampler learns from it;
+    # other failures say nothing about the config and are ignored by the sampler.
+    state = TrialState.PRUNED if outcome.status == "oom" else TrialState.FAIL
+    return study.tell(trial, state=state)
+
+
+def _postfix(study: optuna.Study, last: optuna.trial.FrozenTrial) -> str:
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    best = max((t.value for t in complete), default=None)
+    status = last.user_attrs.get("status", last.state.name.lower())
+    text = f"last: {status}"
+    if best is not None:
+        text += f", best {best:,.0f} samples/s"
+    return text

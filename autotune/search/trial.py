@@ -1,0 +1,64 @@
+"""One trial: a short real training run of one config, measured. Runs in its own process."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.config import TrainConfig
+from autotune.engine.loop import pick_device, sync_fn, train
+from autotune.engine.measure import ThroughputMeter
+from autotune.task import load_task
+
+
+@dataclass(frozen=True)
+class TrialBudget:
+    """How long a trial measures. Defaults suit small models on a CPU."""
+
+    warmup_steps: int = 3  # optimizer steps not timed (lazy init, allocator growth)
+    window_s: float = 0.4  # minimum length of one timed window
+    windows: int = 5  # timed windows; throughput is their median
+    max_steps: int = 400  # a trial never takes more optimizer steps than this
+    max_seconds: float = 30.0  # ... nor more seconds of training
+    timeout_s: float = 120.0  # the trial process is killed after this long
+    max_eval_batches: int = 20  # validation batches evaluated after the trial
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
+    """Train ``config`` briefly on the model file's task; return the measurements.
+
+    The run's epochs are not what ends a trial: the meter's windows, ``max_steps`` or
+    ``max_seconds`` do, and the LR schedule spans only the steps the trial may take.
+    """
+    b = TrialBudget(**budget)
+    task = load_task(model_path, validate=False)
+    cfg = TrainConfig.from_dict(config, source="trial config")
+    device = pick_device()
+    meter = ThroughputMeter(b.warmup_steps, b.window_s, b.windows, sync=sync_fn(device))
+    result = train(
+        task,
+        dataclasses.replace(cfg, epochs=10**6),
+        device,
+        max_steps=b.max_steps,
+        max_seconds=b.max_seconds,
+        meter=meter,
+        max_eval_batches=b.max_eval_batches,
+    )
+    return {
+        **result.throughput,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "steps": result.steps,
+        "samples": result.samples,
+        "train_seconds": result.seconds,
+        "stopped_by": result.stopped_by,
+        "train_loss": result.train_loss,
+        "val_loss": result.evaluation.loss,
+        "val_accuracy": result.evaluation.accuracy,
+        "device": str(device),
+        "pid": os.getpid(),
+    }

@@ -1,0 +1,109 @@
+"""Run a function in a fresh process, so a crash, a leak or an OOM costs only that call.
+
+On Linux the processes are forked from a fork server that has already imported torch
+and autotune, so each call starts in a fraction of a second, yet shares no state with
+the tuner or with earlier calls. Elsewhere they are spawned.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+_PRELOAD = ["torch", "autotune.search.trial"]
+_context: Any = None
+
+
+def _get_context() -> Any:
+    global _context
+    if _context is None:
+        if sys.platform.startswith("linux"):
+            _context = mp.get_context("forkserver")
+            _context.set_forkserver_preload(_PRELOAD)
+        else:
+            _context = mp.get_context("spawn")
+    return _context
+
+
+@dataclass
+class Outcome:
+    """What came back from the isolated call.
+
+    status: "ok", "oom" (out of memory), "error" (an exception in the call),
+    "crash" (the process died without answering) or "timeout".
+    """
+
+    status: str
+    value: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    detail: str = ""  # the traceback, for errors
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _child(conn: Any, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> None:
+    from autotune.engine.memory import is_oom
+
+    try:
+        conn.send(Outcome("ok", value=fn(**kwargs)))
+    except BaseException as exc:  # report everything to the parent, then exit
+        status = "oom" if is_oom(exc) else "error"
+        reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
+        conn.send(Outcome(status, reason=reason, detail=traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def run_isolated(fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], timeout_s: float) -> Outcome:
+    """Call ``fn(**kwargs)`` in a fresh process and wait at most ``timeout_s`` seconds.
+
+    ``fn`` must be importable by name (a module-level function) and return a picklable
+    dict. The process is killed on timeout; its death without an answer is a "crash".
+    """
+    ctx = _get_context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    # Not a daemon: the trial's DataLoader may start worker processes of its own.
+    proc = ctx.Process(target=_child, args=(sender, fn, kwargs), daemon=False)
+    proc.start()
+    sender.close()
+    try:
+        outcome = _wait(receiver, proc, timeout_s)
+    finally:
+        receiver.close()
+        _reap(proc)
+    return outcome
+
+
+def _wait(receiver: Any, proc: Any, timeout_s: float) -> Outcome:
+    if not receiver.poll(timeout_s):
+        return Outcome("timeout", reason=f"no result within {timeout_s:.0f} s; the trial process was killed")
+    try:
+        return receiver.recv()
+    except EOFError:
+        proc.join(5)
+        return Outcome("crash", reason=_describe_exit(proc.exitcode))
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "the trial process stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the trial process was killed by {name}"
+    return f"the trial process exited with code {code} without a result"
+
+
+def _reap(proc: Any) -> None:
+    proc.join(10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
