@@ -156,7 +156,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "config") -> "TrainConfig":
-        return cls(**_typed_fields(cls, data, source))
+        values = _typed_fields(cls, data, source)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc.message}", hint=exc.hint) from None
 
 
 def _check_train_config(cfg: TrainConfig) -> None:

@@ -67,9 +67,10 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
     profile = collect_profile()
     profile.save(out / HARDWARE_FILE)
     log(f"autotune: hardware {profile.fingerprint} (training on {profile.device})")
-    space = gate(load_space(opts.space), _facts(profile, task))
+    raw = load_space(opts.space)
+    space = gate(raw, _facts(profile, task))
     storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
-    study = open_study(storage, task.name, task, space, task.base.seed)
+    study, space = open_study(storage, task.name, task, raw, space, profile.fingerprint, task.base.seed)
     stale = fail_stale_trials(study)
     if stale:
         log(f"autotune: marked {stale} trial(s) left running by an earlier stopped run as failed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -216,7 +217,7 @@ def train(
     epochs_bar = tqdm(range(cfg.epochs), desc="epochs", unit="epoch", disable=not progress)
     for epoch in epochs_bar:
         epoch_start, epoch_loss, epoch_samples = time.perf_counter(), torch.zeros((), device=device), 0
-        steps_bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}", unit="step", leave=False, disable=not progress)
+        steps_bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}", unit="step", leave=False, disable=not progress or not sys.stderr.isatty())
         for group in _groups(run.train_loader, cfg.accumulation_steps):
             loss_sum, n = optimizer_step(run, task, cfg, group, device)
             steps, samples = steps + 1, samples + n

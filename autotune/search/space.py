@@ -133,8 +133,8 @@ class SearchSpace:
 
     def without(self, name: str, choice: Any, reason: str) -> "SearchSpace":
         """A copy with ``choice`` removed from knob ``name``, the reason recorded."""
-        p = self.params[name]
-        if p.choices is None or choice not in p.choices:
+        p = self.params.get(name)
+        if p is None or p.choices is None or choice not in p.choices:
             return self
         left = tuple(c for c in p.choices if c != choice)
         gated = {k: dict(v) for k, v in self.gated.items()}

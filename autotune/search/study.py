@@ -7,6 +7,7 @@ attributes (units in their names), so Optuna's own tools show them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from autotune.config import TrainConfig
 from autotune.errors import ConfigError
-from autotune.search.space import SearchSpace
+from autotune.search.space import SearchSpace, parse_space
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
 from autotune.task import Task
@@ -34,8 +35,16 @@ class SearchBudget:
     trial: TrialBudget = TrialBudget()
 
 
-def open_study(storage: str, name: str, task: Task, space: SearchSpace, seed: int) -> optuna.Study:
-    """Create the study, or load it when it exists and belongs to the same model and space."""
+def open_study(
+    storage: str, name: str, task: Task, raw: SearchSpace, space: SearchSpace, fingerprint: str, seed: int
+) -> tuple[optuna.Study, SearchSpace]:
+    """Create the study, or load it when it exists; returns it with the space it searches.
+
+    ``raw`` is the space as written in its YAML, ``space`` the same gated for this machine.
+    A resumed study keeps the gated space it was created with (so a microbenchmark that
+    comes out differently this time cannot change the choices mid-study), and must belong
+    to the same model file, the same YAML and the same hardware.
+    """
     optuna.logging.set_verbosity(logging.WARNING)
     existing = _existing_attrs(storage, name)
     n_done = existing.pop("_n_trials", 0)
@@ -44,15 +53,23 @@ def open_study(storage: str, name: str, task: Task, space: SearchSpace, seed: in
         storage=storage, study_name=name, direction="maximize", sampler=sampler, load_if_exists=True
     )
     if existing:
-        _check_same(existing, task, space, storage)
-    else:
-        study.set_user_attr("model_file", str(task.path))
-        study.set_user_attr("model_sha256", task.sha256)
-        study.set_user_attr("search_space", space.name)
-        study.set_user_attr("search_space_sha256", space.sha256)
-        study.set_user_attr("objective", OBJECTIVE)
-        study.set_user_attr("seed", seed)
-    return study
+        _check_same(existing, task, raw, fingerprint, storage)
+        stored = parse_space(existing["search_space"], source=raw.source)
+        return study, dataclasses.replace(stored, gated=existing.get("gated", {}))
+    attrs = {
+        "model_file": str(task.path),
+        "model_sha256": task.sha256,
+        "search_space_name": raw.name,
+        "search_space_sha256": raw.sha256,
+        "search_space": space.to_dict(),
+        "gated": space.gated,
+        "hardware_fingerprint": fingerprint,
+        "objective": OBJECTIVE,
+        "seed": seed,
+    }
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    return study, space
 
 
 def _existing_attrs(storage: str, name: str) -> dict[str, Any]:
@@ -63,7 +80,7 @@ def _existing_attrs(storage: str, name: str) -> dict[str, Any]:
     return {**old.user_attrs, "_n_trials": len(old.trials)}
 
 
-def _check_same(attrs: dict[str, Any], task: Task, space: SearchSpace, storage: str) -> None:
+def _check_same(attrs: dict[str, Any], task: Task, raw: SearchSpace, fingerprint: str, storage: str) -> None:
     hint = "Use another --out folder for a new study, or delete the old one."
     if attrs.get("model_sha256") != task.sha256:
         raise ConfigError(
@@ -71,10 +88,18 @@ def _check_same(attrs: dict[str, Any], task: Task, space: SearchSpace, storage: 
             f"({attrs.get('model_file')}); resuming it would mix results of two models.",
             hint=hint,
         )
-    if attrs.get("search_space_sha256") != space.sha256:
+    if attrs.get("search_space_sha256") != raw.sha256:
         raise ConfigError(
             f"The study in {storage} was made with a different search space "
-            f"({attrs.get('search_space')!r}, other choices); resuming it would mix two spaces.",
+            f"({attrs.get('search_space_name')!r} with other choices than {raw.source}); "
+            "resuming it would mix two spaces.",
+            hint=hint,
+        )
+    if attrs.get("hardware_fingerprint") != fingerprint:
+        raise ConfigError(
+            f"The study in {storage} was measured on other hardware "
+            f"({attrs.get('hardware_fingerprint')}, this machine is {fingerprint}); "
+            "throughputs of two machines cannot be compared in one study.",
             hint=hint,
         )
 
@@ -110,24 +135,35 @@ def run_search(
 ) -> int:
     """Run trials until the study holds ``budget.n_trials`` finished ones, or time is up.
 
-    Returns the number of trials run by this call.
+    Trials ruled out before running (infeasible configs) do not count. Returns the number
+    of trials this call asked for.
     """
-    done = sum(t.state in FINISHED for t in study.trials)
+    done = sum(_counts(t) for t in study.trials)
     train_size = len(task.datasets()[0])
     start, ran = time.perf_counter(), 0
+    # Infeasible proposals cost no time and do not count, but must not loop forever.
+    asks_left = 3 * budget.n_trials
     bar = tqdm(total=budget.n_trials, initial=min(done, budget.n_trials), desc="trials", unit="trial", disable=not progress)
-    while done + ran < budget.n_trials:
+    while done < budget.n_trials and asks_left > 0:
         if budget.timeout_s is not None and time.perf_counter() - start >= budget.timeout_s:
             bar.write(f"search timeout of {budget.timeout_s:.0f} s reached")
             break
         frozen = _one_trial(study, task, space, budget.trial, train_size)
+        asks_left -= 1
         ran += 1
-        bar.update(1)
+        if _counts(frozen):
+            done += 1
+            bar.update(1)
         bar.set_postfix_str(_postfix(study, frozen))
         if on_trial is not None:
             on_trial(frozen)
     bar.close()
     return ran
+
+
+def _counts(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts against the budget: finished, and not ruled out unrun."""
+    return trial.state in FINISHED and trial.user_attrs.get("status") != "infeasible"
 
 
 def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: TrialBudget, train_size: int) -> optuna.trial.FrozenTrial:

@@ -1,0 +1,145 @@
+"""`autotune run` and `autotune train` end to end: real Optuna on SQLite, real trials in
+their own processes, real training, on the tiny model with a tiny search space."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from autotune import pipeline
+from autotune.cli import main
+from autotune.config import TrainConfig, TunedConfig, load_tuned
+from autotune.errors import ConfigError
+from autotune.search import SearchBudget, TrialBudget
+
+ASSETS = Path(__file__).parent / "assets"
+FAST_TRIAL = TrialBudget(warmup_steps=1, window_s=0.05, windows=2, max_eval_batches=2, timeout_s=60)
+
+
+def _opts(out: Path, n_trials: int) -> pipeline.RunOptions:
+    return pipeline.RunOptions(
+        out=out,
+        space=str(ASSETS / "tiny_space.yaml"),
+        budget=SearchBudget(n_trials=n_trials, trial=FAST_TRIAL),
+        progress=False,
+    )
+
+
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tiny_mlp", storage=f"sqlite:///{out / 'study.db'}")
+
+
+@pytest.mark.slow
+def test_run_writes_everything_and_a_second_run_resumes(tiny_model_file, tmp_path):
+    out = tmp_path / "run"
+    logs: list[str] = []
+    paths = pipeline.run(tiny_model_file, _opts(out, 2), log=logs.append)
+    for name in ("tuned.yaml", "study.db", "report.md", "report.json", "model.pt", "hardware.yaml"):
+        assert (out / name).is_file(), name
+    assert set(paths) >= {"tuned", "json", "markdown", "weights"}
+
+    first = {t.number: (t.params, t.value, t.state) for t in _study(out).trials}
+    assert first[0][0] == {"micro_batch_size": 32, "accumulation_steps": 2 // 2, "amp": "off"}
+    assert _study(out).trials[0].user_attrs["role"] == "default"
+
+    tuned = load_tuned(out / "tuned.yaml")
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"] == tuned.train.to_dict()
+    assert tuned.provenance["search_space"]["name"] == "tiny"
+    assert tuned.provenance["seeds"] == {"train": 0, "sampler": 0}
+    assert tuned.provenance["versions"]["torch"] == str(torch.__version__)
+    assert tuned.provenance["hardware"]["fingerprint"].startswith("cpu-")
+    assert tuned.measured["throughput_samples_per_s"] > 0
+    assert tuned.measured["default_throughput_samples_per_s"] > 0
+    assert report["evaluation"]["labels"] == ["a", "b", "c"]
+    assert sum(map(sum, report["evaluation"]["confusion_matrix"])) == 32
+    assert "classification_report" in (out / "report.md").read_text()
+    weights = torch.load(out / "model.pt", weights_only=True)
+    assert "out.weight" in weights
+
+    pipeline.run(tiny_model_file, _opts(out, 4), log=logs.append)
+    second = _study(out).trials
+    assert any("resuming the study" in line for line in logs)
+    counted = [t for t in second if t.user_attrs.get("status") != "infeasible"]
+    assert len(counted) == 4
+    for number, (params, value, state) in first.items():
+        assert (second[number].params, second[number].value, second[number].state) == (params, value, state)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_model_file(tiny_model_file, tmp_path):
+    out = tmp_path / "run"
+    pipeline.run(tiny_model_file, _opts(out, 1), log=lambda _: None)
+    tiny_model_file.write_text(tiny_model_file.read_text() + "\n# edited\n")
+    with pytest.raises(ConfigError, match="was made for a different version of the model file"):
+        pipeline.run(tiny_model_file, _opts(out, 2), log=lambda _: None)
+
+
+def test_train_with_a_saved_config_uses_it(tiny_model_file, tmp_path):
+    cfg = TrainConfig(micro_batch_size=24, accumulation_steps=2, epochs=2, lr=0.01, base_lr=0.01, warmup=0.0)
+    TunedConfig(train=cfg, provenance={"note": "written by a test"}).save(tmp_path / "tuned.yaml")
+    rc = main(["train", str(tiny_model_file), "--config", str(tmp_path / "tuned.yaml"), "--out", str(tmp_path / "t"), "--no-progress"])
+    assert rc == 0
+    report = json.loads((tmp_path / "t" / "report.json").read_text())
+    assert report["config"] == cfg.to_dict()
+    # 96 samples in micro-batches of 24, 2 per optimizer step: 2 steps and 96 samples an epoch.
+    assert [row["samples"] for row in report["final"]["history"]] == [96, 96]
+    assert (tmp_path / "t" / "model.pt").is_file()
+
+
+def test_tuned_yaml_round_trips(tmp_path):
+    tuned = TunedConfig(
+        train=TrainConfig.from_base(pipeline.load_task(ASSETS / "tiny_mlp.py").base, micro_batch_size=16, amp="bf16"),
+        provenance={"seeds": {"train": 0}, "versions": {"torch": "2.13.0"}},
+        measured={"throughput_samples_per_s": 1234.5, "peak_memory_bytes": 10},
+    )
+    path = tuned.save(tmp_path / "tuned.yaml")
+    assert load_tuned(path) == tuned
+    text = path.read_text()
+    assert text.startswith("# autotune tuned configuration (schema version 1).")
+    assert "amp: bf16  # autocast dtype" in text
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(extra=1), "unknown top-level key 'extra'"),
+        (lambda d: d["train"].update(micro_batch=3), "train: unknown key 'micro_batch'"),
+        (lambda d: d["train"].update(micro_batch_size="big"), "`micro_batch_size` must be an integer, but got 'big'"),
+        (lambda d: d["train"].update(amp="fp8"), "`amp` must be one of off, fp16, bf16, but got 'fp8'"),
+        (lambda d: d.update(schema_version=99), "schema_version 99 is not supported"),
+    ],
+)
+def test_tuned_yaml_errors_name_the_problem(tmp_path, edit, message):
+    path = TunedConfig(train=TrainConfig()).save(tmp_path / "tuned.yaml")
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        load_tuned(path)
+    assert str(path) in str(info.value)
+
+
+def test_cli_error_is_one_line_without_traceback(tmp_path):
+    missing = tmp_path / "nope.py"
+    cmd = [sys.executable, "-m", "autotune", "run", str(missing), "--out", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert f"autotune: error: Model file {missing} does not exist." in proc.stderr
+    assert "Traceback" not in proc.stderr
+    debug = subprocess.run([sys.executable, "-m", "autotune", "--debug", *cmd[3:]], capture_output=True, text=True, timeout=120)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_cli_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "model.py", "--trials", "0"])
+    assert info.value.code == 2
+    assert "--trials: must be >= 1, but got 0" in capsys.readouterr().err
