@@ -38,6 +38,13 @@ TUNABLE: dict[str, type] = {
 _ALLOWED_STRINGS = {"amp": AMP_MODES, "lr_rule": LR_RULES}
 _TOP_KEYS = ("name", "description", "params", "limits")
 _LIMIT_KEYS = {"min_total_steps": int}
+# Allowed value range of numeric knobs, for choices and ranges alike (as TrainConfig checks).
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "micro_batch_size": (1, math.inf),
+    "accumulation_steps": (1, math.inf),
+    "num_workers": (0, math.inf),
+    "warmup": (0.0, 0.5),
+}
 _CHOICE_KEYS = {"choices"}
 _RANGE_KEYS = {"low", "high", "log", "step"}
 
@@ -184,9 +191,13 @@ def parse_space(data: Any, source: str) -> SearchSpace:
         raise ConfigError(f"{source}: `name` must be a non-empty string, but got {name!r}.")
     raw_params = data.get("params")
     if not isinstance(raw_params, dict) or not raw_params:
-        raise ConfigError(f"{source}: `params` must be a non-empty mapping of knob names to choices or ranges.")
+        raise ConfigError(
+            f"{source}: `params` must be a non-empty mapping of knob names to choices or "
+            f"ranges, but got {raw_params!r}."
+        )
     params = {key: _parse_param(key, spec, source) for key, spec in raw_params.items()}
-    limits = data.get("limits") or {}
+    limits = data.get("limits", {})
+    limits = {} if limits is None else limits
     if not isinstance(limits, dict):
         raise ConfigError(f"{source}: `limits` must be a mapping.")
     _no_unknown(limits, tuple(_LIMIT_KEYS), source, "key in `limits`")
@@ -220,7 +231,7 @@ def _parse_param(key: Any, spec: Any, source: str) -> Param:
             raise ConfigError(f"{where}: `choices` cannot be combined with {', '.join(sorted(keys - _CHOICE_KEYS))}.")
         return Param(key, choices=_parse_choices(key, spec["choices"], where))
     if keys - _RANGE_KEYS or not {"low", "high"} <= keys:
-        raise ConfigError(f"{where} must have either `choices` or both `low` and `high` (optional `log`, `step`); got keys {', '.join(sorted(keys))}.")
+        raise ConfigError(f"{where} must have either `choices` or both `low` and `high` (optional `log`, `step`); got keys {', '.join(sorted(map(str, keys))) or '(none)'}.")
     return _parse_range(key, spec, where)
 
 
@@ -242,11 +253,19 @@ def _parse_choices(key: str, choices: Any, where: str) -> tuple[Any, ...]:
             raise ConfigError(f"{where}: choice {c!r} must be of type {kind.__name__}.")
         if key in _ALLOWED_STRINGS and c not in _ALLOWED_STRINGS[key]:
             raise ConfigError(f"{where}: choice {c!r} is not allowed; allowed: {', '.join(_ALLOWED_STRINGS[key])}.")
-        if kind is int and c < (1 if key in ("micro_batch_size", "accumulation_steps") else 0):
-            raise ConfigError(f"{where}: choice {c} is out of range (must be >= {1 if key != 'num_workers' else 0}).")
+        _check_bounds(key, c, f"{where}: choice {c}")
     if len(set(choices)) != len(choices):
         raise ConfigError(f"{where}: `choices` has duplicates: {choices!r}.")
     return tuple(choices)
+
+
+def _check_bounds(key: str, value: float, what: str) -> None:
+    if key not in _BOUNDS:
+        return
+    low, high = _BOUNDS[key]
+    if not low <= value <= high:
+        allowed = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+        raise ConfigError(f"{what} is out of range: `{key}` must be {allowed}.")
 
 
 def _parse_range(key: str, spec: dict[str, Any], where: str) -> Param:
@@ -261,6 +280,8 @@ def _parse_range(key: str, spec: dict[str, Any], where: str) -> Param:
             raise ConfigError(f"{where}: `{label}` must be an integer for `{key}`, but got {v!r}.")
     if not low <= high:
         raise ConfigError(f"{where}: `low <= high` must hold, but got (low={low}, high={high}).")
+    _check_bounds(key, low, f"{where}: `low` {low}")
+    _check_bounds(key, high, f"{where}: `high` {high}")
     log = spec.get("log", False)
     if not isinstance(log, bool):
         raise ConfigError(f"{where}: `log` must be true or false, but got {log!r}.")
@@ -269,4 +290,8 @@ def _parse_range(key: str, spec: dict[str, Any], where: str) -> Param:
     step = spec.get("step")
     if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
         raise ConfigError(f"{where}: `step` must be a number > 0, but got {step!r}.")
+    if step is not None and kind is int and not isinstance(step, int):
+        raise ConfigError(f"{where}: `step` must be an integer for `{key}`, but got {step!r}.")
+    if step is not None and log:
+        raise ConfigError(f"{where}: `log: true` and `step` cannot be combined; use one of them.")
     return Param(key, low=low, high=high, log=log, step=step)

@@ -36,6 +36,7 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any]) -> 
     ``max_seconds`` do, and the LR schedule spans only the steps the trial may take.
     """
     b = TrialBudget(**budget)
+    load_before = os.getloadavg()[0]
     task = load_task(model_path, validate=False)
     cfg = TrainConfig.from_dict(config, source="trial config")
     device = pick_device()
@@ -60,5 +61,8 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any]) -> 
         "val_loss": result.evaluation.loss,
         "val_accuracy": result.evaluation.accuracy,
         "device": str(device),
+        # Other work on the machine distorts timings; kept so a noisy trial can be spotted.
+        "load_avg_1m_before": load_before,
+        "load_avg_1m_after": os.getloadavg()[0],
         "pid": os.getpid(),
     }

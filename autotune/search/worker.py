@@ -82,6 +82,8 @@ def run_isolated(fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], time
 
 def _wait(receiver: Any, proc: Any, timeout_s: float) -> Outcome:
     if not receiver.poll(timeout_s):
+        proc.kill()
+        proc.join(5)
         return Outcome("timeout", reason=f"no result within {timeout_s:.0f} s; the trial process was killed")
     try:
         return receiver.recv()

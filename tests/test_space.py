@@ -1,0 +1,626 @@
+"""Search spaces: loading, every validation message, suggesting with real Optuna trials,
+removing choices, feasibility, the hash, and gating by machine and model facts."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from autotune.config import Base, TrainConfig
+from autotune.errors import ConfigError
+from autotune.search.gate import Facts, gate
+from autotune.search.space import SearchSpace, load_space, parse_space
+
+SRC = "space.yaml"
+DEFAULT_KNOBS = [
+    "micro_batch_size",
+    "accumulation_steps",
+    "num_workers",
+    "pin_memory",
+    "amp",
+    "checkpointing",
+    "lr_rule",
+]
+
+
+def _whole(message: str) -> str:
+    """A pattern that matches exactly ``message``."""
+    return f"^{re.escape(message)}$"
+
+
+def _space(params: dict, **top) -> SearchSpace:
+    return parse_space({"name": "t", "params": params, **top}, source=SRC)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_default_space_loads():
+    space = load_space("default")
+
+    assert space.name == "default"
+    assert list(space.params) == DEFAULT_KNOBS
+    assert space.min_total_steps == 64
+    assert Path(space.source).name == "default.yaml"
+    assert space.params["amp"].choices == ("off", "bf16", "fp16")
+    assert space.params["lr_rule"].fixed
+    assert space.searched() == [k for k in DEFAULT_KNOBS if k != "lr_rule"]
+    assert space.gated == {}
+    assert load_space() == space
+
+
+def test_unknown_builtin_name_lists_the_builtin_spaces():
+    with pytest.raises(ConfigError, match=r"^No built-in search space named 'nope'; built-in spaces: (\w+, )*default(, \w+)*\.$") as info:
+        load_space("nope")
+    assert info.value.hint == "Pass a name from that list or the path of a .yaml file."
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml"])
+@pytest.mark.parametrize("as_str", [False, True])
+def test_space_file_loads_by_path(tmp_path, suffix, as_str):
+    path = tmp_path / f"mine{suffix}"
+    path.write_text(
+        "name: mine\n"
+        "description: two knobs\n"
+        "params:\n"
+        "  micro_batch_size: {choices: [8, 16]}\n"
+        '  amp: {choices: ["off"]}\n'
+        "limits: {min_total_steps: 5}\n"
+    )
+
+    space = load_space(str(path) if as_str else path)
+
+    assert (space.name, space.description, space.min_total_steps) == ("mine", "two knobs", 5)
+    assert space.source == str(path)
+    assert space.params["micro_batch_size"].choices == (8, 16)
+    assert space.params["amp"].fixed
+
+
+def test_missing_space_file_is_named(tmp_path):
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(ConfigError, match=_whole(f"{path}: no such file.")):
+        load_space(path)
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: broken\nparams:\n  amp: {choices: [off, bf16\n")
+
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: not valid YAML: ") as info:
+        load_space(path)
+    assert str(info.value).endswith(".")
+    assert isinstance(info.value.__cause__, yaml.YAMLError)
+
+
+# ---------------------------------------------------------------- validation
+
+_OK_PARAMS = {"micro_batch_size": {"choices": [16, 32]}}
+_TUNABLE_LIST = (
+    "micro_batch_size, accumulation_steps, num_workers, pin_memory, persistent_workers, "
+    "amp, checkpointing, lr_rule, warmup"
+)
+
+TOP_LEVEL_ERRORS = [
+    pytest.param([1, 2], "space.yaml: a search space must be a mapping, but got list.", id="not-a-mapping"),
+    pytest.param(None, "space.yaml: a search space must be a mapping, but got NoneType.", id="empty-file"),
+    pytest.param(
+        {"name": "t", "params": _OK_PARAMS, "limts": {}},
+        "space.yaml: unknown top-level key 'limts'; allowed: name, description, params, limits.",
+        id="unknown-top-key",
+    ),
+    pytest.param({"params": _OK_PARAMS}, "space.yaml: `name` must be a non-empty string, but got None.", id="no-name"),
+    pytest.param({"name": "", "params": _OK_PARAMS}, "space.yaml: `name` must be a non-empty string, but got ''.", id="empty-name"),
+    pytest.param({"name": 3, "params": _OK_PARAMS}, "space.yaml: `name` must be a non-empty string, but got 3.", id="int-name"),
+    *(
+        pytest.param(
+            {"name": "t", **params},
+            "space.yaml: `params` must be a non-empty mapping of knob names to choices or ranges, "
+            f"but got {got}.",
+            id=f"params-{label}",
+        )
+        for label, params, got in [
+            ("missing", {}, "None"),
+            ("empty", {"params": {}}, "{}"),
+            ("list", {"params": ["amp"]}, "['amp']"),
+        ]
+    ),
+    pytest.param(
+        {"name": "t", "params": _OK_PARAMS, "limits": []},
+        "space.yaml: `limits` must be a mapping.",
+        id="limits-empty-list",
+    ),
+    pytest.param(
+        {"name": "t", "params": _OK_PARAMS, "limits": [64]},
+        "space.yaml: `limits` must be a mapping.",
+        id="limits-not-a-mapping",
+    ),
+    pytest.param(
+        {"name": "t", "params": _OK_PARAMS, "limits": {"max_steps": 10}},
+        "space.yaml: unknown key in `limits` 'max_steps'; allowed: min_total_steps.",
+        id="unknown-limits-key",
+    ),
+    *(
+        pytest.param(
+            {"name": "t", "params": _OK_PARAMS, "limits": {"min_total_steps": value}},
+            f"space.yaml: `limits.min_total_steps` must be an integer >= 0, but got {value!r}.",
+            id=f"min-total-steps-{value!r}",
+        )
+        for value in (-1, 1.5, True, "64")
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), TOP_LEVEL_ERRORS)
+def test_top_level_errors(data, message):
+    with pytest.raises(ConfigError, match=_whole(message)):
+        parse_space(data, source=SRC)
+
+
+PARAM_ERRORS = [
+    pytest.param(
+        "lr", {"choices": [0.1]},
+        f"space.yaml: unknown knob 'lr' under `params`; tunable knobs: {_TUNABLE_LIST}.",
+        id="unknown-knob",
+    ),
+    pytest.param(
+        "micro_batch_size", [16, 32],
+        "space.yaml: `params.micro_batch_size` must be a mapping with `choices` or `low`/`high`, but got [16, 32].",
+        id="spec-not-a-mapping",
+    ),
+    pytest.param(
+        "micro_batch_size", {"choices": [16], "low": 1, "high": 2},
+        "space.yaml: `params.micro_batch_size`: `choices` cannot be combined with high, low.",
+        id="choices-and-range",
+    ),
+    pytest.param(
+        "micro_batch_size", {"low": 1},
+        "space.yaml: `params.micro_batch_size` must have either `choices` or both `low` and `high` "
+        "(optional `log`, `step`); got keys low.",
+        id="low-without-high",
+    ),
+    pytest.param(
+        "micro_batch_size", {"values": [16]},
+        "space.yaml: `params.micro_batch_size` must have either `choices` or both `low` and `high` "
+        "(optional `log`, `step`); got keys values.",
+        id="neither-choices-nor-range",
+    ),
+    pytest.param(
+        "amp", {"choices": []},
+        "space.yaml: `params.amp`: `choices` must be a non-empty list, but got [].",
+        id="empty-choices",
+    ),
+    pytest.param(
+        "amp", {"choices": "bf16"},
+        "space.yaml: `params.amp`: `choices` must be a non-empty list, but got 'bf16'.",
+        id="choices-not-a-list",
+    ),
+    pytest.param(
+        "micro_batch_size", {"choices": [16, "32"]},
+        "space.yaml: `params.micro_batch_size`: choice '32' must be of type int.",
+        id="str-for-int",
+    ),
+    pytest.param(
+        "micro_batch_size", {"choices": [True]},
+        "space.yaml: `params.micro_batch_size`: choice True must be of type int.",
+        id="bool-for-int",
+    ),
+    pytest.param(
+        "pin_memory", {"choices": [1]},
+        "space.yaml: `params.pin_memory`: choice 1 must be of type bool.",
+        id="int-for-bool",
+    ),
+    pytest.param(
+        "warmup", {"choices": [0.1, "0.2"]},
+        "space.yaml: `params.warmup`: choice '0.2' must be of type float.",
+        id="str-for-float",
+    ),
+    pytest.param(
+        "amp", {"choices": ["off", "fp8"]},
+        "space.yaml: `params.amp`: choice 'fp8' is not allowed; allowed: off, fp16, bf16.",
+        id="amp-not-allowed",
+    ),
+    pytest.param(
+        "lr_rule", {"choices": ["cubic"]},
+        "space.yaml: `params.lr_rule`: choice 'cubic' is not allowed; allowed: linear, sqrt, none.",
+        id="lr-rule-not-allowed",
+    ),
+    pytest.param(
+        "micro_batch_size", {"choices": [16, 32, 16]},
+        "space.yaml: `params.micro_batch_size`: `choices` has duplicates: [16, 32, 16].",
+        id="duplicates",
+    ),
+    pytest.param(
+        "micro_batch_size", {"choices": [0, 16]},
+        "space.yaml: `params.micro_batch_size`: choice 0 is out of range: `micro_batch_size` must be >= 1.",
+        id="micro-batch-0",
+    ),
+    pytest.param(
+        "accumulation_steps", {"choices": [0]},
+        "space.yaml: `params.accumulation_steps`: choice 0 is out of range: `accumulation_steps` must be >= 1.",
+        id="accumulation-0",
+    ),
+    pytest.param(
+        "num_workers", {"choices": [-1, 0]},
+        "space.yaml: `params.num_workers`: choice -1 is out of range: `num_workers` must be >= 0.",
+        id="num-workers-negative",
+    ),
+    pytest.param(
+        "amp", {"low": 0, "high": 1},
+        "space.yaml: `params.amp`: a range needs a numeric knob; `amp` takes str values, so use `choices`.",
+        id="range-on-str-knob",
+    ),
+    pytest.param(
+        "pin_memory", {"low": 0, "high": 1},
+        "space.yaml: `params.pin_memory`: a range needs a numeric knob; `pin_memory` takes bool values, so use `choices`.",
+        id="range-on-bool-knob",
+    ),
+    pytest.param(
+        "micro_batch_size", {"low": 64, "high": 8},
+        "space.yaml: `params.micro_batch_size`: `low <= high` must hold, but got (low=64, high=8).",
+        id="low-above-high",
+    ),
+    pytest.param(
+        "warmup", {"low": 0.2, "high": 0.1},
+        "space.yaml: `params.warmup`: `low <= high` must hold, but got (low=0.2, high=0.1).",
+        id="low-above-high-float",
+    ),
+    pytest.param(
+        "warmup", {"low": "0.1", "high": 0.2},
+        "space.yaml: `params.warmup`: `low` must be a number, but got '0.1'.",
+        id="low-not-a-number",
+    ),
+    pytest.param(
+        "micro_batch_size", {"low": 8, "high": 64.0},
+        "space.yaml: `params.micro_batch_size`: `high` must be an integer for `micro_batch_size`, but got 64.0.",
+        id="float-bound-for-int",
+    ),
+    pytest.param(
+        "warmup", {"low": 0.0, "high": 0.1, "log": True},
+        "space.yaml: `params.warmup`: `log: true` needs `low` > 0, but got low=0.0.",
+        id="log-from-zero",
+    ),
+    pytest.param(
+        "micro_batch_size", {"low": -8, "high": 64, "log": True},
+        "space.yaml: `params.micro_batch_size`: `low` -8 is out of range: `micro_batch_size` must be >= 1.",
+        id="range-below-bound",
+    ),
+    pytest.param(
+        "warmup", {"low": 0.01, "high": 0.1, "log": "yes"},
+        "space.yaml: `params.warmup`: `log` must be true or false, but got 'yes'.",
+        id="log-not-bool",
+    ),
+    *(
+        pytest.param(
+            "warmup", {"low": 0.0, "high": 0.2, "step": step},
+            f"space.yaml: `params.warmup`: `step` must be a number > 0, but got {step!r}.",
+            id=f"step-{step!r}",
+        )
+        for step in (0, -0.05, "0.05", True)
+    ),
+]
+
+
+@pytest.mark.parametrize(("knob", "spec", "message"), PARAM_ERRORS)
+def test_param_errors(knob, spec, message):
+    with pytest.raises(ConfigError, match=_whole(message)):
+        _space({knob: spec})
+
+
+def test_unquoted_off_for_amp_asks_for_quotes():
+    data = yaml.safe_load("name: t\nparams:\n  amp: {choices: [off, bf16]}\n")
+    assert data["params"]["amp"]["choices"][0] is False  # what YAML 1.1 makes of `off`
+
+    with pytest.raises(ConfigError) as info:
+        parse_space(data, source=SRC)
+
+    assert str(info.value) == (
+        "space.yaml: `params.amp`: choice False is not a string; "
+        "YAML reads unquoted off/on/no/yes as booleans."
+    )
+    assert info.value.hint == 'Quote it: "off".'
+
+
+def test_quoted_off_and_every_value_kind_parse():
+    space = _space(
+        {
+            "micro_batch_size": {"low": 8, "high": 256, "log": True},
+            "accumulation_steps": {"low": 1, "high": 7, "step": 2},
+            "num_workers": {"choices": [0, 2]},
+            "pin_memory": {"choices": [False, True]},
+            "amp": {"choices": ["off", "bf16"]},
+            "lr_rule": {"choices": ["linear", "sqrt", "none"]},
+            "warmup": {"choices": [0, 0.1]},  # an int is a valid float
+        },
+        description="all kinds",
+    )
+
+    p = space.params
+    assert (p["micro_batch_size"].low, p["micro_batch_size"].high, p["micro_batch_size"].log) == (8, 256, True)
+    assert (p["accumulation_steps"].step, p["accumulation_steps"].choices) == (2, None)
+    assert p["amp"].choices == ("off", "bf16")
+    assert p["warmup"].choices == (0, 0.1)
+    assert space.min_total_steps == 0
+    assert parse_space(space.to_dict(), source="copy.yaml").params == space.params
+
+
+# ---------------------------------------------------------------- suggest and contains
+
+SUGGEST_PARAMS = {
+    "micro_batch_size": {"choices": [8, 16, 32]},
+    "accumulation_steps": {"low": 1, "high": 7, "step": 2},
+    "num_workers": {"low": 1, "high": 8, "log": True},
+    "warmup": {"low": 0.0, "high": 0.2, "step": 0.05},
+    "amp": {"choices": ["off"]},
+    "lr_rule": {"choices": ["sqrt"]},
+}
+SEARCHED = {"micro_batch_size", "accumulation_steps", "num_workers", "warmup"}
+
+
+def test_suggest_with_real_trials():
+    space = _space(SUGGEST_PARAMS)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+    for _ in range(30):
+        trial = study.ask()
+        values = space.suggest(trial)
+
+        assert set(trial.params) == SEARCHED  # fixed knobs are set, not suggested
+        assert values == {**trial.params, "amp": "off", "lr_rule": "sqrt"}
+        assert values["micro_batch_size"] in (8, 16, 32)
+        assert values["accumulation_steps"] in (1, 3, 5, 7)
+        assert isinstance(values["num_workers"], int) and 1 <= values["num_workers"] <= 8
+        assert 0.0 <= values["warmup"] <= 0.2
+        assert math.isclose(values["warmup"] / 0.05, round(values["warmup"] / 0.05), abs_tol=1e-9)
+        assert space.contains(values)
+        TrainConfig.from_base(Base(), **values)  # every suggestion is a valid config
+        study.tell(trial, 0.0)
+
+    assert trial.distributions == {
+        "micro_batch_size": CategoricalDistribution([8, 16, 32]),
+        "accumulation_steps": IntDistribution(1, 7, step=2),
+        "num_workers": IntDistribution(1, 8, log=True),
+        "warmup": FloatDistribution(0.0, 0.2, step=0.05),
+    }
+
+
+def test_suggest_float_log_range():
+    space = _space({"warmup": {"low": 0.01, "high": 0.5, "log": True}})
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+
+    values = space.suggest(trial)
+
+    assert trial.distributions == {"warmup": FloatDistribution(0.01, 0.5, log=True)}
+    assert 0.01 <= values["warmup"] <= 0.5
+
+
+def test_suggest_with_fixed_trial():
+    # FixedTrial raises for any name it was not given, so fixed knobs must not be suggested.
+    space = _space(SUGGEST_PARAMS)
+    chosen = {"micro_batch_size": 16, "accumulation_steps": 3, "num_workers": 2, "warmup": 0.1}
+
+    values = space.suggest(optuna.trial.FixedTrial(chosen))
+
+    assert values == {**chosen, "amp": "off", "lr_rule": "sqrt"}
+
+
+def test_contains_checks_searched_knobs_only():
+    space = _space(SUGGEST_PARAMS)
+    inside = {"micro_batch_size": 16, "accumulation_steps": 3, "num_workers": 2, "warmup": 0.1}
+
+    assert space.contains(inside)
+    assert space.contains({**inside, "amp": "bf16"})  # fixed knobs are not searched
+    assert not space.contains({**inside, "micro_batch_size": 64})
+    assert not space.contains({**inside, "accumulation_steps": 9})
+    assert not space.contains({**inside, "warmup": 0.3})
+    assert not space.contains({k: v for k, v in inside.items() if k != "warmup"})
+
+
+# ---------------------------------------------------------------- without, infeasible, sha256
+
+
+def test_without_removes_a_choice_and_records_why():
+    space = load_space("default")
+
+    smaller = space.without("amp", "fp16", "fp16 is slow here")
+
+    assert smaller.params["amp"].choices == ("off", "bf16")
+    assert smaller.gated == {"amp": {"fp16": "fp16 is slow here"}}
+    assert space.params["amp"].choices == ("off", "bf16", "fp16")  # the original is untouched
+    assert space.gated == {}
+    assert smaller.without("amp", "fp16", "again") is smaller  # already gone: no change
+
+
+def test_without_a_knob_the_space_does_not_list_changes_nothing():
+    space = load_space("default")
+    assert space.without("persistent_workers", True, "no workers") is space
+
+
+def test_without_keys_reasons_by_the_choice_as_text():
+    gated = load_space("default").without("pin_memory", True, "no GPU").gated
+    assert gated == {"pin_memory": {"True": "no GPU"}}
+
+
+def test_removing_the_last_choice_names_the_knob_and_the_reasons():
+    space = _space({"amp": {"choices": ["off", "fp16"]}})
+    one_left = space.without("amp", "fp16", "no GPU")
+
+    with pytest.raises(ConfigError) as info:
+        one_left.without("amp", "off", "fp32 is too slow")
+
+    assert str(info.value) == (
+        "space.yaml: every choice of `amp` was ruled out on this machine or model "
+        "(fp16: no GPU; off: fp32 is too slow)."
+    )
+    assert info.value.hint == "Add a choice of `amp` that this machine can use."
+
+
+def _cfg(micro: int, accum: int, epochs: int) -> TrainConfig:
+    return TrainConfig(micro_batch_size=micro, accumulation_steps=accum, epochs=epochs)
+
+
+def test_infeasible_when_too_few_optimizer_steps():
+    space = load_space("default")  # min_total_steps: 64
+
+    # ceil(1000 / 32) = 32 micro-batches, 8 optimizer steps an epoch, 16 in 2 epochs.
+    reason = space.infeasible(_cfg(32, 4, 2), train_size=1000)
+
+    assert reason == (
+        "effective batch 128 leaves 16 optimizer steps in 2 epochs over 1000 samples; "
+        "the space asks for at least 64 (limits.min_total_steps)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("micro", "accum", "epochs", "train_size"),
+    [
+        (16, 1, 10, 1000),  # 63 steps an epoch, 630 in all
+        (32, 4, 8, 1000),  # exactly 64: 8 an epoch, counting the short last group
+        (32, 1, 2, 1024),  # exactly 64
+    ],
+)
+def test_feasible_configs(micro, accum, epochs, train_size):
+    assert load_space("default").infeasible(_cfg(micro, accum, epochs), train_size) is None
+
+
+def test_one_step_short_is_infeasible():
+    reason = load_space("default").infeasible(_cfg(32, 1, 2), train_size=992)
+    assert reason is not None and "leaves 62 optimizer steps in 2 epochs over 992 samples" in reason
+
+
+def test_without_limits_nothing_is_infeasible():
+    assert _space(_OK_PARAMS).infeasible(_cfg(32, 64, 1), train_size=10) is None
+
+
+def test_sha256_is_stable_and_follows_the_choices():
+    space = load_space("default")
+
+    assert re.fullmatch(r"[0-9a-f]{64}", space.sha256)
+    assert load_space("default").sha256 == space.sha256
+    # The hash is of the content, not of where it was read from.
+    assert parse_space(space.to_dict(), source="elsewhere.yaml").sha256 == space.sha256
+    assert space.without("amp", "fp16", "slow").sha256 != space.sha256
+    assert space.without("num_workers", 4, "cores").sha256 != space.without("num_workers", 2, "cores").sha256
+
+
+# ---------------------------------------------------------------- gating
+
+CPU_FACTS = Facts(
+    device_type="cpu",
+    amp_blocked={"fp16": "slow", "bf16": None},
+    logical_cores=2,
+    has_blocks=False,
+    train_size=100,
+)
+CUDA_FACTS = Facts(
+    device_type="cuda",
+    amp_blocked={"fp16": None, "bf16": None},
+    logical_cores=16,
+    has_blocks=True,
+    train_size=10_000,
+)
+
+
+def test_gate_on_a_cpu_removes_what_it_cannot_use():
+    space = load_space("default")
+
+    gated = gate(space, CPU_FACTS)
+
+    p = gated.params
+    assert p["amp"].choices == ("off", "bf16")
+    assert p["pin_memory"].choices == (False,)
+    assert p["checkpointing"].choices == (False,)
+    assert p["num_workers"].choices == (0, 2)
+    assert p["micro_batch_size"].choices == (16, 32, 64)
+    assert p["accumulation_steps"] == space.params["accumulation_steps"]
+    assert p["lr_rule"] == space.params["lr_rule"]
+    too_large = "larger than the training set (100 samples)"
+    assert gated.gated == {
+        "amp": {"fp16": "slow"},
+        "pin_memory": {"True": "no GPU: pinned memory only speeds copies from host to GPU"},
+        "checkpointing": {
+            "True": "the model has no repeated blocks to checkpoint "
+            "(define checkpoint_blocks(model) to name them)"
+        },
+        "num_workers": {"4": "more DataLoader workers than the 2 logical cores"},
+        "micro_batch_size": {"128": too_large, "256": too_large, "512": too_large},
+    }
+    assert space.gated == {}  # the input is untouched
+
+
+def test_gate_on_a_gpu_with_blocks_removes_nothing():
+    space = load_space("default")
+
+    gated = gate(space, CUDA_FACTS)
+
+    assert gated.params == space.params
+    assert gated.gated == {}
+    assert gated.sha256 == space.sha256
+
+
+PERSISTENT = {
+    "num_workers": {"choices": [0, 4]},
+    "persistent_workers": {"choices": [False, True]},
+    "amp": {"choices": ["off", "fp16"]},
+    "pin_memory": {"choices": [False, True]},
+    "checkpointing": {"choices": [False, True]},
+}
+
+
+def test_gate_removes_persistent_workers_when_only_zero_workers_remain():
+    gated = gate(_space(PERSISTENT), CPU_FACTS)  # 2 cores: 4 workers go, 0 is left
+
+    assert gated.params["num_workers"].choices == (0,)
+    assert gated.params["persistent_workers"].choices == (False,)
+    assert gated.gated["persistent_workers"] == {"True": "no DataLoader workers to keep alive"}
+
+
+def test_gate_keeps_persistent_workers_while_workers_remain():
+    facts = Facts("cpu", {"fp16": "slow"}, logical_cores=4, has_blocks=False, train_size=100)
+
+    gated = gate(_space(PERSISTENT), facts)
+
+    assert gated.params["num_workers"].choices == (0, 4)
+    assert gated.params["persistent_workers"].choices == (False, True)
+    assert "persistent_workers" not in gated.gated
+
+
+@pytest.mark.parametrize(
+    ("params", "facts", "left"),
+    [
+        # A space with no amp, pin_memory or checkpointing knobs, on a CPU.
+        pytest.param(_OK_PARAMS, CPU_FACTS, {"micro_batch_size": (16, 32)}, id="minimal-space"),
+        # The default space lists no persistent_workers; one core leaves only 0 workers.
+        pytest.param(
+            {"num_workers": {"choices": [0, 2, 4]}},
+            Facts("cuda", {}, logical_cores=1, has_blocks=True, train_size=100),
+            {"num_workers": (0,)},
+            id="no-persistent-workers-knob",
+        ),
+    ],
+)
+def test_gate_skips_knobs_the_space_does_not_list(params, facts, left):
+    gated = gate(_space(params), facts)
+
+    assert {k: p.choices for k, p in gated.params.items()} == left
+
+
+@pytest.mark.parametrize(
+    "knob, spec, message",
+    [
+        ("accumulation_steps", {"low": 1, "high": 8, "step": 0.5}, "`step` must be an integer for `accumulation_steps`, but got 0.5."),
+        ("micro_batch_size", {"low": 8, "high": 64, "log": True, "step": 8}, "`log: true` and `step` cannot be combined; use one of them."),
+        ("warmup", {"choices": [0.0, 0.9]}, "choice 0.9 is out of range: `warmup` must be in [0.0, 0.5]."),
+        ("warmup", {"low": 0.0, "high": 0.7}, "`high` 0.7 is out of range: `warmup` must be in [0.0, 0.5]."),
+        ("num_workers", {"low": -1, "high": 4}, "`low` -1 is out of range: `num_workers` must be >= 0."),
+        ("micro_batch_size", {}, "must have either `choices` or both `low` and `high` (optional `log`, `step`); got keys (none)."),
+    ],
+)
+def test_ranges_are_checked_before_optuna_sees_them(knob, spec, message):
+    with pytest.raises(ConfigError, match=re.escape(f"space.yaml: `params.{knob}`") + ".*" + re.escape(message)):
+        parse_space({"name": "t", "params": {knob: spec}}, source="space.yaml")
