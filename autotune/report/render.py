@@ -112,6 +112,8 @@ def _search(data: dict[str, Any]) -> str:
 def _trial_row(t: dict[str, Any]) -> list[Any]:
     cfg = t.get("config") or {}
     note = t.get("reason") or ("default config" if t.get("role") == "default" else "")
+    if t.get("duplicate_of") is not None:
+        note = f"same config as trial {t['duplicate_of']}; not run again"
     return [
         t["number"],
         t["state"],

@@ -141,7 +141,8 @@ def run_search(
     done = sum(_counts(t) for t in study.trials)
     train_size = len(task.datasets()[0])
     start, ran = time.perf_counter(), 0
-    # Infeasible proposals cost no time and do not count, but must not loop forever.
+    # Infeasible and duplicate proposals cost no time and do not count, but must not loop
+    # forever: a sampler that proposes only known configs has converged.
     asks_left = 3 * budget.n_trials
     bar = tqdm(total=budget.n_trials, initial=min(done, budget.n_trials), desc="trials", unit="trial", disable=not progress)
     while done < budget.n_trials and asks_left > 0:
@@ -162,8 +163,18 @@ def run_search(
 
 
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial counts against the budget: finished, and not ruled out unrun."""
-    return trial.state in FINISHED and trial.user_attrs.get("status") != "infeasible"
+    """Whether a trial counts against the budget: finished, and measured by itself
+    (not ruled out unrun, not answered from an earlier trial of the same config)."""
+    return trial.state in FINISHED and trial.user_attrs.get("status") not in ("infeasible", "duplicate")
+
+
+def _measured_before(study: optuna.Study, cfg: TrainConfig) -> optuna.trial.FrozenTrial | None:
+    """An earlier measured trial of the same config that completed or ran out of memory."""
+    wanted = cfg.to_dict()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.user_attrs.get("status") in ("ok", "oom") and t.user_attrs.get("config") == wanted:
+            return t
+    return None
 
 
 def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: TrialBudget, train_size: int) -> optuna.trial.FrozenTrial:
@@ -174,6 +185,16 @@ def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: Tria
     if reason:
         trial.set_user_attr("status", "infeasible")
         trial.set_user_attr("reason", reason)
+        return study.tell(trial, state=TrialState.PRUNED)
+    earlier = _measured_before(study, cfg)
+    if earlier is not None:
+        # The sampler proposed a config it already has: answer from the earlier
+        # measurement instead of spending a trial on it (re-measuring is selection's job).
+        trial.set_user_attr("status", "duplicate")
+        trial.set_user_attr("duplicate_of", earlier.number)
+        if earlier.state == TrialState.COMPLETE:
+            return study.tell(trial, earlier.value)
+        trial.set_user_attr("reason", earlier.user_attrs.get("reason", ""))
         return study.tell(trial, state=TrialState.PRUNED)
     outcome = run_isolated(
         measure,

@@ -1,0 +1,114 @@
+"""The study on a real SQLite storage: budget, duplicates, failed trials, stale trials."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autotune.search import SearchBudget, TrialBudget, enqueue_default, fail_stale_trials, open_study, parse_space, run_search
+from autotune.task import load_task
+
+ASSETS = Path(__file__).parent / "assets"
+FAST = TrialBudget(warmup_steps=1, window_s=0.02, windows=2, max_eval_batches=1, timeout_s=60)
+
+
+def _space(micro: list[int]):
+    data = {"name": "t", "params": {"micro_batch_size": {"choices": micro}, "amp": {"choices": ["off"]}}}
+    return parse_space(data, source="test space")
+
+
+def _open(tmp_path: Path, task, space):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    return open_study(storage, "s", task, space, space, "fp-test", 0)
+
+
+def test_duplicates_are_answered_from_the_earlier_trial(tiny_task, tmp_path):
+    space = _space([8, 16])
+    study, space = _open(tmp_path, tiny_task, space)
+    run_search(study, tiny_task, space, SearchBudget(n_trials=3, trial=FAST), progress=False)
+    measured = [t for t in study.trials if t.user_attrs["status"] == "ok"]
+    duplicates = [t for t in study.trials if t.user_attrs["status"] == "duplicate"]
+    # Only two configs exist: two measured trials, the rest answered without running.
+    assert sorted(t.params["micro_batch_size"] for t in measured) == [8, 16]
+    assert duplicates, "the sampler should have proposed a known config"
+    for dup in duplicates:
+        first = study.trials[dup.user_attrs["duplicate_of"]]
+        assert first.params == dup.params and first.value == dup.value
+        assert "pid" not in dup.user_attrs  # no process ran for it
+    assert len(study.trials) == 2 + len(duplicates) <= 9
+
+
+def test_a_failing_config_is_recorded_and_the_study_goes_on(tmp_path):
+    model = tmp_path / "picky_mlp.py"
+    shutil.copy(ASSETS / "picky_mlp.py", model)
+    shutil.copy(ASSETS / "tiny_mlp.py", tmp_path / "tiny_mlp.py")
+    task = load_task(model)
+    space = _space([8, 16])
+    study, space = _open(tmp_path, task, space)
+    study.enqueue_trial({"micro_batch_size": 16})
+    study.enqueue_trial({"micro_batch_size": 8})
+    run_search(study, task, space, SearchBudget(n_trials=2, trial=FAST), progress=False)
+    failed, ok = study.trials[0], study.trials[1]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["status"] == "error"
+    assert failed.user_attrs["reason"] == "ValueError: this model cannot take 16 rows"
+    assert "raise ValueError" in failed.user_attrs["traceback"]
+    assert ok.state == TrialState.COMPLETE and ok.value > 0
+
+
+def test_measurements_are_user_attributes_with_units(tiny_task, tmp_path):
+    space = _space([8])
+    study, space = _open(tmp_path, tiny_task, space)
+    run_search(study, tiny_task, space, SearchBudget(n_trials=1, trial=FAST), progress=False)
+    attrs = study.trials[0].user_attrs
+    assert attrs["throughput_samples_per_s"] == study.trials[0].value
+    assert attrs["throughput_min_samples_per_s"] <= attrs["throughput_samples_per_s"] <= attrs["throughput_max_samples_per_s"]
+    assert attrs["peak_memory_bytes"] > 2**20
+    assert 0 <= attrs["val_accuracy"] <= 1
+    assert attrs["config"]["micro_batch_size"] == 8
+
+
+def test_default_config_is_queued_first_only_in_a_new_study(tiny_task, tmp_path):
+    space = parse_space(
+        {"name": "t", "params": {"micro_batch_size": {"choices": [8, 32]}, "amp": {"choices": ["off", "bf16"]}}},
+        source="test space",
+    )
+    study, space = _open(tmp_path, tiny_task, space)
+    assert enqueue_default(study, space)
+    trial = study.ask()
+    assert space.suggest(trial) == {"micro_batch_size": 32, "amp": "off"}
+    assert trial.user_attrs["role"] == "default"
+    study.tell(trial, 1.0)
+    assert not enqueue_default(study, space)
+
+
+def test_stale_running_trials_are_marked_failed(tiny_task, tmp_path):
+    space = _space([8])
+    study, _ = _open(tmp_path, tiny_task, space)
+    study.ask()  # left running, as by a tuner that was killed
+    reopened, _ = _open(tmp_path, tiny_task, space)
+    assert fail_stale_trials(reopened) == 1
+    assert reopened.trials[0].state == TrialState.FAIL
+    assert fail_stale_trials(reopened) == 0
+
+
+def test_resume_keeps_the_gated_space_it_started_with(tiny_task, tmp_path):
+    raw = _space([8, 16])
+    gated = raw.without("micro_batch_size", 16, "a test reason")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    open_study(storage, "s", tiny_task, raw, gated, "fp-test", 0)
+    _, resumed = open_study(storage, "s", tiny_task, raw, raw, "fp-test", 0)
+    assert resumed.params["micro_batch_size"].choices == (8,)
+    assert resumed.gated == {"micro_batch_size": {"16": "a test reason"}}
+
+
+def test_resume_refuses_other_hardware(tiny_task, tmp_path):
+    space = _space([8])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    open_study(storage, "s", tiny_task, space, space, "fp-a", 0)
+    with pytest.raises(Exception, match=r"was measured on other hardware \(fp-a, this machine is fp-b\)"):
+        open_study(storage, "s", tiny_task, space, space, "fp-b", 0)
