@@ -32,6 +32,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, but got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), but got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -75,7 +85,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=_positive_float, help="start no new trial after this many seconds of search")
     p.add_argument("--space", default="default", help="a built-in search space name or a YAML file (default: default)")
     p.add_argument("--epochs", type=_positive_int, help="epochs of the final run (default: the model file's BASE['epochs'])")
-    p.add_argument("--seed", type=int, help="seed for the sampler and the training runs (default: BASE['seed'])")
+    p.add_argument("--seed", type=_seed, help="seed for the sampler and the training runs (default: BASE['seed'])")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
