@@ -10,7 +10,7 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from autotune.errors import AutotuneError
 
@@ -22,34 +22,28 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, but got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, but got {value}")
-    return value
+def _number(kind: type, low: float, high: float = float("inf"), open_low: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` in [low, high) (or (low, high))."""
+    noun = "a whole number" if kind is int else "a number"
+    bounds = f"> {low}" if open_low else f">= {low}"
+    if high != float("inf"):
+        bounds = f"in [{low}, {high})"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {noun}, but got {text!r}") from None
+        if value < low or (open_low and value == low) or value >= high:
+            raise argparse.ArgumentTypeError(f"must be {bounds}, but got {value}")
+        return value
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, but got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), but got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, but got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, but got {value}")
-    return value
+_positive_int = _number(int, 1)
+_seed = _number(int, 0, 2**32)
+_positive_float = _number(float, 0.0, open_low=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(sub)
     _add_train(sub)
-    p = sub.add_parser("profile", help="profile this machine and print a summary")
-    p.add_argument("--out", type=Path, help="also write the profile as YAML to this file")
+    p = sub.add_parser("profile", help="profile this machine, print a summary and save it as YAML")
+    p.add_argument("--out", type=Path, help="where to write the profile (default: profiles/<fingerprint>.yaml)")
     p.add_argument("--no-bench", action="store_true", help="skip the short microbenchmarks")
     return parser
 
@@ -108,8 +102,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         profile = collect_profile(measure=not args.no_bench)
         print(profile.summary())
-        if args.out:
-            print(f"wrote {profile.save(args.out)}")
+        out = args.out or Path("profiles") / f"{profile.fingerprint}.yaml"
+        print(f"wrote {profile.save(out)}")
         return 0
     from autotune import pipeline
     from autotune.search import SearchBudget

@@ -22,6 +22,7 @@ DEFAULT_KNOBS = [
     "micro_batch_size",
     "accumulation_steps",
     "num_workers",
+    "persistent_workers",
     "pin_memory",
     "amp",
     "checkpointing",
@@ -49,8 +50,8 @@ def test_default_space_loads():
     assert space.min_total_steps == 64
     assert Path(space.source).name == "default.yaml"
     assert space.params["amp"].choices == ("off", "bf16", "fp16")
-    assert space.params["lr_rule"].fixed
-    assert space.searched() == [k for k in DEFAULT_KNOBS if k != "lr_rule"]
+    assert space.params["lr_rule"].fixed and space.params["persistent_workers"].fixed
+    assert space.searched() == [k for k in DEFAULT_KNOBS if k not in ("lr_rule", "persistent_workers")]
     assert space.gated == {}
     assert load_space() == space
 
@@ -437,7 +438,7 @@ def test_without_removes_a_choice_and_records_why():
 
 
 def test_without_a_knob_the_space_does_not_list_changes_nothing():
-    space = load_space("default")
+    space = _space(_OK_PARAMS)
     assert space.without("persistent_workers", True, "no workers") is space
 
 
@@ -572,22 +573,16 @@ PERSISTENT = {
 }
 
 
-def test_gate_removes_persistent_workers_when_only_zero_workers_remain():
+def test_gate_leaves_persistent_workers_to_the_config():
+    # With only 0 workers left the knob means nothing; TrainConfig turns it off, so gating
+    # need not (and a space that fixes it to true must not become an error).
     gated = gate(_space(PERSISTENT), CPU_FACTS)  # 2 cores: 4 workers go, 0 is left
 
     assert gated.params["num_workers"].choices == (0,)
-    assert gated.params["persistent_workers"].choices == (False,)
-    assert gated.gated["persistent_workers"] == {"True": "no DataLoader workers to keep alive"}
-
-
-def test_gate_keeps_persistent_workers_while_workers_remain():
-    facts = Facts("cpu", {"fp16": "slow"}, logical_cores=4, has_blocks=False, train_size=100)
-
-    gated = gate(_space(PERSISTENT), facts)
-
-    assert gated.params["num_workers"].choices == (0, 4)
     assert gated.params["persistent_workers"].choices == (False, True)
-    assert "persistent_workers" not in gated.gated
+    cfg = TrainConfig.from_base(Base(), num_workers=0, persistent_workers=True)
+    assert cfg.persistent_workers is False
+    assert gate(load_space("default"), CPU_FACTS).params["persistent_workers"].choices == (True,)
 
 
 @pytest.mark.parametrize(
@@ -595,7 +590,7 @@ def test_gate_keeps_persistent_workers_while_workers_remain():
     [
         # A space with no amp, pin_memory or checkpointing knobs, on a CPU.
         pytest.param(_OK_PARAMS, CPU_FACTS, {"micro_batch_size": (16, 32)}, id="minimal-space"),
-        # The default space lists no persistent_workers; one core leaves only 0 workers.
+        # No persistent_workers knob; one core leaves only 0 workers.
         pytest.param(
             {"num_workers": {"choices": [0, 2, 4]}},
             Facts("cuda", {}, logical_cores=1, has_blocks=True, train_size=100),

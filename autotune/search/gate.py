@@ -48,10 +48,7 @@ def _gate_numbers(space: SearchSpace, facts: Facts) -> SearchSpace:
             space = space.without(
                 "micro_batch_size", b, f"larger than the training set ({facts.train_size} samples)"
             )
-    workers = space.params.get("num_workers")
-    worker_choices = workers.choices if workers else (0,)
-    if worker_choices is not None and all(n == 0 for n in worker_choices):
-        space = space.without("persistent_workers", True, "no DataLoader workers to keep alive")
+    # persistent_workers needs no gate: TrainConfig.from_base turns it off without workers.
     return space
 
 
