@@ -55,6 +55,9 @@ class HardwareProfile:
     amp: dict[str, dict[str, Any]]
     measured: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""
+    # What models tuned to on this machine, one entry per model file name (see
+    # autotune/results.py): the best config and the top few, with their throughput.
+    tuned: list[dict[str, Any]] = field(default_factory=list)
 
     def allowed_amp(self) -> dict[str, str | None]:
         """For "fp16" and "bf16": None when the search may use it, else the reason why not."""
@@ -108,7 +111,8 @@ def _check_profile_data(data: Any, source: str) -> None:
             f"this autotune reads schema_version {SCHEMA_VERSION}. "
             "Collect the profile again with `autotune profile`."
         )
-    missing = [name for name in known if name not in data]
+    optional = {"tuned"}  # added after schema 1 was first written; absent means none
+    missing = [name for name in known if name not in data and name not in optional]
     if missing:
         raise ConfigError(f"{source}: hardware profile is missing the key {missing[0]!r}.")
     _check_profile_parts(data, source)
