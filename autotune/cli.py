@@ -80,6 +80,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="default", help="a built-in search space name or a YAML file (default: default)")
     p.add_argument("--epochs", type=_positive_int, help="epochs of the final run (default: the model file's BASE['epochs'])")
     p.add_argument("--seed", type=_seed, help="seed for the sampler and the training runs (default: BASE['seed'])")
+    p.add_argument("--profiles", type=Path, default=Path("profiles"), help="folder of saved hardware profiles: the result is recorded in <fingerprint>.yaml there, and a new study starts from the most similar machine's results for this model (default: profiles)")
+    p.add_argument("--no-warm-start", action="store_true", help="start the study from scratch even when saved results exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -116,6 +118,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             seed=args.seed,
             epochs=args.epochs,
             progress=not args.no_progress,
+            profiles=args.profiles,
+            warm_start=not args.no_warm_start,
         )
         pipeline.run(args.model, opts)
         return 0

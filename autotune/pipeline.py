@@ -20,6 +20,7 @@ import torch
 from autotune.config import TrainConfig, TunedConfig, load_tuned, write_atomic
 from autotune.engine.loop import TrainResult, pick_device, train as train_loop
 from autotune.hardware import HardwareProfile, collect_profile
+from autotune import results
 from autotune.report import classification_metrics, write_report
 from autotune.search import (
     Facts,
@@ -32,6 +33,7 @@ from autotune.search import (
     run_search,
     select,
 )
+from autotune.search import warmstart
 from autotune.search.select import Selection
 from autotune.search.space import SearchSpace
 from autotune.task import Task, load_task
@@ -50,6 +52,10 @@ class RunOptions:
     seed: int | None = None  # None: the model file's BASE seed
     epochs: int | None = None  # None: the model file's BASE epochs
     progress: bool = True
+    # Saved hardware profiles: the run records its result there and a new study starts
+    # from the most similar machine's results. None: neither.
+    profiles: Path | None = None
+    warm_start: bool = True
 
 
 def default_out(model_path: str | Path) -> Path:
@@ -76,7 +82,9 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
         log(f"autotune: marked {stale} trial(s) left running by an earlier stopped run as failed")
     if study.trials:
         log(f"autotune: resuming the study in {out / STUDY_FILE} ({len(study.trials)} trials so far)")
-    enqueue_default(study, space)
+    else:
+        enqueue_default(study, space)
+        _warm_start(study, space, profile, task, opts, log)
     run_search(study, task, space, opts.budget, progress=opts.progress)
     selection = select(study, task, opts.budget.trial, progress=opts.progress)
     tuned = _tuned_config(task, space, profile, study, selection, storage)
@@ -89,7 +97,34 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
     paths.update(write_report(data, out))
     paths["weights"] = out / WEIGHTS_FILE
     log(f"autotune: report {paths['markdown']}")
+    if opts.profiles is not None:
+        paths["profile"] = results.record(opts.profiles, profile, _result_entry(task, space, study, tuned))
+        log(f"autotune: recorded the result in {paths['profile']}")
     return paths
+
+
+def _warm_start(study: Any, space: SearchSpace, profile: HardwareProfile, task: Task, opts: RunOptions, log: Any) -> None:
+    if opts.profiles is None or not opts.warm_start:
+        return
+    warm = warmstart.plan(opts.profiles, profile, task.name, space)
+    if warm is None:
+        return
+    n = warmstart.apply(study, warm)
+    log(
+        f"autotune: warm start: {n} config(s) from {warm['source_fingerprint']} "
+        f"(micro-batch scaled by memory ratio {warm['memory_ratio']:.2f})"
+    )
+
+
+def _result_entry(task: Task, space: SearchSpace, study: Any, tuned: TunedConfig) -> dict[str, Any]:
+    best = {"config": tuned.train.to_dict(), **{k: tuned.measured.get(k) for k in (
+        "throughput_samples_per_s", "default_throughput_samples_per_s", "speedup_vs_default", "peak_memory_bytes")}}
+    top: list[dict[str, Any]] = []
+    measured = [t for t in study.trials if t.user_attrs.get("status") == "ok" and t.value is not None]
+    for t in sorted(measured, key=lambda t: t.value, reverse=True):
+        if all(t.user_attrs["config"] != item["config"] for item in top):
+            top.append({"config": t.user_attrs["config"], "throughput_samples_per_s": t.value})
+    return results.make_entry(task.name, task.sha256, space.name, tuned.measured.get("device", ""), best, top)
 
 
 def train(model_path: str | Path, config_path: str | Path, out: Path, epochs: int | None = None, progress: bool = True, log: Any = print) -> dict[str, Path]:
@@ -222,6 +257,7 @@ def _search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[s
     return {
         "space": space.to_dict(),
         "gated": space.gated,
+        "warm_start": study.user_attrs.get("warm_start"),
         "budget": {"n_trials": budget.n_trials, "timeout_s": budget.timeout_s, "trial": budget.trial.to_dict()},
         "trials": trials,
     }

@@ -3,6 +3,7 @@ their own processes, real training, on the tiny model with a tiny search space."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from autotune import pipeline
+from autotune import pipeline, results
+from autotune.hardware import load_profile
 from autotune.cli import main
 from autotune.config import TrainConfig, TunedConfig, load_tuned
 from autotune.errors import ConfigError
@@ -143,3 +145,21 @@ def test_cli_rejects_bad_arguments(capsys):
         main(["run", "model.py", "--trials", "0"])
     assert info.value.code == 2
     assert "--trials: must be >= 1, but got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_run_records_its_result_and_the_next_study_starts_from_it(tiny_model_file, tmp_path):
+    profiles = tmp_path / "profiles"
+    logs: list[str] = []
+    first = pipeline.run(tiny_model_file, dataclasses.replace(_opts(tmp_path / "a", 2), profiles=profiles), log=logs.append)
+    entry = results.entry_for(load_profile(first["profile"]), "tiny_mlp")
+    assert entry["best"]["config"] == load_tuned(tmp_path / "a" / "tuned.yaml").train.to_dict()
+    assert entry["top"][0]["throughput_samples_per_s"] >= entry["top"][-1]["throughput_samples_per_s"]
+
+    pipeline.run(tiny_model_file, dataclasses.replace(_opts(tmp_path / "b", 2), profiles=profiles), log=logs.append)
+    assert any(line.startswith("autotune: warm start: ") for line in logs)
+    trials = _study(tmp_path / "b").trials
+    assert trials[0].user_attrs["role"] == "default"
+    assert trials[1].user_attrs["role"] == "warm_start"
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["search"]["warm_start"]["source_fingerprint"] == load_profile(first["profile"]).fingerprint

@@ -103,6 +103,13 @@ def _search(data: dict[str, Any]) -> str:
     gated = [[k, c, r] for k, d in (s.get("gated") or {}).items() for c, r in d.items()]
     if gated:
         out.append("Ruled out on this machine or model:\n\n" + _table(["knob", "choice", "why"], gated))
+    warm = s.get("warm_start")
+    if warm:
+        out.append(
+            f"Warm start: {len(warm['seeds'])} config(s) queued from the results of "
+            f"`{warm['source_fingerprint']}` (distance {warm['distance']:.2f}, micro-batch scaled "
+            f"by the memory ratio {warm['memory_ratio']:.2f}).\n"
+        )
     rows = [_trial_row(t) for t in s.get("trials", [])]
     header = ["#", "state", "micro-batch", "accum", "workers", "amp", "ckpt", "samples/s", "peak memory", "val acc", "note"]
     out.append(f"Trials ({len(rows)}):\n\n" + _table(header, rows))
@@ -111,7 +118,8 @@ def _search(data: dict[str, Any]) -> str:
 
 def _trial_row(t: dict[str, Any]) -> list[Any]:
     cfg = t.get("config") or {}
-    note = t.get("reason") or ("default config" if t.get("role") == "default" else "")
+    roles = {"default": "default config", "warm_start": f"warm start from {t.get('warm_start_from')}"}
+    note = t.get("reason") or roles.get(t.get("role"), "")
     if t.get("duplicate_of") is not None:
         note = f"same config as trial {t['duplicate_of']}; not run again"
     return [
