@@ -19,6 +19,7 @@ examples:
   autotune run examples/digits_cnn.py --trials 8
   autotune train examples/digits_cnn.py --config runs/digits_cnn/tuned.yaml --out runs/again
   autotune profile
+  autotune compare profiles/a.yaml profiles/b.yaml --format markdown
 """
 
 
@@ -59,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(sub)
     _add_train(sub)
+    c = sub.add_parser(
+        "compare",
+        help="compare saved hardware profiles side by side",
+        description="Specs and measured peaks of two or more saved profiles side by side, with "
+        "ratios to the first, and what the same model tuned to on each machine.",
+    )
+    c.add_argument("profiles", nargs="+", type=Path, help="profile YAML files (profiles/<fingerprint>.yaml)")
+    c.add_argument("--format", choices=("text", "markdown", "json"), default="text", help="output format (default: text)")
     p = sub.add_parser("profile", help="profile this machine, print a summary and save it as YAML")
     p.add_argument("--out", type=Path, help="where to write the profile (default: profiles/<fingerprint>.yaml)")
     p.add_argument("--no-bench", action="store_true", help="skip the short microbenchmarks")
@@ -99,6 +108,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "compare":
+        from autotune.compare import compare_command
+
+        print(compare_command([str(p) for p in args.profiles], args.format), end="")
+        return 0
     if args.command == "profile":
         from autotune.hardware import collect_profile
 
