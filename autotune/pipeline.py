@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from autotune.config import TrainConfig, TunedConfig, load_tuned, write_atomic
+from autotune.config import TrainConfig, TunedConfig, load_tuned
 from autotune.engine.loop import TrainResult, pick_device, train as train_loop
 from autotune.hardware import HardwareProfile, collect_profile
 from autotune import results

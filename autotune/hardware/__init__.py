@@ -18,17 +18,24 @@ from autotune.hardware.profile import (
     collect_profile,
     decide_amp,
     fingerprint,
+    load_average_1m,
     load_profile,
+    usable_cores,
 )
 
 _BENCH_NAMES = (
     "cpu_bf16_speedup",
     "cpu_matmul_tflops",
+    "cuda_matmul_precision",
+    "gbps",
+    "h2d_bandwidth_gbps",
     "matmul_tflops",
     "measure",
     "measure_cpu",
+    "measure_cpu_under_load",
     "measure_cuda",
     "median_time_s",
+    "memory_bandwidth_gbps",
 )
 
 __all__ = [
@@ -42,8 +49,10 @@ __all__ = [
     "collect_profile",
     "decide_amp",
     "fingerprint",
+    "load_average_1m",
     "load_profile",
     "query_gpus",
+    "usable_cores",
     *_BENCH_NAMES,
 ]
 

@@ -25,7 +25,7 @@ import yaml
 
 from autotune.config import read_yaml, write_atomic
 from autotune.errors import ConfigError
-from autotune.hardware.nvml import NA, GpuInfo, NvmlReport, query_gpus
+from autotune.hardware.nvml import NA, GpuInfo, query_gpus
 
 SCHEMA_VERSION = 1
 AMP_DTYPES = ("fp16", "bf16")
@@ -83,7 +83,9 @@ class HardwareProfile:
 
     def summary(self) -> str:
         """A readable multi-line summary for the terminal."""
-        return "\n".join(_summary_lines(self))
+        from autotune.hardware.summary import summary_lines
+
+        return "\n".join(summary_lines(self))
 
 
 def load_profile(path: str | os.PathLike[str]) -> HardwareProfile:
@@ -165,7 +167,7 @@ def collect_profile(measure: bool = True) -> HardwareProfile:
         host=host,
         nvml=nvml,
         gpus=gpu_dicts,
-        software=_software(),
+        software=_software(device),
         device=device,
         amp=decide_amp(device, bf16_cuda, measured),
         measured=measured,
@@ -232,20 +234,45 @@ def _memory_total_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity mask where the system has one.
+
+    Under ``taskset -c 0`` (or a container's CPU set) this is 1 on a many-core machine;
+    training here gets those cores only, so they are what the profile describes.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def load_average_1m() -> float | None:
+    """The system's 1-minute load average, None where there is none (Windows)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def collect_host() -> dict[str, Any]:
-    """The CPU model, core counts, memory, load and the CPU flags that matter for AMP."""
+    """The CPU model, core counts, memory, load and the CPU flags that matter for AMP.
+
+    ``logical_cores`` counts the CPUs this process may run on (``usable_cores``), so a
+    pinned run profiles, and fingerprints, as the smaller machine it trains on;
+    ``physical_cores`` and ``machine_logical_cores`` describe the whole machine.
+    """
     blocks = _cpuinfo()
-    logical = os.cpu_count() or max(len(blocks), 1)
+    machine_logical = os.cpu_count() or max(len(blocks), 1)
     cores = {(b.get("physical id"), b["core id"]) for b in blocks if "core id" in b}
     model = next((b["model name"] for b in blocks if b.get("model name")), "")
     flags = set(next((b["flags"].split() for b in blocks if "flags" in b), []))
-    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else NA
+    load = load_average_1m()
     return {
         "cpu_model": model or platform.processor() or platform.machine() or "unknown",
-        "logical_cores": logical,
-        "physical_cores": len(cores) or logical,
+        "logical_cores": usable_cores(),
+        "physical_cores": len(cores) or machine_logical,
+        "machine_logical_cores": machine_logical,
         "memory_total_bytes": _memory_total_bytes(),
-        "load_average_1m": load,
+        "load_average_1m": NA if load is None else load,
         "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags],
     }
 
@@ -287,8 +314,9 @@ def decide_amp(device: str, cuda_bf16: bool, measured: dict[str, float]) -> dict
     return {"bf16": bf16, "fp16": _amp_entry(True, False, False, CPU_FP16_REASON)}
 
 
-def _software() -> dict[str, Any]:
-    """Versions of Python, torch, the CUDA torch was built with, and cuDNN."""
+def _software(device: str) -> dict[str, Any]:
+    """Versions of Python, torch, the CUDA torch was built with and cuDNN; torch's threads;
+    and whether torch reports bf16 and fp16 as supported on ``device``."""
     import torch
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -297,7 +325,36 @@ def _software() -> dict[str, Any]:
         "torch": str(torch.__version__),  # a str subclass that safe_dump refuses
         "cuda": None if torch.version.cuda is None else str(torch.version.cuda),
         "cudnn": None if cudnn is None else int(cudnn),
+        "torch_num_threads": torch.get_num_threads(),
+        **_torch_dtype_support(device),
     }
+
+
+def _torch_dtype_support(device: str) -> dict[str, Any]:
+    """bf16 and fp16 support as torch reports it, and where the answer came from.
+
+    CUDA: ``torch.cuda.is_bf16_supported()`` (which counts emulated bf16; the AMP verdict
+    counts native only); fp16 runs on every GPU torch supports. CPU: autocast runs either
+    dtype anywhere, so what torch reports is whether oneDNN has kernels for it on this CPU
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported`` / ``_fp16_``, private but what torch's
+    own tests ask); "N/A" where this torch cannot say.
+    """
+    import torch
+
+    if device == "cuda":
+        return {
+            "torch_bf16_supported": bool(torch.cuda.is_bf16_supported()),
+            "torch_fp16_supported": True,
+            "torch_dtype_support_source": "torch.cuda.is_bf16_supported()",
+        }
+    support = {}
+    for dtype in ("bf16", "fp16"):
+        try:
+            check = getattr(torch.ops.mkldnn, f"_is_mkldnn_{dtype}_supported")
+            support[f"torch_{dtype}_supported"] = bool(check())
+        except (AttributeError, RuntimeError):
+            support[f"torch_{dtype}_supported"] = NA
+    return {**support, "torch_dtype_support_source": "oneDNN CPU kernels, torch.ops.mkldnn"}
 
 
 def _slug(text: str) -> str:
@@ -328,51 +385,3 @@ def fingerprint(host: dict[str, Any], gpus: list[dict[str, Any]], driver_version
         return f"gpu-{'-'.join(names)}-x{len(gpus)}-{digest}"
     cpu = _slug(str(host["cpu_model"]))
     return f"cpu-{cpu}-{host['logical_cores']}c-{cpu_key[2]}gib-{digest}"
-
-
-def _format_gpu(gpu: dict[str, Any]) -> str:
-    """One line about one GPU."""
-    memory = _gib(gpu["memory_total_bytes"])
-    return (
-        f"GPU {gpu['index']}:    {gpu['name']}, {memory} GiB, compute {gpu['compute_capability']}, "
-        f"{gpu['sm_count']} SMs, {gpu['max_sm_clock_mhz']} MHz max SM clock, "
-        f"{gpu['power_limit_w']} W limit, PCIe gen {gpu['pcie_generation']} x{gpu['pcie_width']}, "
-        f"ECC {_on_off(gpu['ecc_enabled'])}, MIG {_on_off(gpu['mig_enabled'])}"
-    )
-
-
-def _on_off(value: Any) -> str:
-    """"on", "off" or "N/A"."""
-    return value if value == NA else ("on" if value else "off")
-
-
-def _summary_lines(p: HardwareProfile) -> list[str]:
-    """The lines of ``HardwareProfile.summary``."""
-    host, sw = p.host, p.software
-    lines = [
-        f"Hardware profile {p.fingerprint} (created {p.created})",
-        f"CPU:      {host['cpu_model']}, {host['logical_cores']} logical / "
-        f"{host['physical_cores']} physical cores, "
-        f"{host['memory_total_bytes'] / _GIB:.1f} GiB memory, "
-        f"load {host['load_average_1m']} (1 min)",
-        f"CPU flags: {' '.join(host['cpu_flags']) or 'none of avx2/avx512f/avx512_bf16/amx'}",
-    ]
-    if p.nvml.get("available"):
-        lines.append(f"Driver:   {p.nvml['driver_version']} (CUDA {p.nvml['cuda_driver_version']})")
-        lines += [_format_gpu(gpu) for gpu in p.gpus] or ["GPUs:     none found by NVML"]
-    else:
-        lines.append(f"GPUs:     none; {p.nvml.get('message', '')}")
-    lines.append(
-        f"Software: Python {sw['python']}, torch {sw['torch']}, "
-        f"CUDA {sw['cuda'] or 'none'}, cuDNN {sw['cudnn'] or 'none'}"
-    )
-    lines.append(f"Device:   {p.device}")
-    for dtype in AMP_DTYPES:
-        entry = p.amp[dtype]
-        verdict = "allowed" if entry.get("allowed") else "not allowed"
-        lines.append(f"AMP {dtype}: {verdict}: {entry['reason']}")
-    if p.measured:
-        lines.append("Measured: " + ", ".join(f"{k} {v}" for k, v in p.measured.items()))
-    else:
-        lines.append("Measured: nothing (benchmarks skipped)")
-    return lines
