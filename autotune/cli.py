@@ -118,8 +118,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         profile = collect_profile(measure=not args.no_bench)
         print(profile.summary())
+        from autotune.results import save_profile
+
         out = args.out or Path("profiles") / f"{profile.fingerprint}.yaml"
-        print(f"wrote {profile.save(out)}")
+        print(f"wrote {save_profile(out, profile)}")
         return 0
     from autotune import pipeline
     from autotune.search import SearchBudget

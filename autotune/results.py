@@ -62,6 +62,20 @@ def record(profiles_dir: str | Path, profile: HardwareProfile, entry: dict[str, 
     return dataclasses.replace(saved, tuned=[*others, entry]).save(path)
 
 
+def save_profile(profiles_path: str | Path, profile: HardwareProfile) -> Path:
+    """Save a freshly collected ``profile``, keeping the results already recorded in the
+    file when it holds the same machine (re-profiling must not forget what was tuned)."""
+    path = Path(profiles_path)
+    if path.is_file():
+        try:
+            saved = load_profile(path)
+        except ConfigError:
+            saved = None
+        if saved is not None and saved.fingerprint == profile.fingerprint:
+            profile = dataclasses.replace(profile, tuned=saved.tuned)
+    return profile.save(path)
+
+
 def load_profiles(profiles_dir: str | Path) -> list[tuple[Path, HardwareProfile]]:
     """Every readable profile in ``profiles_dir``; unreadable ones are skipped, not fatal."""
     folder = Path(profiles_dir)

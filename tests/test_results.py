@@ -100,3 +100,14 @@ def test_warm_start_queues_scaled_seeds_after_the_default(here, tmp_path):
 
 def test_no_plan_without_saved_results(here, tmp_path):
     assert warmstart.plan(tmp_path / "empty", here, "m", SPACE) is None
+
+
+def test_re_profiling_keeps_the_recorded_results(here, tmp_path):
+    path = results.record(tmp_path, here, _entry("m", 64))
+    results.save_profile(path, dataclasses.replace(here, measured={"cpu_matmul_fp32_tflops": 1.0}))
+    saved = load_profile(path)
+    assert saved.measured == {"cpu_matmul_fp32_tflops": 1.0}
+    assert [e["model"] for e in saved.tuned] == ["m"]
+    # A file of another machine does not pass its results on.
+    results.save_profile(path, dataclasses.replace(here, fingerprint="another-machine"))
+    assert load_profile(path).tuned == []
