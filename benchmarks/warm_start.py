@@ -9,7 +9,7 @@
 3. For each study: the number of measured trials until one reached 95% of the best
    throughput any target study found.
 
-    .venv/bin/python benchmarks/warm_start.py [--model examples/digits_cnn.py] [--trials 10] [--seeds 3]
+    .venv/bin/python benchmarks/warm_start.py [--model examples/digits_cnn.py] [--trials 10] [--seeds 3] [--source-trials 24]
 
 Prints a table and writes benchmarks/results/warm_start-<model>.json.
 """
@@ -35,6 +35,7 @@ def search(model: str, out: Path, profiles: Path, warm: bool, seed: int, trials:
     from autotune.search import SearchBudget, enqueue_default, gate, load_space, open_study, run_search, select, warmstart
     from autotune.task import load_task
 
+    out.mkdir(parents=True, exist_ok=True)
     task = load_task(model)
     profile = collect_profile()
     raw = load_space("default")
@@ -66,20 +67,24 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _run_child(args: argparse.Namespace, out: Path, warm: bool, seed: int, record: bool, pin: bool) -> list[float]:
+    trials = args.source_trials if record else args.trials
     cmd = [sys.executable, __file__, "--child", "--model", args.model, "--out", str(out), "--profiles", str(args.profiles),
-           "--seed", str(seed), "--trials", str(args.trials)]
+           "--seed", str(seed), "--trials", str(trials)]
     cmd += ["--warm"] if warm else []
     cmd += ["--record"] if record else []
     if pin:
         cmd = ["taskset", "-c", "0", *cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])["values"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="examples/digits_cnn.py")
-    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=10, help="budget of each target study")
+    parser.add_argument("--source-trials", type=int, default=24, help="budget of the source study (a thorough earlier tuning)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)
@@ -107,13 +112,22 @@ def main() -> None:
     _print(args, source, best, rows)
     out = ROOT / "benchmarks" / "results" / f"warm_start-{Path(args.model).stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "trials": args.trials, "source_values": source,
+    out.write_text(json.dumps({"model": args.model, "machine": _machine(), "trials": args.trials,
+                               "source_trials": args.source_trials, "source_values": source,
                                "target_best_samples_per_s": best, "runs": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
+def _machine() -> str:
+    from autotune.hardware import collect_host
+
+    host = collect_host()
+    return f"{host['cpu_model']}, {host['logical_cores']} logical cores, {host['memory_total_bytes'] / 2**30:.0f} GiB, no GPU"
+
+
 def _print(args: argparse.Namespace, source: list[float], best: float, rows: list[dict]) -> None:
-    print(f"model {args.model}: source (2 cores) best {max(source):,.0f} samples/s; "
+    print(f"machine: {_machine()}")
+    print(f"model {args.model}: source (whole machine, {args.source_trials} trials) best {max(source):,.0f} samples/s; "
           f"target (taskset -c 0) best {best:,.0f} samples/s over all studies; budget {args.trials} trials")
     print(f"{'mode':<6}{'seed':>6}{'trials to 95% of best':>24}{'best samples/s':>17}")
     for r in rows:
