@@ -26,7 +26,7 @@ from autotune.compare import (
 from autotune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU = ROOT / "profiles" / "cpu-amd-epyc-2c-24gib-ba403d39.yaml"
+CPU = ROOT / "tests" / "fixtures" / "fixture_cpu_profile.yaml"
 FIXTURES = Path(__file__).parent / "fixtures"
 H100 = FIXTURES / "fixture_gpu_h100_profile.yaml"
 A100 = FIXTURES / "fixture_gpu_a100_profile.yaml"

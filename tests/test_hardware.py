@@ -33,6 +33,8 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED_PROFILE = ROOT / "profiles" / "cpu-amd-epyc-2c-24gib-ba403d39.yaml"
+# The same machine's profile as first committed, before the bandwidth keys existed.
+OLDER_PROFILE = ROOT / "tests" / "fixtures" / "fixture_cpu_profile_before_bandwidth.yaml"
 NO_DRIVER = (
     "NVML not available (NVML Shared Library Not Found): "
     "no NVIDIA driver on this machine; profiling the CPU only"
@@ -452,8 +454,12 @@ def test_torch_dtype_support_is_recorded() -> None:
     assert software["torch_num_threads"] >= 1
 
 
-def test_committed_profile_without_the_new_keys_still_loads() -> None:
-    profile = load_profile(COMMITTED_PROFILE)
+def test_committed_profile_loads() -> None:
+    assert load_profile(COMMITTED_PROFILE).fingerprint == COMMITTED_PROFILE.stem
+
+
+def test_an_older_profile_without_the_new_keys_still_loads() -> None:
+    profile = load_profile(OLDER_PROFILE)
     assert profile.fingerprint == COMMITTED_PROFILE.stem
     assert "cpu_memory_copy_gbps" not in profile.measured
     assert "torch_bf16_supported" not in profile.software
