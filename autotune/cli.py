@@ -47,6 +47,16 @@ _seed = _number(int, 0, 2**32)
 _positive_float = _number(float, 0.0, open_low=True)
 
 
+def _size(text: str) -> int:
+    from autotune.engine.memory import parse_size
+    from autotune.errors import ConfigError
+
+    try:
+        return parse_size(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autotune",
@@ -90,6 +100,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=_positive_int, help="epochs of the final run (default: the model file's BASE['epochs'])")
     p.add_argument("--seed", type=_seed, help="seed for the sampler and the training runs (default: BASE['seed'])")
     p.add_argument("--profiles", type=Path, default=Path("profiles"), help="folder of saved hardware profiles: the result is recorded in <fingerprint>.yaml there, and a new study starts from the most similar machine's results for this model (default: profiles)")
+    p.add_argument("--memory-limit", type=_size, metavar="SIZE", help="memory the tuner may use, e.g. 3GiB or 512MiB: the largest micro-batch is probed under it and trials run under it (on a GPU the card's share, on the CPU a real process limit); default: the GPU's memory, or the host's available memory, for the probe only")
+    p.add_argument("--headroom", type=_number(float, 0.0, 0.9), default=0.1, metavar="FRACTION", help="share of the memory limit the probed micro-batch leaves free (default: 0.1)")
     p.add_argument("--no-warm-start", action="store_true", help="start the study from scratch even when saved results exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -124,13 +136,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"wrote {save_profile(out, profile)}")
         return 0
     from autotune import pipeline
-    from autotune.search import SearchBudget
+    from autotune.search import SearchBudget, TrialBudget
 
     if args.command == "run":
         opts = pipeline.RunOptions(
             out=args.out or pipeline.default_out(args.model),
             space=args.space,
-            budget=SearchBudget(n_trials=args.trials, timeout_s=args.timeout),
+            budget=SearchBudget(
+                n_trials=args.trials,
+                timeout_s=args.timeout,
+                trial=TrialBudget(memory_limit_bytes=args.memory_limit),
+            ),
+            memory_limit=args.memory_limit,
+            headroom=args.headroom,
             seed=args.seed,
             epochs=args.epochs,
             progress=not args.no_progress,

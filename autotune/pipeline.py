@@ -33,7 +33,10 @@ from autotune.search import (
     run_search,
     select,
 )
+from autotune.engine.memory import format_size
 from autotune.search import warmstart
+from autotune.search.limits import apply_limits, default_limit_bytes, probe_limits
+from autotune.search.study import study_exists
 from autotune.search.select import Selection
 from autotune.search.space import SearchSpace
 from autotune.task import Task, load_task
@@ -56,6 +59,10 @@ class RunOptions:
     # from the most similar machine's results. None: neither.
     profiles: Path | None = None
     warm_start: bool = True
+    # Memory the tuner may use (bytes): probes and trials run under it. None: the GPU's
+    # memory, or the host's available memory, for the probe; trials uncapped.
+    memory_limit: int | None = None
+    headroom: float = 0.1  # fraction of the limit the probed micro-batch leaves free
 
 
 def default_out(model_path: str | Path) -> Path:
@@ -76,6 +83,9 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
     raw = load_space(opts.space)
     space = gate(raw, _facts(profile, task))
     storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
+    probe = None
+    if not study_exists(storage, task.name):
+        space, probe = _probe_memory(task, space, profile, opts, log)
     study, space = open_study(storage, task.name, task, raw, space, profile.fingerprint, task.base.seed)
     stale = fail_stale_trials(study)
     if stale:
@@ -83,6 +93,7 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
     if study.trials:
         log(f"autotune: resuming the study in {out / STUDY_FILE} ({len(study.trials)} trials so far)")
     else:
+        study.set_user_attr("memory_probe", probe)
         enqueue_default(study, space)
         _warm_start(study, space, profile, task, opts, log)
     run_search(study, task, space, opts.budget, progress=opts.progress)
@@ -101,6 +112,20 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
         paths["profile"] = results.record(opts.profiles, profile, _result_entry(task, space, study, tuned))
         log(f"autotune: recorded the result in {paths['profile']}")
     return paths
+
+
+def _probe_memory(task: Task, space: SearchSpace, profile: HardwareProfile, opts: RunOptions, log: Any) -> tuple[SearchSpace, dict[str, Any]]:
+    limit = opts.memory_limit or default_limit_bytes(profile.device, profile.gpus, profile.host)
+    found = probe_limits(task, space, limit, opts.headroom, opts.progress)
+    summary = ", ".join(f"{key} {r.max_batch}" for key, r in found.items())
+    log(f"autotune: largest micro-batch in {format_size(limit)} with {opts.headroom:.0%} headroom: {summary}")
+    data = {
+        "limit_bytes": limit,
+        "limit_given": opts.memory_limit is not None,
+        "headroom": opts.headroom,
+        "pairs": {key: r.to_dict() for key, r in found.items()},
+    }
+    return apply_limits(space, found, limit), data
 
 
 def _warm_start(study: Any, space: SearchSpace, profile: HardwareProfile, task: Task, opts: RunOptions, log: Any) -> None:
@@ -258,6 +283,7 @@ def _search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[s
         "space": space.to_dict(),
         "gated": space.gated,
         "warm_start": study.user_attrs.get("warm_start"),
+        "memory_probe": study.user_attrs.get("memory_probe"),
         "budget": {"n_trials": budget.n_trials, "timeout_s": budget.timeout_s, "trial": budget.trial.to_dict()},
         "trials": trials,
     }

@@ -143,7 +143,7 @@ TOP_LEVEL_ERRORS = [
     ),
     pytest.param(
         {"name": "t", "params": _OK_PARAMS, "limits": {"max_steps": 10}},
-        "space.yaml: unknown key in `limits` 'max_steps'; allowed: min_total_steps.",
+        "space.yaml: unknown key in `limits` 'max_steps'; allowed: min_total_steps, max_micro_batch.",
         id="unknown-limits-key",
     ),
     *(

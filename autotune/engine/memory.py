@@ -52,3 +52,75 @@ def peak_memory_bytes(device: torch.device) -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is in KiB on Linux and in bytes on macOS.
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+_UNITS = {
+    "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``3GiB``, ``512MiB``, ``1.5GB`` or ``1048576``."""
+    import re
+
+    from autotune.errors import ConfigError
+
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else ""
+    if not match or (unit and unit not in _UNITS):
+        raise ConfigError(
+            f"Cannot read the size {text!r}: write a number and a unit such as 512MiB, 3GiB "
+            "or 2GB (KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB of 1000)."
+        )
+    value = float(match.group(1)) * _UNITS[unit or "b"]
+    if value < 1:
+        raise ConfigError(f"The size {text!r} must be at least 1 byte.")
+    return int(value)
+
+
+def format_size(n: float) -> str:
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def vm_bytes(field: str = "VmSize") -> int:
+    """This process's virtual memory size (``VmSize``) or its peak (``VmPeak``), Linux only."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def cap_memory(limit_bytes: int, device: torch.device) -> int:
+    """Let this process use at most ``limit_bytes`` more memory from now on; returns the
+    baseline the limit counts from.
+
+    On a GPU the cap is the CUDA caching allocator's fraction of the card, counted from
+    zero (everything the process allocates on the device counts). On the CPU it is a real
+    address-space limit (RLIMIT_AS) set to the current virtual size plus ``limit_bytes``,
+    so an allocation past it fails with torch's "can't allocate memory" error. It cannot
+    be raised again in this process: use it in a process of its own.
+    """
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_bytes / total), device)
+        return 0
+    baseline = vm_bytes("VmSize")
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    soft = baseline + limit_bytes
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    return baseline
+
+
+def memory_used_bytes(device: torch.device, baseline: int) -> int:
+    """Peak memory used above ``baseline``, in the same terms as ``cap_memory`` counts."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)) - baseline
+    return vm_bytes("VmPeak") - baseline

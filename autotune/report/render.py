@@ -110,10 +110,28 @@ def _search(data: dict[str, Any]) -> str:
             f"`{warm['source_fingerprint']}` (distance {warm['distance']:.2f}, micro-batch scaled "
             f"by the memory ratio {warm['memory_ratio']:.2f}).\n"
         )
+    probe = s.get("memory_probe")
+    if probe:
+        out.append(_probe_table(probe))
     rows = [_trial_row(t) for t in s.get("trials", [])]
     header = ["#", "state", "micro-batch", "accum", "workers", "amp", "ckpt", "samples/s", "peak memory", "val acc", "note"]
     out.append(f"Trials ({len(rows)}):\n\n" + _table(header, rows))
     return "\n".join(out)
+
+
+def _probe_table(probe: dict[str, Any]) -> str:
+    given = "--memory-limit" if probe.get("limit_given") else "default limit"
+    text = (
+        f"Largest micro-batch that trains in {_mib(probe['limit_bytes'])} ({given}), keeping "
+        f"{probe['headroom']:.0%} free; peak memory modelled as intercept + slope x batch:\n\n"
+    )
+    rows = []
+    for key, r in probe["pairs"].items():
+        amp, ckpt = key.split("/")
+        slope = r.get("slope_bytes_per_sample")
+        rows.append([amp, ckpt, r["max_batch"], r["n_probes"], _mib(r.get("intercept_bytes")),
+                     "-" if slope is None else f"{slope / 2**20:.3f} MiB"])
+    return text + _table(["amp", "checkpointing", "largest micro-batch", "probes", "intercept", "slope per sample"], rows)
 
 
 def _trial_row(t: dict[str, Any]) -> list[Any]:

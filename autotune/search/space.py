@@ -37,7 +37,7 @@ TUNABLE: dict[str, type] = {
 }
 _ALLOWED_STRINGS = {"amp": AMP_MODES, "lr_rule": LR_RULES}
 _TOP_KEYS = ("name", "description", "params", "limits")
-_LIMIT_KEYS = {"min_total_steps": int}
+_LIMIT_KEYS = {"min_total_steps": int, "max_micro_batch": dict}
 # Allowed value range of numeric knobs, for choices and ranges alike (as TrainConfig checks).
 _BOUNDS: dict[str, tuple[float, float]] = {
     "micro_batch_size": (1, math.inf),
@@ -81,6 +81,9 @@ class SearchSpace:
     params: dict[str, Param]
     description: str = ""
     min_total_steps: int = 0
+    # Largest micro-batch that fits in memory per "amp/checkpointing" pair (from the
+    # memory probe, e.g. {"off/false": 4685}); a pair not listed has no limit.
+    max_micro_batch: dict[str, int] = field(default_factory=dict)
     source: str = ""
     # Choices removed for this machine or model: {knob: {choice: reason}}.
     gated: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -90,7 +93,7 @@ class SearchSpace:
             "name": self.name,
             "description": self.description,
             "params": {k: p.to_dict() for k, p in self.params.items()},
-            "limits": {"min_total_steps": self.min_total_steps},
+            "limits": {"min_total_steps": self.min_total_steps, "max_micro_batch": dict(self.max_micro_batch)},
         }
 
     @property
@@ -128,6 +131,12 @@ class SearchSpace:
 
     def infeasible(self, cfg: TrainConfig, train_size: int) -> str | None:
         """Why ``cfg`` should not be run at all, or None when it is feasible."""
+        limit = self.max_micro_batch.get(memory_key(cfg.amp, cfg.checkpointing))
+        if limit is not None and cfg.micro_batch_size > limit:
+            return (
+                f"micro-batch {cfg.micro_batch_size} is above the largest that fits in the memory "
+                f"limit with amp {cfg.amp} and checkpointing {str(cfg.checkpointing).lower()} ({limit})"
+            )
         steps = math.ceil(math.ceil(train_size / cfg.micro_batch_size) / cfg.accumulation_steps)
         total = steps * cfg.epochs
         if total < self.min_total_steps:
@@ -156,6 +165,11 @@ class SearchSpace:
         params = dict(self.params)
         params[name] = dataclasses.replace(p, choices=left)
         return dataclasses.replace(self, params=params, gated=gated)
+
+
+def memory_key(amp: str, checkpointing: bool) -> str:
+    """The key of an (amp, checkpointing) pair in ``max_micro_batch``: "bf16/true"."""
+    return f"{amp}/{str(checkpointing).lower()}"
 
 
 def builtin_space_dir() -> Path:
@@ -209,8 +223,22 @@ def parse_space(data: Any, source: str) -> SearchSpace:
         params=params,
         description=str(data.get("description", "")),
         min_total_steps=min_steps,
+        max_micro_batch=_parse_max_micro_batch(limits.get("max_micro_batch", {}), source),
         source=source,
     )
+
+
+def _parse_max_micro_batch(value: Any, source: str) -> dict[str, int]:
+    where = f"{source}: `limits.max_micro_batch`"
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of \"amp/checkpointing\" to a micro-batch, but got {value!r}.")
+    allowed = [memory_key(a, c) for a in AMP_MODES for c in (False, True)]
+    for key, limit in value.items():
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed: {', '.join(allowed)}.")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigError(f"{where}: `{key}` must be an integer >= 0, but got {limit!r}.")
+    return dict(value)
 
 
 def _no_unknown(data: dict[str, Any], allowed: tuple[str, ...], source: str, what: str) -> None:

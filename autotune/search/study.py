@@ -72,6 +72,11 @@ def open_study(
     return study, space
 
 
+def study_exists(storage: str, name: str) -> bool:
+    optuna.logging.set_verbosity(logging.WARNING)
+    return bool(_existing_attrs(storage, name))
+
+
 def _existing_attrs(storage: str, name: str) -> dict[str, Any]:
     try:
         old = optuna.load_study(study_name=name, storage=storage)

@@ -10,6 +10,7 @@ from typing import Any
 from autotune.config import TrainConfig
 from autotune.engine.loop import pick_device, sync_fn, train
 from autotune.engine.measure import ThroughputMeter
+from autotune.engine.memory import cap_memory
 from autotune.task import load_task
 
 
@@ -24,6 +25,7 @@ class TrialBudget:
     max_seconds: float = 30.0  # ... nor more seconds of training
     timeout_s: float = 120.0  # the trial process is killed after this long
     max_eval_batches: int = 20  # validation batches evaluated after the trial
+    memory_limit_bytes: int | None = None  # the trial process may use no more (--memory-limit)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -38,8 +40,11 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any]) -> 
     b = TrialBudget(**budget)
     load_before = os.getloadavg()[0]
     task = load_task(model_path, validate=False)
+    task.datasets()
     cfg = TrainConfig.from_dict(config, source="trial config")
     device = pick_device()
+    if b.memory_limit_bytes is not None:
+        cap_memory(b.memory_limit_bytes, device)
     meter = ThroughputMeter(b.warmup_steps, b.window_s, b.windows, sync=sync_fn(device))
     result = train(
         task,

@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-_PRELOAD = ["torch", "autotune.search.trial"]
+_PRELOAD = ["torch", "autotune.search.trial", "autotune.search.probe"]
 _context: Any = None
 
 

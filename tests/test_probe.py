@@ -1,0 +1,143 @@
+"""The max micro-batch finder: its search on a known memory curve, and real probes under a
+real memory cap (RLIMIT_AS) in their own processes."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from autotune.config import TrainConfig
+from autotune.engine.memory import parse_size
+from autotune.errors import ConfigError, TrialError
+from autotune.search.probe import Probe, find_max_batch, isolated_prober, worst_case_indices
+from autotune.task import load_task
+
+ASSETS = Path(__file__).parent / "assets"
+MIB = 2**20
+
+
+def _curve(intercept: float, slope: float, limit: float, headroom: float = 0.0, bend: float = 0.0):
+    """A probe over a known memory curve: peak = intercept + slope*b + bend*b^2; a batch
+    whose peak is over the limit fails to allocate, as a real one would."""
+    calls: list[int] = []
+
+    def probe(b: int) -> Probe:
+        calls.append(b)
+        peak = intercept + slope * b + bend * b * b
+        ok = peak <= limit
+        return Probe(b, ok, int(peak) if ok else None, ok and peak <= limit * (1 - headroom))
+
+    return probe, calls
+
+
+@pytest.mark.parametrize("intercept, slope, bend", [(100, 3, 0), (5000, 0.7, 0), (100, 2, 0.0004), (0, 50, 0)])
+@pytest.mark.parametrize("high", [4096, 65536])
+def test_the_search_is_exact_and_cheap_on_a_known_curve(intercept, slope, bend, high):
+    limit = 10_000
+    probe, calls = _curve(intercept, slope, limit, bend=bend)
+    result = find_max_batch(probe, limit, headroom=0.0, low=1, high=high, granularity=1)
+    true = max(b for b in range(1, high + 1) if intercept + slope * b + bend * b * b <= limit)
+    assert result.max_batch == true
+    # Linear memory (as measured on real models): within bisection's count plus the two
+    # end probes. A strongly curved one costs at most a guided step per bisection step.
+    bound = math.ceil(math.log2(high)) + 2 if bend == 0 else 2 * math.ceil(math.log2(high)) + 2
+    assert len(calls) <= bound
+    assert len(set(calls)) == len(calls)  # never probes the same size twice
+
+
+def test_relative_tolerance_trades_exactness_for_probes():
+    probe, exact_calls = _curve(1000, 1.37, 50_000)
+    exact = find_max_batch(probe, 50_000, 0.0, 1, 65536, granularity=1).max_batch
+    probe, calls = _curve(1000, 1.37, 50_000)
+    rough = find_max_batch(probe, 50_000, 0.0, 1, 65536, granularity=1, rel_tol=0.02)
+    assert 0.98 * exact <= rough.max_batch <= exact
+    assert len(calls) <= len(exact_calls)
+
+
+def test_headroom_keeps_memory_free():
+    probe, _ = _curve(1000, 10, 11_000, headroom=0.1)
+    result = find_max_batch(probe, 11_000, headroom=0.1, low=1, high=4096)
+    assert result.max_batch == 890  # 1000 + 10 * 890 = 9900 = 90% of 11000
+    assert result.intercept_bytes == pytest.approx(1000) and result.slope_bytes_per_sample == pytest.approx(10)
+
+
+def test_nothing_fits():
+    probe, calls = _curve(20_000, 1, 10_000)
+    result = find_max_batch(probe, 10_000, 0.0, low=8, high=512, granularity=8)
+    assert result.max_batch == 0 and calls == [8]
+
+
+def test_everything_fits_in_three_probes():
+    probe, calls = _curve(100, 1, 10**9)
+    assert find_max_batch(probe, 10**9, 0.1, low=16, high=512, granularity=8).max_batch == 512
+    assert calls == [16, 64, 512]  # two small batches give the line, which says: all fit
+
+
+def test_a_linear_curve_takes_four_probes():
+    probe, calls = _curve(70 * 2**20, 0.15 * 2**20, 512 * 2**20)
+    result = find_max_batch(probe, 512 * 2**20, 0.0, low=16, high=65536, granularity=8, rel_tol=0.02)
+    assert result.max_batch == 2944 and len(calls) == 4
+
+
+def test_worst_case_batch_takes_the_largest_items_and_repeats_them():
+    items = [(list(range(n)), 0) for n in (3, 9, 1, 7)]
+    sized = [(__import__("torch").zeros(n), 0) for n in (3, 9, 1, 7)]
+    assert worst_case_indices(sized, 2) == [1, 3]
+    assert worst_case_indices(sized, 6) == [1, 3, 0, 2, 1, 3]
+    assert len(items) == 4
+
+
+@pytest.mark.parametrize("text, expected", [("3GiB", 3 * 2**30), ("512MiB", 512 * MIB), ("1.5GB", 1_500_000_000), ("4096", 4096)])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+def test_parse_size_says_what_it_accepts():
+    with pytest.raises(ConfigError, match=r"Cannot read the size '3 gigs': write a number and a unit such as 512MiB"):
+        parse_size("3 gigs")
+
+
+# ----------------------------------------------------------------- real probes, real cap
+
+CAP = 256 * MIB
+
+
+@pytest.fixture(scope="module")
+def wide_task():
+    return load_task(ASSETS / "wide_mlp.py")
+
+
+@pytest.mark.slow
+def test_found_batch_trains_under_the_cap_and_one_step_more_does_not(wide_task):
+    prober = isolated_prober(wide_task, TrainConfig(), CAP, headroom=0.0)
+    result = find_max_batch(prober, CAP, headroom=0.0, low=64, high=8192, granularity=64)
+    assert 64 <= result.max_batch < 8192
+    assert len(result.probes) <= math.ceil(math.log2(8192 / 64)) + 2
+    again = prober(result.max_batch)
+    assert again.ok and again.peak_bytes <= CAP
+    over = prober(result.max_batch + 64)
+    assert not over.ok  # a real allocation failure at the cap, in its own process
+
+
+@pytest.mark.slow
+def test_an_oom_probe_leaves_the_next_probe_clean(wide_task):
+    prober = isolated_prober(wide_task, TrainConfig(), CAP, headroom=0.0)
+    before = prober(128)
+    assert not prober(65536).ok
+    after = prober(128)
+    assert after.ok
+    assert after.peak_bytes == pytest.approx(before.peak_bytes, rel=0.1)
+
+
+@pytest.mark.slow
+def test_a_model_error_is_reported_as_the_models_not_as_too_big(tmp_path):
+    shutil.copy(ASSETS / "picky_mlp.py", tmp_path / "picky_mlp.py")
+    shutil.copy(ASSETS / "tiny_mlp.py", tmp_path / "tiny_mlp.py")
+    task = load_task(tmp_path / "picky_mlp.py")
+    prober = isolated_prober(task, TrainConfig(), CAP, headroom=0.0)
+    assert prober(8).ok
+    with pytest.raises(TrialError, match=r"The model failed while probing a micro-batch of 16 .*ValueError: this model cannot take 16 rows"):
+        prober(16)
