@@ -75,6 +75,7 @@ class _Search:
         self.lo: int | None = None  # largest batch known to fit
         self.hi: int | None = None  # smallest batch known not to fit
         self.probes: list[Probe] = []
+        self.nudged = False  # the last probe was one step off a bound
 
     def run(self, b: int) -> Probe:
         p = self.probe_fn(b)
@@ -112,22 +113,26 @@ class _Search:
         hi = self.hi if self.hi is not None else self.high + self.g
         return lo, hi
 
-    def next_batch(self, bisect: bool) -> int:
-        """The line's predicted limit, or the midpoint when there is no line (or ``bisect``).
+    def next_batch(self, bisect: bool) -> tuple[int, bool]:
+        """The next batch to probe, and whether it is a nudge.
 
-        A prediction at or below the largest fitting batch is checked one step above it,
-        one at or above the smallest failing batch one step below it: a good line then
-        closes the interval in one or two probes.
+        The line's predicted limit when it lies inside the interval. A prediction at or
+        below the largest fitting batch is checked one step above it (a nudge), one at
+        or above the smallest failing batch one step below it: a good line closes the
+        interval that way in one probe. The midpoint when there is no line, when
+        ``bisect`` is asked for, or when the last probe was a nudge already (the line is
+        off here: creeping a step at a time would cost more than halving).
         """
         lo, hi = self.bounds()
         guess = None if bisect else self.predicted()
-        if guess is None:
-            guess = (lo + hi) // 2 // self.g * self.g
+        nudge = guess is not None and (guess <= lo or guess >= hi)
+        if guess is None or (nudge and self.nudged):
+            guess, nudge = (lo + hi) // 2 // self.g * self.g, False
         elif guess <= lo:
             guess = lo + self.step(lo)
         elif guess >= hi:
             guess = self.high if self.hi is None else hi - self.step(hi)
-        return min(max(guess, lo + self.g), hi - self.g)
+        return min(max(guess, lo + self.g), hi - self.g), nudge
 
 
 def find_max_batch(
@@ -160,7 +165,8 @@ def find_max_batch(
     stalled = 0
     while not s.done():
         lo, hi = s.bounds()
-        last = s.run(s.next_batch(bisect=stalled >= 1))
+        batch, s.nudged = s.next_batch(bisect=stalled >= 1)
+        last = s.run(batch)
         new_lo, new_hi = s.bounds()
         # A guided probe that overshot without halving the interval: bisect once.
         overshot = not last.fits and (new_hi - new_lo) > (hi - lo) // 2
