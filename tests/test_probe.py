@@ -3,6 +3,7 @@ real memory cap (RLIMIT_AS) in their own processes."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -141,3 +142,23 @@ def test_a_model_error_is_reported_as_the_models_not_as_too_big(tmp_path):
     assert prober(8).ok
     with pytest.raises(TrialError, match=r"The model failed while probing a micro-batch of 16 .*ValueError: this model cannot take 16 rows"):
         prober(16)
+
+
+@pytest.mark.slow
+def test_limits_skip_checkpointing_when_everything_fits_without_it(tiny_task):
+    from autotune.search.limits import apply_limits, probe_limits
+    from autotune.search.space import parse_space
+
+    space = parse_space(
+        {"name": "t", "params": {"micro_batch_size": {"choices": [8, 32]}, "checkpointing": {"choices": [False, True]}}},
+        source="test space",
+    )
+    found = probe_limits(tiny_task, space, 2**30, 0.1, progress=False)
+    assert found["off/false"].max_batch == 32 and len(found["off/false"].probes) >= 2
+    assert found["off/true"].inferred_from == "off/false" and found["off/true"].probes == []
+    limited = apply_limits(space, {"off/false": found["off/false"], "off/true": found["off/true"]}, 2**30)
+    assert limited.max_micro_batch == {"off/false": 32, "off/true": 32}
+    tight = apply_limits(space, {"off/false": dataclasses.replace(found["off/false"], max_batch=16)}, 2**20)
+    assert tight.params["micro_batch_size"].choices == (8,)
+    assert "does not fit in the memory limit" in tight.gated["micro_batch_size"]["32"]
+    assert "above the largest that fits" in tight.infeasible(TrainConfig(micro_batch_size=24, epochs=1), 1000)

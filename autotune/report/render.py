@@ -129,7 +129,8 @@ def _probe_table(probe: dict[str, Any]) -> str:
     for key, r in probe["pairs"].items():
         amp, ckpt = key.split("/")
         slope = r.get("slope_bytes_per_sample")
-        rows.append([amp, ckpt, r["max_batch"], r["n_probes"], _mib(r.get("intercept_bytes")),
+        probes = f"0 (as {r['inferred_from']})" if r.get("inferred_from") else r["n_probes"]
+        rows.append([amp, ckpt, r["max_batch"], probes, _mib(r.get("intercept_bytes")),
                      "-" if slope is None else f"{slope / 2**20:.3f} MiB"])
     return text + _table(["amp", "checkpointing", "largest micro-batch", "probes", "intercept", "slope per sample"], rows)
 

@@ -55,9 +55,15 @@ def probe_limits(task: Task, space: SearchSpace, limit_bytes: int, headroom: flo
     choices = micro.choices if micro and micro.choices else (TrainConfig.micro_batch_size,)
     g = GRANULARITY if min(choices) >= GRANULARITY else 1
     found: dict[str, FinderResult] = {}
-    pairs = memory_pairs(space)
+    pairs = sorted(memory_pairs(space), key=lambda pair: pair[1])  # without checkpointing first
     bar = tqdm(pairs, desc="memory probe", unit="pair", disable=not progress)
     for amp, ckpt in bar:
+        plain = found.get(memory_key(amp, False))
+        if ckpt and plain is not None and plain.max_batch >= max(choices):
+            # Checkpointing only removes stored activations: when the largest choice
+            # fits without it, it fits with it. No probe needed.
+            found[memory_key(amp, ckpt)] = FinderResult(max(choices), exact=True, inferred_from=memory_key(amp, False))
+            continue
         cfg = TrainConfig.from_base(task.base, amp=amp, checkpointing=ckpt)
         prober = isolated_prober(task, cfg, limit_bytes, headroom)
         found[memory_key(amp, ckpt)] = find_max_batch(

@@ -42,6 +42,7 @@ class FinderResult:
     intercept_bytes: float | None = None
     slope_bytes_per_sample: float | None = None
     exact: bool = False  # max_batch fits and max_batch + granularity does not (or is past `high`)
+    inferred_from: str | None = None  # not probed: follows from this pair's result
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,7 @@ class FinderResult:
             "intercept_bytes": self.intercept_bytes,
             "slope_bytes_per_sample": self.slope_bytes_per_sample,
             "exact": self.exact,
+            "inferred_from": self.inferred_from,
         }
 
 
