@@ -11,6 +11,7 @@ from autotune.config import TrainConfig
 from autotune.engine.loop import pick_device, sync_fn, train
 from autotune.engine.measure import ThroughputMeter
 from autotune.engine.memory import cap_memory
+from autotune.search.probe import prime_imports
 from autotune.task import load_task
 
 
@@ -44,6 +45,7 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any]) -> 
     cfg = TrainConfig.from_dict(config, source="trial config")
     device = pick_device()
     if b.memory_limit_bytes is not None:
+        prime_imports(task, cfg)
         cap_memory(b.memory_limit_bytes, device)
     meter = ThroughputMeter(b.warmup_steps, b.window_s, b.windows, sync=sync_fn(device))
     result = train(
