@@ -162,3 +162,18 @@ def test_limits_skip_checkpointing_when_everything_fits_without_it(tiny_task):
     assert tight.params["micro_batch_size"].choices == (8,)
     assert "does not fit in the memory limit" in tight.gated["micro_batch_size"]["32"]
     assert "above the largest that fits" in tight.infeasible(TrainConfig(micro_batch_size=24, epochs=1), 1000)
+
+
+@pytest.mark.slow
+def test_trials_run_under_the_memory_limit(wide_task):
+    from autotune.search.trial import TrialBudget, measure
+    from autotune.search.worker import run_isolated
+
+    def trial(limit: int):
+        budget = TrialBudget(warmup_steps=1, window_s=0.02, windows=1, max_eval_batches=1, memory_limit_bytes=limit)
+        kwargs = {"model_path": str(wide_task.path), "config": TrainConfig(micro_batch_size=64).to_dict(), "budget": budget.to_dict()}
+        return run_isolated(measure, kwargs, 120)
+
+    assert trial(2**30).status == "ok"
+    tight = trial(16 * MIB)  # the model's weights and AdamW state alone need more
+    assert tight.status == "oom", tight.reason

@@ -124,3 +124,15 @@ def memory_used_bytes(device: torch.device, baseline: int) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)) - baseline
     return vm_bytes("VmPeak") - baseline
+
+
+def reraise_at_cap(exc: BaseException, device: torch.device, baseline: int, limit_bytes: int) -> None:
+    """Raise ``exc`` as a MemoryError when it happened at the CPU memory cap.
+
+    Under an address-space cap (``cap_memory``), an allocation that fails outside torch's
+    allocator surfaces as some other error (a SystemError, oneDNN's "could not create a
+    primitive"); when the process's peak reached the cap, it is out of memory. Otherwise
+    this returns and the caller re-raises ``exc`` as it is.
+    """
+    if device.type == "cpu" and not is_oom(exc) and vm_bytes("VmPeak") >= baseline + 0.98 * limit_bytes:
+        raise MemoryError(f"out of memory at the limit ({type(exc).__name__}: {exc})") from exc

@@ -19,7 +19,7 @@ import torch
 from autotune.config import TrainConfig
 from autotune.engine import knobs
 from autotune.engine.data import to_device
-from autotune.engine.memory import cap_memory, is_oom, memory_used_bytes, vm_bytes
+from autotune.engine.memory import cap_memory, memory_used_bytes, reraise_at_cap, vm_bytes
 from autotune.errors import TrialError
 from autotune.task import Task, call_model, load_task
 
@@ -234,10 +234,7 @@ def probe_batch(model_path: str, config: dict[str, Any], batch: int, limit_bytes
     try:
         sampled = _two_steps(task, cfg, device, inputs, target)
     except Exception as exc:
-        if device.type == "cpu" and not is_oom(exc) and vm_bytes("VmPeak") >= baseline + 0.98 * limit_bytes:
-            # Under an address-space cap, an allocation that fails outside torch's
-            # allocator surfaces as some other error; at the cap, it is out of memory.
-            raise MemoryError(f"out of memory at the limit ({type(exc).__name__}: {exc})") from exc
+        reraise_at_cap(exc, device, baseline, limit_bytes)
         raise
     used = memory_used_bytes(device, baseline)
     if peak_before is not None and baseline + used <= peak_before:

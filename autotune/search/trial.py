@@ -7,12 +7,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from autotune.config import TrainConfig
 from autotune.engine.loop import pick_device, sync_fn, train
 from autotune.engine.measure import ThroughputMeter
-from autotune.engine.memory import cap_memory
+from autotune.engine.memory import cap_memory, reraise_at_cap
 from autotune.search.probe import prime_imports
-from autotune.task import load_task
+from autotune.task import Task, load_task
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,19 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any]) -> 
     task.datasets()
     cfg = TrainConfig.from_dict(config, source="trial config")
     device = pick_device()
+    baseline = None
     if b.memory_limit_bytes is not None:
         prime_imports(task, cfg)
-        cap_memory(b.memory_limit_bytes, device)
+        baseline = cap_memory(b.memory_limit_bytes, device)
+    try:
+        return _train_and_measure(task, cfg, device, b, load_before)
+    except Exception as exc:
+        if baseline is not None:
+            reraise_at_cap(exc, device, baseline, b.memory_limit_bytes)
+        raise
+
+
+def _train_and_measure(task: Task, cfg: TrainConfig, device: torch.device, b: TrialBudget, load_before: float) -> dict[str, Any]:
     meter = ThroughputMeter(b.warmup_steps, b.window_s, b.windows, sync=sync_fn(device))
     result = train(
         task,
