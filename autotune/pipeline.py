@@ -7,6 +7,7 @@ decides where the outputs go inside the run directory.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import platform
 import sys
@@ -182,8 +183,6 @@ def final_run(task: Task, cfg: TrainConfig, out: Path, progress: bool, log: Any 
 
 
 def _override_base(task: Task, opts: RunOptions) -> Task:
-    import dataclasses
-
     changes = {k: v for k, v in (("seed", opts.seed), ("epochs", opts.epochs)) if v is not None}
     if not changes:
         return task

@@ -92,13 +92,21 @@ def entry_for(profile: HardwareProfile, model: str) -> dict[str, Any] | None:
     return next((e for e in profile.tuned if e.get("model") == model), None)
 
 
+def _positive(value: Any) -> float | None:
+    """``value`` as a float when it is a positive number, else None ("N/A", missing)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
+def _device_figure(p: HardwareProfile, gpu_key: str, host_key: str) -> float | None:
+    """A figure of the device training runs on: the first GPU's on CUDA, else the host's."""
+    if p.device == "cuda" and p.gpus:
+        return _positive(p.gpus[0].get(gpu_key))
+    return _positive(p.host.get(host_key))
+
+
 def memory_bytes(profile: HardwareProfile) -> float | None:
     """The memory that bounds the micro-batch: the first GPU's, else the host's."""
-    if profile.device == "cuda" and profile.gpus:
-        value = profile.gpus[0].get("memory_total_bytes")
-    else:
-        value = profile.host.get("memory_total_bytes")
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+    return _device_figure(profile, "memory_total_bytes", "memory_total_bytes")
 
 
 def distance(a: HardwareProfile, b: HardwareProfile) -> float:
@@ -117,17 +125,12 @@ def distance(a: HardwareProfile, b: HardwareProfile) -> float:
 
 
 def _cores(p: HardwareProfile) -> float | None:
-    if p.device == "cuda" and p.gpus:
-        value = p.gpus[0].get("sm_count")
-    else:
-        value = p.host.get("logical_cores")
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+    return _device_figure(p, "sm_count", "logical_cores")
 
 
 def _fp32_tflops(p: HardwareProfile) -> float | None:
     key = "cuda_matmul_fp32_tflops" if p.device == "cuda" else "cpu_matmul_fp32_tflops"
-    value = p.measured.get(key)
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+    return _positive(p.measured.get(key))
 
 
 def most_similar(profiles_dir: str | Path, current: HardwareProfile, model: str) -> tuple[HardwareProfile, dict[str, Any]] | None:

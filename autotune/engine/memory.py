@@ -6,10 +6,13 @@ only an out-of-memory error is ever retried with less; everything else is a real
 
 from __future__ import annotations
 
+import re
 import resource
 import sys
 
 import torch
+
+from autotune.errors import ConfigError
 
 _OOM_MESSAGES = (
     "CUDA out of memory",
@@ -63,10 +66,6 @@ _UNITS = {
 
 def parse_size(text: str) -> int:
     """Bytes in a size such as ``3GiB``, ``512MiB``, ``1.5GB`` or ``1048576``."""
-    import re
-
-    from autotune.errors import ConfigError
-
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
     unit = match.group(2).lower() if match else ""
     if not match or (unit and unit not in _UNITS):
