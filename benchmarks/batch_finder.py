@@ -16,11 +16,14 @@ virtual size after its imports and data, as ``autotune.engine.memory.cap_memory`
    whether it really trains under the cap: with our prober, and by a 3-step Lightning fit
    in a fresh process (Lightning #8028, #9625: a found size that then runs out of memory).
 
-    .venv/bin/python benchmarks/batch_finder.py [--models digits_cnn ...] [--malloc-mmap-threshold 131072]
+    .venv/bin/python benchmarks/batch_finder.py [--models digits_cnn ...]
+
+Every capped process, ours and Lightning's, fixes glibc's mmap threshold as ``cap_memory``
+does, so memory grows steadily with the batch size on both sides.
 
 Needs the ``bench`` extra (``pip install -e .[bench]``: Lightning). Prints one table per
-configuration and writes benchmarks/results/batch_finder-<date>[-mmap<bytes>].json with
-every probe. About 7 minutes on 2 cores (9 with the fixed mmap threshold).
+configuration and writes benchmarks/results/batch_finder-<date>.json with every probe.
+About 9 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import argparse
 import datetime
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -41,12 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MiB = 2**20
 
 # name: (model file, memory cap in bytes, upper bound N of the search). Each cap puts the
-# largest size well inside [1, N] both with glibc's default malloc settings and with a
-# fixed mmap threshold (--malloc-mmap-threshold): for the CNN about 2,500 and 4,700 of
-# 8,192; for the MLP, whose activations are small (3-5 KiB a sample, against ~69 MiB that
-# any batch needs), about 18,000 and 36,000 of 65,536, and about 2,000 and 4,500 of 8,192
-# (Lightning's default upper bound: its `max_val` is 8,192, and some of its steps ignore a
-# larger one).
+# largest size well inside [1, N]. The MLP's activations are small (3-5 KiB a sample), so
+# it needs a wide range; 8,192 is Lightning's default upper bound (its `max_val`; some of
+# its steps ignore a larger one).
 MODELS = {
     "digits_cnn": ("examples/digits_cnn.py", 512 * MiB, 8192),
     "breast_cancer_mlp": ("examples/breast_cancer_mlp.py", 160 * MiB, 65536),
@@ -381,36 +380,32 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--window", type=int, default=3, help="sizes probed each side of the true largest")
     parser.add_argument("--grid", type=int, default=12, help="evenly spaced sizes probed over [1, N]")
-    parser.add_argument("--malloc-mmap-threshold", type=int, metavar="BYTES",
-                        help="set MALLOC_MMAP_THRESHOLD_ for every probe and Lightning process (a fixed glibc mmap threshold; off by default)")
     parser.add_argument("--lightning-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.lightning_child:
         model, mode, cap, n = args.lightning_child
         return lightning_child(model, mode, int(cap), int(n))
 
-    if args.malloc_mmap_threshold:  # read by glibc when each child process starts
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
     import lightning
     import torch
 
+    from autotune.engine.memory import MMAP_THRESHOLD_BYTES
     from autotune.search.worker import run_isolated
 
     host = machine()
     print(f"machine: {host['cpu_model']}, {host['logical_cores']} logical cores, "
           f"{host['memory_total_bytes'] / 2**30:.0f} GiB, load {host['load_average_1m']}; torch {torch.__version__}, "
-          f"lightning {lightning.__version__}; MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}")
+          f"lightning {lightning.__version__}")
     print(lightning_oom_check())
     run_isolated(_noop, {}, 120)  # start the fork server, which every later probe shares, untimed
     results = [bench_model(name, args.window, args.grid) for name in args.models]
     for r in results:
         print_table(r)
-    stamp = datetime.date.today().isoformat() + (f"-mmap{args.malloc_mmap_threshold}" if args.malloc_mmap_threshold else "")
-    out = ROOT / "benchmarks" / "results" / f"batch_finder-{stamp}.json"
+    out = ROOT / "benchmarks" / "results" / f"batch_finder-{datetime.date.today().isoformat()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": host, "torch": torch.__version__, "lightning": lightning.__version__,
                                "rel_tol": REL_TOL, "lightning_oom_check": lightning_oom_check(), **revision(),
-                               "malloc_mmap_threshold": args.malloc_mmap_threshold,
+                               "mmap_threshold_bytes": MMAP_THRESHOLD_BYTES,
                                "command": "benchmarks/batch_finder.py " + " ".join(sys.argv[1:]),
                                "models": results}, indent=2) + "\n")
     print(f"\nwrote {out}")

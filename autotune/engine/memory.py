@@ -6,6 +6,7 @@ only an out-of-memory error is ever retried with less; everything else is a real
 
 from __future__ import annotations
 
+import ctypes
 import re
 import resource
 import sys
@@ -95,6 +96,31 @@ def vm_bytes(field: str = "VmSize") -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Make glibc serve every allocation of ``nbytes`` or more with its own mapping.
+
+    By default glibc raises its mmap threshold each time a mapped block is freed (up to
+    32 MiB), so which tensors land on the heap, where freed space lingers, depends on
+    what was allocated before. The process's peak address space then jumps up and down
+    as the batch grows: a batch can fail under a cap that a larger one fits. With the
+    threshold fixed, large tensors are mapped and unmapped one by one, and the peak
+    follows the memory really in use. Returns False where there is no glibc ``mallopt``
+    (not Linux, or another C library), and nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(_M_MMAP_THRESHOLD, nbytes) == 1
+
+
 def cap_memory(limit_bytes: int, device: torch.device) -> int:
     """Let this process use at most ``limit_bytes`` more memory from now on; returns the
     baseline the limit counts from.
@@ -102,13 +128,16 @@ def cap_memory(limit_bytes: int, device: torch.device) -> int:
     On a GPU the cap is the CUDA caching allocator's fraction of the card, counted from
     zero (everything the process allocates on the device counts). On the CPU it is a real
     address-space limit (RLIMIT_AS) set to the current virtual size plus ``limit_bytes``,
-    so an allocation past it fails with torch's "can't allocate memory" error. It cannot
-    be raised again in this process: use it in a process of its own.
+    so an allocation past it fails with torch's "can't allocate memory" error, and
+    glibc's mmap threshold is fixed first (``fix_mmap_threshold``) so that the address
+    space grows steadily with the batch. It cannot be raised again in this process: use
+    it in a process of its own.
     """
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit_bytes / total), device)
         return 0
+    fix_mmap_threshold()
     baseline = vm_bytes("VmSize")
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     soft = baseline + limit_bytes
