@@ -186,10 +186,19 @@ def find_max_batch(
 # ------------------------------------------------------------------ the probe process
 
 
-def worst_case_indices(dataset: Any, batch: int) -> list[int]:
+SCAN_LIMIT = 4096  # items whose size is read to find the largest; beyond, an even sample
+
+
+def worst_case_indices(dataset: Any, batch: int, scan_limit: int = SCAN_LIMIT) -> list[int]:
     """Indices of the ``batch`` items with the most input elements, repeated if the
-    dataset is smaller than the batch (memory depends on the shapes, not the values)."""
-    sizes = sorted(((_numel(dataset[i][0]), i) for i in range(len(dataset))), reverse=True)
+    dataset is smaller than the batch (memory depends on the shapes, not the values).
+
+    A dataset larger than ``scan_limit`` is sampled evenly (first and last item
+    included) rather than read whole: a probe must not cost a pass over a large dataset.
+    """
+    n = len(dataset)
+    candidates = range(n) if n <= scan_limit else sorted({round(k * (n - 1) / (scan_limit - 1)) for k in range(scan_limit)})
+    sizes = sorted(((_numel(dataset[i][0]), i) for i in candidates), reverse=True)
     order = [i for _, i in sizes]
     return [order[k % len(order)] for k in range(batch)]
 
@@ -227,12 +236,13 @@ def probe_batch(model_path: str, config: dict[str, Any], batch: int, limit_bytes
     task = load_task(model_path, validate=False)
     cfg = TrainConfig.from_dict(config, source="probe config")
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    inputs, target = _batch(task, worst_case_indices(task.datasets()[0], batch))
+    indices = worst_case_indices(task.datasets()[0], batch)
     prime_imports(task, cfg)
     baseline = cap_memory(limit_bytes, device)
     peak_before = vm_bytes("VmPeak") if device.type == "cpu" else None
     try:
-        sampled = _two_steps(task, cfg, device, inputs, target)
+        # The items are fetched and collated under the cap, as a trial's DataLoader does.
+        sampled = _two_steps(task, cfg, device, lambda: _batch(task, indices))
     except Exception as exc:
         reraise_at_cap(exc, device, baseline, limit_bytes)
         raise
@@ -242,18 +252,20 @@ def probe_batch(model_path: str, config: dict[str, Any], batch: int, limit_bytes
     return {"peak_bytes": int(used), "fits": used <= limit_bytes * (1 - headroom)}
 
 
-def _two_steps(task: Task, cfg: TrainConfig, device: torch.device, inputs: Any, target: Any) -> int:
-    """Two optimizer steps; returns the largest sampled virtual size (CPU) or 0."""
+def _two_steps(task: Task, cfg: TrainConfig, device: torch.device, make_batch: Callable[[], Any]) -> int:
+    """Two optimizer steps, each on a freshly collated batch (the previous one is still
+    alive while the next is built, as in a training loop); returns the largest sampled
+    virtual size (CPU) or 0."""
     model = task.build_model()
     if cfg.checkpointing:
         knobs.enable_checkpointing(task.blocks(model))
     model.to(device).train()
     optimizer = task.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     scaler = knobs.grad_scaler(device.type, cfg.amp)
-    inputs, target = to_device(inputs, device), to_device(target, device)
     sample = (lambda: vm_bytes("VmSize")) if device.type == "cpu" else (lambda: 0)
     highest = 0
     for _ in range(2):
+        inputs, target = to_device(make_batch(), device)
         with knobs.autocast(device.type, cfg.amp):
             loss = task.loss(call_model(model, inputs), target)
         highest = max(highest, sample())

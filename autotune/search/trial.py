@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from autotune.config import TrainConfig
 from autotune.engine.loop import pick_device, sync_fn, train
@@ -41,6 +42,10 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any]) -> 
     ``max_seconds`` do, and the LR schedule spans only the steps the trial may take.
     """
     b = TrialBudget(**budget)
+    # A trial shows no progress bars, and must not start tqdm's monitor thread either:
+    # under a CPU memory cap, a thread's stack and malloc arena (~72 MiB of address space
+    # here) would count against the limit and the memory probe would not foresee them.
+    tqdm.monitor_interval = 0
     load_before = os.getloadavg()[0]
     task = load_task(model_path, validate=False)
     task.datasets()
