@@ -102,6 +102,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profiles", type=Path, default=Path("profiles"), help="folder of saved hardware profiles: the result is recorded in <fingerprint>.yaml there, and a new study starts from the most similar machine's results for this model (default: profiles)")
     p.add_argument("--memory-limit", type=_size, metavar="SIZE", help="memory the tuner may use, e.g. 3GiB or 512MiB: the largest micro-batch is probed under it and trials run under it (on a GPU the card's share, on the CPU a real process limit); default: the GPU's memory, or the host's available memory, for the probe only")
     p.add_argument("--headroom", type=_number(float, 0.0, 0.9), default=0.1, metavar="FRACTION", help="share of the memory limit the probed micro-batch leaves free (default: 0.1)")
+    p.add_argument("--objective", choices=("goodput", "throughput"), default="goodput", help="what trials are scored on: goodput (samples/s weighted by how much each sample is worth at that effective batch, from the model's gradient noise scale) or raw throughput (samples/s) (default: goodput)")
     p.add_argument("--no-warm-start", action="store_true", help="start the study from scratch even when saved results exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -149,6 +150,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             ),
             memory_limit=args.memory_limit,
             headroom=args.headroom,
+            objective=args.objective,
             seed=args.seed,
             epochs=args.epochs,
             progress=not args.no_progress,

@@ -35,9 +35,10 @@ from autotune.search import (
     select,
 )
 from autotune.engine.memory import format_size
-from autotune.search import warmstart
+from autotune.search import model_stats, warmstart
+from autotune.search.objective import Scorer
 from autotune.search.limits import apply_limits, default_limit_bytes, probe_limits
-from autotune.search.study import study_exists
+from autotune.search.study import scorer_of, study_exists
 from autotune.search.select import Selection
 from autotune.search.space import SearchSpace
 from autotune.task import Task, load_task
@@ -64,6 +65,7 @@ class RunOptions:
     # memory, or the host's available memory, for the probe; trials uncapped.
     memory_limit: int | None = None
     headroom: float = 0.1  # fraction of the limit the probed micro-batch leaves free
+    objective: str = "goodput"  # what trials are scored on: goodput or throughput
 
 
 def default_out(model_path: str | Path) -> Path:
@@ -84,10 +86,12 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
     raw = load_space(opts.space)
     space = gate(raw, _facts(profile, task))
     storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
-    probe = None
+    probe = scorer = None
     if not study_exists(storage, task.name):
         space, probe = _probe_memory(task, space, profile, opts, log)
-    study, space = open_study(storage, task.name, task, raw, space, profile.fingerprint, task.base.seed)
+        scorer = _scorer(task, profile, opts, log)
+    study, space = open_study(storage, task.name, task, raw, space, profile.fingerprint, task.base.seed,
+                              scorer or Scorer(opts.objective))
     stale = fail_stale_trials(study)
     if stale:
         log(f"autotune: marked {stale} trial(s) left running by an earlier stopped run as failed")
@@ -129,6 +133,16 @@ def _probe_memory(task: Task, space: SearchSpace, profile: HardwareProfile, opts
     return apply_limits(space, found, limit), data
 
 
+def _scorer(task: Task, profile: HardwareProfile, opts: RunOptions, log: Any) -> Scorer:
+    """Measure the model's FLOPs and gradient noise scale, for goodput and MFU."""
+    stats = model_stats.measure_isolated(task)
+    scorer = Scorer.build(opts.objective, task.base.batch_size, stats, profile.measured, profile.device)
+    noise = f"{scorer.b_noise:,.0f}" if scorer.b_noise else "not measurable (goodput = throughput)"
+    log(f"autotune: {stats['flops_per_sample'] / 1e6:,.1f} MFLOP per sample; gradient noise scale {noise} "
+        f"(reference batch {scorer.reference_batch}); objective {scorer.objective}")
+    return scorer
+
+
 def _warm_start(study: Any, space: SearchSpace, profile: HardwareProfile, task: Task, opts: RunOptions, log: Any) -> None:
     if opts.profiles is None or not opts.warm_start:
         return
@@ -144,12 +158,14 @@ def _warm_start(study: Any, space: SearchSpace, profile: HardwareProfile, task: 
 
 def _result_entry(task: Task, space: SearchSpace, study: Any, tuned: TunedConfig) -> dict[str, Any]:
     best = {"config": tuned.train.to_dict(), **{k: tuned.measured.get(k) for k in (
-        "throughput_samples_per_s", "default_throughput_samples_per_s", "speedup_vs_default", "peak_memory_bytes")}}
+        "throughput_samples_per_s", "goodput_samples_per_s", "default_throughput_samples_per_s", "speedup_vs_default",
+        "peak_memory_bytes")}}
     top: list[dict[str, Any]] = []
     measured = [t for t in study.trials if t.user_attrs.get("status") == "ok" and t.value is not None]
     for t in sorted(measured, key=lambda t: t.value, reverse=True):
         if all(t.user_attrs["config"] != item["config"] for item in top):
-            top.append({"config": t.user_attrs["config"], "throughput_samples_per_s": t.value})
+            top.append({"config": t.user_attrs["config"], "throughput_samples_per_s": t.user_attrs.get("throughput_samples_per_s"),
+                        "goodput_samples_per_s": t.user_attrs.get("goodput_samples_per_s")})
     return results.make_entry(task.name, task.sha256, space.name, tuned.measured.get("device", ""), best, top)
 
 
@@ -210,13 +226,28 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
 def _tuned_config(task: Task, space: SearchSpace, profile: HardwareProfile, study: Any, sel: Selection, storage: str) -> TunedConfig:
-    tuned_tps, default_tps = sel.median("tuned"), sel.median("default")
+    scorer = scorer_of(study)
+    tuned_tps, default_tps = sel.picked.median_throughput(), sel.default.median_throughput()
+    scores = scorer.score(sel.config, {"throughput_samples_per_s": tuned_tps})
+    default_scores = scorer.score(sel.default.config, {"throughput_samples_per_s": default_tps})
     measured = {
+        "objective": sel.objective,
         "throughput_samples_per_s": tuned_tps,
-        "remeasured_samples_per_s": sel.remeasured.get("tuned", []),
+        "goodput_samples_per_s": scores["goodput_samples_per_s"],
+        "statistical_efficiency": scores["statistical_efficiency"],
+        "mfu": scores["mfu"],
+        "remeasured_samples_per_s": sel.picked.throughputs,
         "default_throughput_samples_per_s": default_tps,
-        "speedup_vs_default": tuned_tps / default_tps if tuned_tps and default_tps else None,
+        "speedup_vs_default": _ratio(tuned_tps, default_tps),
+        "goodput_vs_default": _ratio(scores["goodput_samples_per_s"], default_scores["goodput_samples_per_s"]),
+        "gradient_noise_scale": scorer.b_noise,
+        "reference_batch_size": scorer.reference_batch,
+        "flops_per_sample": scorer.flops_per_sample,
         "peak_memory_bytes": sel.trial_attrs.get("peak_memory_bytes"),
         "trial_val_loss": sel.trial_attrs.get("val_loss"),
         "trial_val_accuracy": sel.trial_attrs.get("val_accuracy"),
@@ -289,13 +320,9 @@ def _search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[s
 
 
 def _selection_data(sel: Selection, tuned: TunedConfig) -> dict[str, Any]:
-    return {
-        "trial": sel.trial_number,
-        "remeasured": sel.remeasured,
-        "tuned_samples_per_s": tuned.measured["throughput_samples_per_s"],
-        "default_samples_per_s": tuned.measured["default_throughput_samples_per_s"],
-        "speedup_vs_default": tuned.measured["speedup_vs_default"],
-    }
+    keys = ("throughput_samples_per_s", "goodput_samples_per_s", "statistical_efficiency", "mfu",
+            "default_throughput_samples_per_s", "speedup_vs_default", "goodput_vs_default", "gradient_noise_scale")
+    return {**sel.to_dict(), **{k: tuned.measured.get(k) for k in keys}}
 
 
 __all__ = ["RunOptions", "default_out", "final_run", "run", "train", "versions"]

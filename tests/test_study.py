@@ -111,3 +111,39 @@ def test_resume_refuses_other_hardware(tiny_task, tmp_path):
     open_study(storage, "s", tiny_task, space, space, "fp-a", 0)
     with pytest.raises(Exception, match=r"was measured on other hardware \(fp-a, this machine is fp-b\)"):
         open_study(storage, "s", tiny_task, space, space, "fp-b", 0)
+
+
+def test_a_study_is_scored_by_its_own_scorer_and_refuses_another_objective(tiny_task, tmp_path):
+    from autotune.config import TrainConfig
+    from autotune.search.objective import Scorer
+
+    space = _space([8, 16])
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    scorer = Scorer("goodput", reference_batch=8, b_noise=8.0)
+    study, space = open_study(storage, "s", tiny_task, space, space, "fp-test", 0, scorer)
+    run_search(study, tiny_task, space, SearchBudget(n_trials=2, trial=FAST), progress=False)
+    for t in (t for t in study.trials if t.user_attrs["status"] == "ok"):
+        cfg = TrainConfig.from_dict(t.user_attrs["config"])
+        efficiency = (1 + 8 / 8.0) / (1 + cfg.effective_batch_size / 8.0)
+        assert t.user_attrs["statistical_efficiency"] == pytest.approx(efficiency)
+        assert t.value == pytest.approx(t.user_attrs["throughput_samples_per_s"] * efficiency)
+    with pytest.raises(Exception, match="maximises goodput, not throughput"):
+        open_study(storage, "s", tiny_task, space, space, "fp-test", 0, Scorer("throughput"))
+
+
+@pytest.mark.slow
+def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, tmp_path):
+    from autotune.search.select import select
+
+    space = _space([8, 16, 24, 32])
+    study, space = _open(tmp_path, tiny_task, space)
+    enqueue_default(study, space)
+    run_search(study, tiny_task, space, SearchBudget(n_trials=4, trial=FAST), progress=False)
+    sel = select(study, tiny_task, FAST, rounds=2, top=2, progress=False)
+    assert [c.trial_number for c in sel.candidates] == [t.number for t in sorted(
+        (t for t in study.trials if t.user_attrs["status"] == "ok"), key=lambda t: t.value, reverse=True)][:2]
+    runs = sel.candidates + ([sel.default] if sel.default not in sel.candidates else [])
+    assert all(len(c.values) == 2 for c in runs)
+    assert sel.picked.median() == max(c.median() for c in runs)  # picked on the re-measured medians
+    recorded = study.user_attrs["remeasured"]
+    assert recorded["picked"] == sel.trial_number and len(recorded["candidates"]) == 2

@@ -6,8 +6,9 @@ The data model is built by ``autotune.pipeline``; its sections are all optional 
 - model: {file, sha256}
 - hardware: {fingerprint, device, cpu_model, logical_cores, memory_total_bytes, gpus, nvml}
 - search: {space, gated, budget, trials: [...], best_trial, default_trial}
-- selection: {trial, remeasured: {tuned: [...], default: [...]}, tuned_samples_per_s,
-  default_samples_per_s, speedup_vs_default}
+- selection: {objective, picked, candidates: [{trial, config, values, throughputs,
+  median}], default: {...}, throughput_samples_per_s, goodput_samples_per_s, mfu,
+  statistical_efficiency, speedup_vs_default, goodput_vs_default, gradient_noise_scale}
 - config: the TrainConfig used for the final run
 - final: {history: [...], seconds, samples_per_s, peak_memory_bytes, val_loss, val_accuracy}
 - evaluation: classification metrics (see ``evaluate.classification_metrics``)
@@ -73,6 +74,8 @@ def _headline(data: dict[str, Any]) -> str:
         bits.append(f"validation loss {final['val_loss']:.4f}")
     if sel.get("speedup_vs_default"):
         bits.append(f"tuned throughput **{sel['speedup_vs_default']:.2f}x** the default config")
+    if sel.get("objective") == "goodput" and sel.get("goodput_vs_default"):
+        bits.append(f"goodput {sel['goodput_vs_default']:.2f}x")
     return ("Result: " + ", ".join(bits) + ".\n") if bits else ""
 
 
@@ -114,7 +117,8 @@ def _search(data: dict[str, Any]) -> str:
     if probe:
         out.append(_probe_table(probe))
     rows = [_trial_row(t) for t in s.get("trials", [])]
-    header = ["#", "state", "micro-batch", "accum", "workers", "amp", "ckpt", "samples/s", "peak memory", "val acc", "note"]
+    header = ["#", "state", "micro-batch", "accum", "workers", "amp", "ckpt", "samples/s", "goodput", "MFU",
+              "peak memory", "val acc", "note"]
     out.append(f"Trials ({len(rows)}):\n\n" + _table(header, rows))
     return "\n".join(out)
 
@@ -150,6 +154,8 @@ def _trial_row(t: dict[str, Any]) -> list[Any]:
         cfg.get("amp"),
         cfg.get("checkpointing"),
         t.get("throughput_samples_per_s"),
+        t.get("goodput_samples_per_s"),
+        _pct(t.get("mfu")),
         _mib(t.get("peak_memory_bytes")),
         t.get("val_accuracy"),
         str(note).replace("|", "/")[:120],
@@ -160,15 +166,37 @@ def _selection(data: dict[str, Any]) -> str:
     sel = data.get("selection")
     if not sel:
         return ""
-    rows = [
-        ["tuned (trial %s)" % sel["trial"], sel.get("tuned_samples_per_s"), ", ".join(f"{v:,.0f}" for v in sel["remeasured"].get("tuned", []))],
-        ["default (batch 32, fp32, no workers)", sel.get("default_samples_per_s"), ", ".join(f"{v:,.0f}" for v in sel["remeasured"].get("default", []))],
-    ]
-    text = "## Selection\n\nThe best trial re-measured side by side with the default config (interleaved, fresh processes):\n\n"
-    text += _table(["config", "median samples/s", "runs"], rows)
+    objective = sel.get("objective", "throughput")
+    rows = []
+    for c in sel.get("candidates", []) + ([sel["default"]] if sel["default"].get("trial") is None else []):
+        cfg = c["config"]
+        label = f"trial {c['trial']}" if c.get("trial") is not None else "default (not a trial)"
+        if (c.get("trial") is None and sel.get("picked_default")) or (c.get("trial") is not None and c["trial"] == sel.get("picked")):
+            label += " **picked**"
+        knobs = f"{cfg['micro_batch_size']} x {cfg['accumulation_steps']}, amp {cfg['amp']}, workers {cfg['num_workers']}"
+        rows.append([label, knobs, c.get("trial_value"), c.get("median"), ", ".join(f"{v:,.0f}" for v in c.get("values", []))])
+    text = (
+        f"## Selection\n\nThe best {len(sel.get('candidates', []))} trials and the default config re-measured in turns "
+        f"(fresh processes), picked on the median {objective} (samples/s):\n\n"
+    )
+    text += _table(["config", "knobs", f"trial {objective}", f"median {objective}", "runs"], rows)
+    facts = []
     if sel.get("speedup_vs_default"):
-        text += f"\nSpeed-up of the tuned config over the default: **{sel['speedup_vs_default']:.2f}x**.\n"
+        facts.append(f"throughput **{sel['speedup_vs_default']:.2f}x** the default's")
+    if sel.get("goodput_vs_default"):
+        facts.append(f"goodput {sel['goodput_vs_default']:.2f}x")
+    if sel.get("mfu") is not None:
+        facts.append(f"MFU {_pct(sel['mfu'])}")
+    if sel.get("gradient_noise_scale"):
+        facts.append(f"gradient noise scale {sel['gradient_noise_scale']:,.0f}, "
+                     f"statistical efficiency {sel.get('statistical_efficiency', 1):.2f}")
+    if facts:
+        text += "\nPicked config: " + "; ".join(facts) + ".\n"
     return text
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
 
 
 def _config(data: dict[str, Any]) -> str:

@@ -1,4 +1,10 @@
-"""Selection: the best trial, re-measured side by side with the untuned default config."""
+"""Selection: the best few trials re-measured side by side, with the untuned default.
+
+A short trial on a busy machine can get lucky, and the best of many noisy measurements
+is biased upwards (the winner's curse). So the ``top`` best distinct configs are measured
+again in turns (A B C D, A B C D, ...) in fresh processes, with the default config among
+them, and the pick is the candidate with the best median of those re-measurements.
+"""
 
 from __future__ import annotations
 
@@ -12,27 +18,58 @@ from tqdm.auto import tqdm
 
 from autotune.config import TrainConfig
 from autotune.errors import AutotuneError
-from autotune.search.study import OBJECTIVE
+from autotune.search.study import scorer_of
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import run_isolated
 from autotune.task import Task
 
 
 @dataclass
-class Selection:
-    trial_number: int
+class Candidate:
+    trial_number: int | None  # None for the default config when no trial ran it
     config: TrainConfig
     trial_attrs: dict[str, Any]
-    # Re-measured samples/s, interleaved in one run: {"tuned": [...], "default": [...]}.
-    remeasured: dict[str, list[float]] = field(default_factory=dict)
+    values: list[float] = field(default_factory=list)  # the objective, re-measured
+    throughputs: list[float] = field(default_factory=list)  # samples/s, re-measured
 
-    def median(self, role: str) -> float | None:
-        values = self.remeasured.get(role) or []
-        return statistics.median(values) if values else None
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+    def median_throughput(self) -> float | None:
+        return statistics.median(self.throughputs) if self.throughputs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trial": self.trial_number, "config": self.config.to_dict(), "values": self.values,
+                "throughputs": self.throughputs, "median": self.median(), "trial_value": self.trial_attrs.get("_value")}
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+@dataclass
+class Selection:
+    picked: Candidate
+    candidates: list[Candidate]  # the re-measured ones, best trial value first
+    default: Candidate
+    objective: str
+
+    @property
+    def trial_number(self) -> int | None:
+        return self.picked.trial_number
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.picked.config
+
+    @property
+    def trial_attrs(self) -> dict[str, Any]:
+        return self.picked.trial_attrs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"objective": self.objective, "picked": self.picked.trial_number, "picked_default": self.picked is self.default,
+                "candidates": [c.to_dict() for c in self.candidates], "default": self.default.to_dict()}
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials with a value, best first, one per distinct config."""
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
         reasons = sorted({str(t.user_attrs.get("reason", t.state.name)) for t in study.trials})
         raise AutotuneError(
@@ -40,36 +77,53 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
             f"Reasons seen: {'; '.join(reasons) or 'none'}.",
             hint="Run with --debug, or look at the trials' `reason` in the study.",
         )
-    return max(complete, key=lambda t: t.value)
+    seen: list[dict[str, Any]] = []
+    ranked = []
+    for t in sorted(complete, key=lambda t: t.value, reverse=True):
+        if t.user_attrs.get("config") not in seen:
+            seen.append(t.user_attrs.get("config"))
+            ranked.append(t)
+    return ranked
 
 
-def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 2, progress: bool = True) -> Selection:
-    """Pick the best trial and re-measure it against the default config, interleaved.
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    return ranked_trials(study)[0]
 
-    The two configs are measured in turns (tuned, default, tuned, default, ...) in fresh
-    processes, so both see the same machine conditions; the medians are what the tuned
-    config reports as its throughput and its speed-up.
+
+def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 2, top: int = 3, progress: bool = True) -> Selection:
+    """Re-measure the ``top`` best configs and the default in turns; pick on the medians.
+
+    The re-measurement is recorded in the study (user attribute ``remeasured``).
     """
-    best = best_trial(study)
-    tuned = TrainConfig.from_dict(best.user_attrs["config"], source=f"trial {best.number}")
-    default = TrainConfig.from_base(task.base)
-    configs = {"tuned": tuned}
-    if default != tuned:
-        configs["default"] = default
-    remeasured: dict[str, list[float]] = {role: [] for role in configs}
-    bar = tqdm(total=rounds * len(configs), desc="re-measure", unit="run", disable=not progress)
+    scorer = scorer_of(study)
+    candidates = [
+        Candidate(t.number, TrainConfig.from_dict(t.user_attrs["config"], source=f"trial {t.number}"),
+                  {**t.user_attrs, "_value": t.value})
+        for t in ranked_trials(study)[:top]
+    ]
+    default_cfg = TrainConfig.from_base(task.base)
+    default = next((c for c in candidates if c.config == default_cfg), None)
+    runs = list(candidates)
+    if default is None:
+        default = Candidate(None, default_cfg, {})
+        runs.append(default)
+    bar = tqdm(total=rounds * len(runs), desc="re-measure", unit="run", disable=not progress)
     for _ in range(rounds):
-        for role, cfg in configs.items():
+        for c in runs:
             outcome = run_isolated(
                 measure,
-                {"model_path": str(task.path), "config": cfg.to_dict(), "budget": budget.to_dict()},
+                {"model_path": str(task.path), "config": c.config.to_dict(), "budget": budget.to_dict()},
                 budget.timeout_s,
             )
-            if outcome.ok and outcome.value.get(OBJECTIVE):
-                remeasured[role].append(outcome.value[OBJECTIVE])
+            value = scorer.value(c.config, outcome.value) if outcome.ok else None
+            if value:
+                c.values.append(value)
+                c.throughputs.append(outcome.value["throughput_samples_per_s"])
             bar.update(1)
     bar.close()
-    if "default" not in configs:
-        remeasured["default"] = list(remeasured["tuned"])
-    study.set_user_attr("remeasured", {"trial": best.number, **remeasured})
-    return Selection(best.number, tuned, dict(best.user_attrs), remeasured)
+    # The default competes too: when no tuned config beats it side by side, it is kept.
+    measured = [c for c in runs if c.values] or candidates[:1]
+    picked = max(measured, key=lambda c: c.median() or 0.0)
+    selection = Selection(picked, candidates, default, scorer.objective)
+    study.set_user_attr("remeasured", selection.to_dict())
+    return selection

@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from autotune.config import TrainConfig
 from autotune.errors import ConfigError
+from autotune.search.objective import Scorer
 from autotune.search.space import SearchSpace, parse_space
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
 from autotune.task import Task
 
-OBJECTIVE = "throughput_samples_per_s"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -36,14 +36,17 @@ class SearchBudget:
 
 
 def open_study(
-    storage: str, name: str, task: Task, raw: SearchSpace, space: SearchSpace, fingerprint: str, seed: int
+    storage: str, name: str, task: Task, raw: SearchSpace, space: SearchSpace, fingerprint: str, seed: int,
+    scorer: Scorer | None = None,
 ) -> tuple[optuna.Study, SearchSpace]:
     """Create the study, or load it when it exists; returns it with the space it searches.
 
     ``raw`` is the space as written in its YAML, ``space`` the same gated for this machine.
-    A resumed study keeps the gated space it was created with (so a microbenchmark that
-    comes out differently this time cannot change the choices mid-study), and must belong
-    to the same model file, the same YAML and the same hardware.
+    A resumed study keeps the gated space and the scorer it was created with (so a
+    microbenchmark that comes out differently this time cannot change the choices or the
+    scale mid-study), and must belong to the same model file, the same YAML, the same
+    hardware and the same objective. ``scorer`` defaults to goodput without a noise-scale
+    estimate, which scores like throughput.
     """
     optuna.logging.set_verbosity(logging.WARNING)
     existing = _existing_attrs(storage, name)
@@ -54,6 +57,12 @@ def open_study(
     )
     if existing:
         _check_same(existing, task, raw, fingerprint, storage)
+        if scorer is not None and existing.get("objective") != scorer.objective:
+            raise ConfigError(
+                f"The study in {storage} maximises {existing.get('objective')}, not {scorer.objective}; "
+                "its trials' values cannot be compared with new ones.",
+                hint="Use another --out folder for a new study, or run with the study's --objective.",
+            )
         stored = parse_space(existing["search_space"], source=raw.source)
         return study, dataclasses.replace(stored, gated=existing.get("gated", {}))
     attrs = {
@@ -64,7 +73,8 @@ def open_study(
         "search_space": space.to_dict(),
         "gated": space.gated,
         "hardware_fingerprint": fingerprint,
-        "objective": OBJECTIVE,
+        "objective": (scorer or Scorer()).objective,
+        "scorer": (scorer or Scorer()).to_dict(),
         "seed": seed,
     }
     for key, value in attrs.items():
@@ -75,6 +85,11 @@ def open_study(
 def study_exists(storage: str, name: str) -> bool:
     optuna.logging.set_verbosity(logging.WARNING)
     return bool(_existing_attrs(storage, name))
+
+
+def scorer_of(study: optuna.Study) -> Scorer:
+    """The scorer a study was created with (studies from before scorers: throughput)."""
+    return Scorer.from_dict(study.user_attrs.get("scorer") or {"objective": "throughput"})
 
 
 def _existing_attrs(storage: str, name: str) -> dict[str, Any]:
@@ -206,14 +221,16 @@ def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: Tria
         {"model_path": str(task.path), "config": cfg.to_dict(), "budget": budget.to_dict()},
         budget.timeout_s,
     )
-    return _tell(study, trial, outcome)
+    return _tell(study, trial, outcome, cfg)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> optuna.trial.FrozenTrial:
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, cfg: TrainConfig) -> optuna.trial.FrozenTrial:
     trial.set_user_attr("status", outcome.status)
-    for key, value in outcome.value.items():
+    scorer = scorer_of(study)
+    measured = {**outcome.value, **(scorer.score(cfg, outcome.value) if outcome.ok else {})}
+    for key, value in measured.items():
         trial.set_user_attr(key, value)
-    value = outcome.value.get(OBJECTIVE)
+    value = scorer.value(cfg, outcome.value) if outcome.ok else None
     if outcome.ok and value is None:
         outcome = Outcome("error", reason="the trial ended before a full timing window")
         trial.set_user_attr("status", outcome.status)
@@ -234,5 +251,5 @@ def _postfix(study: optuna.Study, last: optuna.trial.FrozenTrial) -> str:
     status = last.user_attrs.get("status", last.state.name.lower())
     text = f"last: {status}"
     if best is not None:
-        text += f", best {best:,.0f} samples/s"
+        text += f", best {best:,.0f} {study.user_attrs.get('objective', 'throughput')} samples/s"
     return text

@@ -1,0 +1,83 @@
+"""Scoring trials: goodput from the gradient noise scale, MFU from counted FLOPs, and the
+model statistics measured once per study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.config import TrainConfig
+from autotune.engine.flops import mfu, peak_tflops, train_step_flops
+from autotune.errors import ConfigError
+from autotune.search.objective import Scorer
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def test_train_step_flops_counts_forward_and_backward_matmuls():
+    model = torch.nn.Sequential(torch.nn.Linear(10, 20, bias=False), torch.nn.ReLU(), torch.nn.Linear(20, 5, bias=False))
+    x = torch.randn(8, 10)
+    flops = train_step_flops(model, lambda m: m(x).sum())
+    # forward 2*B*(10*20 + 20*5); backward: weight grads of both layers, plus the input
+    # grad of the second layer only (the first layer's input needs no grad).
+    forward = 2 * 8 * (10 * 20 + 20 * 5)
+    assert flops == forward + 2 * 8 * (10 * 20 + 20 * 5) + 2 * 8 * 20 * 5
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_peak_and_mfu_read_the_profile_for_the_configs_dtype():
+    measured = {"cpu_matmul_fp32_tflops": 0.2, "cpu_matmul_bf16_tflops": 0.4, "cuda_matmul_fp16_tflops": 600.0}
+    assert peak_tflops(measured, "cpu", "off") == 0.2
+    assert peak_tflops(measured, "cpu", "bf16") == 0.4
+    assert peak_tflops(measured, "cpu", "fp16") is None
+    assert peak_tflops(measured, "cuda", "fp16") == 600.0
+    assert mfu(1000.0, 1e8, 0.2) == pytest.approx(0.5)
+    assert mfu(None, 1e8, 0.2) is None and mfu(1000.0, 1e8, None) is None
+
+
+def test_goodput_weighs_throughput_by_the_efficiency_of_the_effective_batch():
+    scorer = Scorer("goodput", reference_batch=32, b_noise=96.0, flops_per_sample=1e8, peak_tflops={"off": 0.2})
+    ref = TrainConfig(micro_batch_size=32)
+    big = TrainConfig(micro_batch_size=128, accumulation_steps=2)  # effective 256
+    assert scorer.score(ref, {"throughput_samples_per_s": 1000.0})["goodput_samples_per_s"] == pytest.approx(1000.0)
+    # (1 + 32/96) / (1 + 256/96) = (4/3) / (11/3) = 4/11
+    scores = scorer.score(big, {"throughput_samples_per_s": 2200.0})
+    assert scores["statistical_efficiency"] == pytest.approx(4 / 11)
+    assert scores["goodput_samples_per_s"] == pytest.approx(800.0)
+    assert scores["mfu"] == pytest.approx(2200 * 1e8 / 0.2e12)
+    # goodput ranks the reference batch first, throughput the big one
+    assert scorer.value(ref, {"throughput_samples_per_s": 1000.0}) > scorer.value(big, {"throughput_samples_per_s": 2200.0})
+    raw = Scorer("throughput", reference_batch=32, b_noise=96.0)
+    assert raw.value(ref, {"throughput_samples_per_s": 1000.0}) < raw.value(big, {"throughput_samples_per_s": 2200.0})
+
+
+def test_without_a_noise_scale_goodput_is_throughput():
+    scorer = Scorer("goodput", reference_batch=32, b_noise=None)
+    cfg = TrainConfig(micro_batch_size=512)
+    assert scorer.value(cfg, {"throughput_samples_per_s": 1234.0}) == 1234.0
+
+
+def test_scorer_round_trips_and_rejects_unknown_objectives():
+    scorer = Scorer("goodput", 16, 120.5, 3e6, {"off": 0.2, "bf16": None, "fp16": None})
+    assert Scorer.from_dict(scorer.to_dict()) == scorer
+    with pytest.raises(ConfigError, match="Unknown objective 'speed'; choose one of: goodput, throughput"):
+        Scorer("speed")
+
+
+@pytest.mark.slow
+def test_model_stats_measure_flops_and_a_noise_scale_in_a_fresh_process():
+    from autotune.search.model_stats import measure_isolated
+    from autotune.task import load_task
+
+    task = load_task(ASSETS / "tiny_mlp.py")
+    stats = measure_isolated(task)
+    model = task.build_model()
+    x, y = task.datasets()[0][0]
+    expected = train_step_flops(model, lambda m: task.loss(m(x.unsqueeze(0)), torch.tensor([y])))
+    assert stats["flops_per_sample"] == pytest.approx(expected)
+    assert stats["gns_steps"] >= 2 and stats["gns_micro_batch"] == max(1, task.base.batch_size // 4)
+    gns = stats["gns"]
+    assert gns["n"] == stats["gns_steps"] - stats["gns_steps"] // 2
+    assert gns["b_noise"] is None or gns["b_noise"] > 0
