@@ -147,3 +147,15 @@ def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, 
     assert sel.picked.median() == max(c.median() for c in runs)  # picked on the re-measured medians
     recorded = study.user_attrs["remeasured"]
     assert recorded["picked"] == sel.trial_number and len(recorded["candidates"]) == 2
+
+
+@pytest.mark.parametrize("limit, feasible", [(2**40, True), (2**20, False)])
+def test_memory_over_the_budget_is_an_optuna_constraint(tiny_task, tmp_path, limit, feasible):
+    space = _space([8])
+    study, space = _open(tmp_path, tiny_task, space)
+    study.set_user_attr("memory_probe", {"limit_bytes": limit, "headroom": 0.1})
+    run_search(study, tiny_task, space, SearchBudget(n_trials=1, trial=FAST), progress=False)
+    trial = study.trials[0]
+    budget = limit * 0.9
+    assert trial.constraints == {"memory": pytest.approx(trial.user_attrs["peak_memory_bytes"] / budget - 1.0)}
+    assert (trial.constraints["memory"] <= 0) is feasible

@@ -27,9 +27,12 @@ def autocast(device_type: str, amp: str) -> ContextManager[Any]:
     return torch.autocast(device_type=device_type, dtype=AMP_DTYPES[amp])
 
 
+INIT_SCALE = 2.0**16  # the fp16 loss scale a run starts from
+
+
 def grad_scaler(device_type: str, amp: str) -> torch.amp.GradScaler:
     """A loss scaler, enabled only for fp16 (bf16 has fp32's exponent range)."""
-    return torch.amp.GradScaler(device_type, enabled=amp == "fp16")
+    return torch.amp.GradScaler(device_type, init_scale=INIT_SCALE, enabled=amp == "fp16")
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -64,6 +64,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     throughput: dict[str, Any] = field(default_factory=dict)
     model: torch.nn.Module | None = field(default=None, repr=False)
+    skipped_steps: int = 0  # fp16 steps the loss scaler skipped (see ``skipped_steps``)
 
 
 @dataclass
@@ -108,11 +109,16 @@ def _prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int 
     )
 
 
-def _groups(loader: torch.utils.data.DataLoader, k: int) -> Iterator[list[Any]]:
-    """Micro-batches in groups of ``k``; the last group of an epoch may be shorter."""
+def _groups(loader: torch.utils.data.DataLoader, k: int) -> Iterator[tuple[list[Any], float]]:
+    """Micro-batches in groups of ``k`` (the last group of an epoch may be shorter), each
+    with the seconds spent waiting for the loader to hand it over."""
     it = iter(loader)
-    while group := list(itertools.islice(it, k)):
-        yield group
+    while True:
+        start = time.perf_counter()
+        group = list(itertools.islice(it, k))
+        if not group:
+            return
+        yield group, time.perf_counter() - start
 
 
 def optimizer_step(run: _Run, task: Task, cfg: TrainConfig, group: list[Any], device: torch.device) -> tuple[torch.Tensor, int]:
@@ -218,7 +224,9 @@ def train(
     for epoch in epochs_bar:
         epoch_start, epoch_loss, epoch_samples = time.perf_counter(), torch.zeros((), device=device), 0
         steps_bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}", unit="step", leave=False, disable=not progress or not sys.stderr.isatty())
-        for group in _groups(run.train_loader, cfg.accumulation_steps):
+        for group, waited in _groups(run.train_loader, cfg.accumulation_steps):
+            if meter is not None:
+                meter.waited(waited)
             loss_sum, n = optimizer_step(run, task, cfg, group, device)
             steps, samples = steps + 1, samples + n
             epoch_loss += loss_sum
@@ -256,7 +264,20 @@ def train(
         history=history,
         throughput=meter.summary() if meter is not None else {},
         model=run.model,
+        skipped_steps=skipped_steps(run.scaler),
     )
+
+
+def skipped_steps(scaler: torch.amp.GradScaler) -> int:
+    """Optimizer steps fp16's loss scaler skipped (inf/NaN gradients) in a short run.
+
+    Every skip halves the scale and it only grows back after ``growth_interval`` (2,000)
+    clean steps, so within a shorter run the skips are log2(initial / current scale); read
+    once at the end, so no step waits for the device.
+    """
+    if not scaler.is_enabled():
+        return 0
+    return max(0, round(math.log2(knobs.INIT_SCALE / scaler.get_scale())))
 
 
 def _stop_reason(steps: int, start: float, meter: ThroughputMeter | None, max_steps: int | None, max_seconds: float | None) -> str:

@@ -23,6 +23,9 @@ class ThroughputMeter:
     sync: Callable[[], None] = lambda: None
     rates: list[float] = field(default_factory=list)  # samples/s of each window
     steps: int = 0
+    timed_s: float = 0.0  # seconds inside recorded windows
+    waited_s: float = 0.0  # of which the loop waited for the DataLoader
+    _window_wait: float = 0.0
     _window_start: float | None = None
     _window_samples: int = 0
 
@@ -41,12 +44,20 @@ class ThroughputMeter:
             self.sync()
             elapsed = time.perf_counter() - self._window_start
             self.rates.append(self._window_samples / elapsed)
+            self.timed_s += elapsed
+            self.waited_s += self._window_wait
             self._start_window()
 
     def _start_window(self) -> None:
         self.sync()
         self._window_start = time.perf_counter()
         self._window_samples = 0
+        self._window_wait = 0.0
+
+    def waited(self, seconds: float) -> None:
+        """Time the loop spent waiting for the next batch; counted inside open windows."""
+        if self._window_start is not None and not self.done:
+            self._window_wait += seconds
 
     @property
     def done(self) -> bool:
@@ -61,4 +72,7 @@ class ThroughputMeter:
             "throughput_min_samples_per_s": min(self.rates),
             "throughput_max_samples_per_s": max(self.rates),
             "windows": len(self.rates),
+            # Share of the timed step time spent waiting for data: high means the input
+            # pipeline (workers, pinning, transforms) limits the speed, not the device.
+            "data_wait_fraction": self.waited_s / self.timed_s if self.timed_s > 0 else None,
         }

@@ -231,6 +231,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, cfg: Train
     for key, value in measured.items():
         trial.set_user_attr(key, value)
     value = scorer.value(cfg, outcome.value) if outcome.ok else None
+    _memory_constraint(study, trial, outcome)
     if outcome.ok and value is None:
         outcome = Outcome("error", reason="the trial ended before a full timing window")
         trial.set_user_attr("status", outcome.status)
@@ -243,6 +244,21 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, cfg: Train
     # other failures say nothing about the config and are ignored by the sampler.
     state = TrialState.PRUNED if outcome.status == "oom" else TrialState.FAIL
     return study.tell(trial, state=state)
+
+
+def _memory_constraint(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
+    """Memory over the study's budget (the probe's limit less its headroom) as an Optuna
+    constraint: the share of the budget a trial went over by, <= 0 when it stayed within.
+    A trial that ran out of memory is over by an unknown amount, counted as 1."""
+    probe = study.user_attrs.get("memory_probe") or {}
+    if not probe.get("limit_bytes"):
+        return
+    budget = probe["limit_bytes"] * (1 - probe.get("headroom", 0.0))
+    used = outcome.value.get("memory_used_bytes", outcome.value.get("peak_memory_bytes"))
+    if outcome.status == "oom":
+        trial.set_constraint("memory", 1.0)
+    elif outcome.ok and used is not None:
+        trial.set_constraint("memory", used / budget - 1.0)
 
 
 def _postfix(study: optuna.Study, last: optuna.trial.FrozenTrial) -> str:

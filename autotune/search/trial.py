@@ -13,7 +13,8 @@ from tqdm import tqdm
 from autotune.config import TrainConfig
 from autotune.engine.loop import pick_device, sync_fn, train
 from autotune.engine.measure import ThroughputMeter
-from autotune.engine.memory import cap_memory, reraise_at_cap
+from autotune.engine.memory import cap_memory, memory_used_bytes, reraise_at_cap
+from autotune.errors import TrialError
 from autotune.search.probe import prime_imports
 from autotune.task import Task, load_task
 
@@ -56,7 +57,10 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any]) -> 
         prime_imports(task, cfg)
         baseline = cap_memory(b.memory_limit_bytes, device)
     try:
-        return _train_and_measure(task, cfg, device, b, load_before)
+        out = _train_and_measure(task, cfg, device, b, load_before)
+        if baseline is not None:  # in the terms the memory probe and the cap count
+            out["memory_used_bytes"] = memory_used_bytes(device, baseline)
+        return out
     except Exception as exc:
         if baseline is not None:
             reraise_at_cap(exc, device, baseline, b.memory_limit_bytes)
@@ -74,8 +78,14 @@ def _train_and_measure(task: Task, cfg: TrainConfig, device: torch.device, b: Tr
         meter=meter,
         max_eval_batches=b.max_eval_batches,
     )
+    if result.skipped_steps > max(4, result.steps // 2):
+        raise TrialError(
+            f"fp16 loss scaling skipped {result.skipped_steps} of {result.steps} optimizer steps "
+            "(inf/NaN gradients): this config does not train in fp16"
+        )
     return {
         **result.throughput,
+        "skipped_steps": result.skipped_steps,
         "peak_memory_bytes": result.peak_memory_bytes,
         "steps": result.steps,
         "samples": result.samples,

@@ -1,0 +1,77 @@
+"""Trial measurements beyond samples/s: the share of time spent waiting for data, fp16's
+skipped steps, and memory over the budget as an Optuna constraint."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from autotune.config import TrainConfig
+from autotune.engine.loop import train
+from autotune.engine.measure import ThroughputMeter
+from autotune.search.trial import TrialBudget, measure
+from autotune.search.worker import run_isolated
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def test_meter_counts_the_wait_inside_timed_windows_only():
+    meter = ThroughputMeter(warmup_steps=2, window_s=0.03, windows=2)
+    meter.waited(5.0)  # before any window: not counted
+    while not meter.done:
+        start = time.perf_counter()
+        time.sleep(0.004)
+        meter.waited(time.perf_counter() - start)
+        time.sleep(0.004)  # the step itself
+        meter.step(8)
+    fraction = meter.summary()["data_wait_fraction"]
+    assert 0.3 < fraction < 0.7
+
+
+class SlowItems(Dataset):
+    """Wraps a dataset; every item takes ``delay`` seconds to load."""
+
+    def __init__(self, inner: Dataset, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int):
+        time.sleep(self.delay)
+        return self.inner[i]
+
+
+@pytest.mark.parametrize("delay, low, high", [(0.0, 0.0, 0.5), (0.002, 0.6, 1.0)])
+def test_the_loop_reports_how_long_it_waited_for_data(tiny_task, delay, low, high):
+    train_set, val_set = tiny_task.datasets()
+    task = dataclasses.replace(tiny_task)
+    task._datasets = (SlowItems(train_set, delay), val_set)
+    meter = ThroughputMeter(warmup_steps=1, window_s=0.05, windows=2)
+    result = train(task, TrainConfig(micro_batch_size=8, epochs=50), torch.device("cpu"), meter=meter, max_steps=200)
+    assert low <= result.throughput["data_wait_fraction"] <= high
+
+
+@pytest.mark.slow
+def test_a_skipped_step_storm_under_fp16_fails_the_trial(tmp_path):
+    for name in ("tiny_mlp.py", "overflow_mlp.py"):
+        shutil.copy(ASSETS / name, tmp_path / name)
+    budget = TrialBudget(warmup_steps=1, window_s=10.0, windows=1, max_steps=24, max_eval_batches=1)
+
+    def trial(amp: str):
+        config = TrainConfig(micro_batch_size=8, amp=amp).to_dict()
+        return run_isolated(measure, {"model_path": str(tmp_path / "overflow_mlp.py"), "config": config,
+                                      "budget": budget.to_dict()}, 120)
+
+    bad = trial("fp16")
+    assert bad.status == "error"
+    assert "fp16 loss scaling skipped 24 of 24 optimizer steps" in bad.reason
+    # The same model in fp32 has no scaler: its loss is huge but finite, so the trial
+    # ends without the error.
+    assert "skipped" not in trial("off").reason
