@@ -29,6 +29,7 @@ class Candidate:
     trial_number: int | None  # None for the default config when no trial ran it
     config: TrainConfig
     trial_attrs: dict[str, Any]
+    trial_value: float | None = None  # the objective as the trial measured it
     values: list[float] = field(default_factory=list)  # the objective, re-measured
     throughputs: list[float] = field(default_factory=list)  # samples/s, re-measured
 
@@ -40,7 +41,7 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"trial": self.trial_number, "config": self.config.to_dict(), "values": self.values,
-                "throughputs": self.throughputs, "median": self.median(), "trial_value": self.trial_attrs.get("_value")}
+                "throughputs": self.throughputs, "median": self.median(), "trial_value": self.trial_value}
 
 
 @dataclass
@@ -98,7 +99,7 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 2
     scorer = scorer_of(study)
     candidates = [
         Candidate(t.number, TrainConfig.from_dict(t.user_attrs["config"], source=f"trial {t.number}"),
-                  {**t.user_attrs, "_value": t.value})
+                  dict(t.user_attrs), t.value)
         for t in ranked_trials(study)[:top]
     ]
     default_cfg = TrainConfig.from_base(task.base)
