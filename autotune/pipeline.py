@@ -35,7 +35,7 @@ from autotune.search import (
     select,
 )
 from autotune.engine.memory import format_size
-from autotune.search import model_stats, warmstart
+from autotune.search import model_stats, warmstart, worker
 from autotune.search.objective import Scorer
 from autotune.search.limits import apply_limits, default_limit_bytes, probe_limits
 from autotune.search.study import scorer_of, study_exists
@@ -76,6 +76,7 @@ def default_out(model_path: str | Path) -> Path:
 def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str, Path]:
     """Tune, train and report for one model file; returns the paths written."""
     task = load_task(model_path)
+    worker.preload_for(task.path)
     task = _override_base(task, opts)
     out = opts.out
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,7 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
         study.set_user_attr("memory_probe", probe)
         enqueue_default(study, space)
         _warm_start(study, space, profile, task, opts, log)
-    run_search(study, task, space, opts.budget, progress=opts.progress)
+    run_search(study, task, space, opts.budget, progress=opts.progress, storage=storage)
     selection = select(study, task, opts.budget.trial, progress=opts.progress)
     tuned = _tuned_config(task, space, profile, study, selection, storage)
     paths = {"tuned": tuned.save(out / TUNED_FILE)}
@@ -314,7 +315,8 @@ def _search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[s
         "gated": space.gated,
         "warm_start": study.user_attrs.get("warm_start"),
         "memory_probe": study.user_attrs.get("memory_probe"),
-        "budget": {"n_trials": budget.n_trials, "timeout_s": budget.timeout_s, "trial": budget.trial.to_dict()},
+        "budget": {"n_trials": budget.n_trials, "timeout_s": budget.timeout_s, "prune_below": budget.prune_below,
+                   "trial": budget.trial.to_dict()},
         "trials": trials,
     }
 

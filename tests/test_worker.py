@@ -108,3 +108,21 @@ def test_timeout_kills_the_process_promptly(tmp_path):
     assert not _is_running(pid)
     assert multiprocessing.active_children() == []
     assert elapsed_s < 5, f"timeout 2 s, but run_isolated returned after {elapsed_s:.1f} s"
+
+
+def test_preload_for_adds_the_model_files_imports_that_this_process_has(tmp_path, monkeypatch):
+    from autotune.search import worker
+
+    monkeypatch.setattr(worker, "_extra", [])
+    model = tmp_path / "model.py"
+    model.write_text(
+        "import json, torch\nfrom xml.dom import minidom\nfrom . import sibling\n"
+        "import not_imported_anywhere_xyz\n\ndef f():\n    import csv\n"
+    )
+    import xml.dom  # noqa: F401  (so that this process has it, as after loading a model file)
+
+    # torch is preloaded already; the relative import, a module this process never imported
+    # and an import inside a function are left out.
+    assert worker.preload_for(model) == ["json", "xml.dom"]
+    assert worker.preload_for(model) == []  # each module once
+    assert worker.preload_for(tmp_path / "missing.py") == []

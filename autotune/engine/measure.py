@@ -21,6 +21,9 @@ class ThroughputMeter:
     window_s: float = 0.5
     windows: int = 5
     sync: Callable[[], None] = lambda: None
+    # Called with the rates so far after each window, outside the timing (a trial reports
+    # to its study there, and may be pruned by an exception raised from it).
+    on_window: Callable[[list[float]], None] | None = None
     rates: list[float] = field(default_factory=list)  # samples/s of each window
     steps: int = 0
     timed_s: float = 0.0  # seconds inside recorded windows
@@ -46,6 +49,8 @@ class ThroughputMeter:
             self.rates.append(self._window_samples / elapsed)
             self.timed_s += elapsed
             self.waited_s += self._window_wait
+            if self.on_window is not None and not self.done:
+                self.on_window(list(self.rates))
             self._start_window()
 
     def _start_window(self) -> None:
@@ -72,6 +77,7 @@ class ThroughputMeter:
             "throughput_min_samples_per_s": min(self.rates),
             "throughput_max_samples_per_s": max(self.rates),
             "windows": len(self.rates),
+            "timed_seconds": self.timed_s,
             # Share of the timed step time spent waiting for data: high means the input
             # pipeline (workers, pinning, transforms) limits the speed, not the device.
             "data_wait_fraction": self.waited_s / self.timed_s if self.timed_s > 0 else None,

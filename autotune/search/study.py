@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from autotune.config import TrainConfig
 from autotune.errors import ConfigError
 from autotune.search.objective import Scorer
+from autotune.search.prune import Reporting
 from autotune.search.space import SearchSpace, parse_space
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
@@ -33,6 +34,10 @@ class SearchBudget:
     n_trials: int = 12  # finished trials the study should hold in all
     timeout_s: float | None = None  # no new trial starts after this many seconds
     trial: TrialBudget = TrialBudget()
+    # A trial whose median window so far is below this share of the best completed
+    # trial's value is stopped (pruned); 0 measures every trial in full.
+    prune_below: float = 0.5
+    prune_after_windows: int = 2  # ... judged only after this many timing windows
 
 
 def open_study(
@@ -152,11 +157,14 @@ def run_search(
     budget: SearchBudget,
     progress: bool = True,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+    storage: str | None = None,
 ) -> int:
     """Run trials until the study holds ``budget.n_trials`` finished ones, or time is up.
 
-    Trials ruled out before running (infeasible configs) do not count. Returns the number
-    of trials this call asked for.
+    Trials ruled out before running (infeasible configs) do not count. With the study's
+    ``storage`` URL, trial processes report their timing windows to it and clearly slow
+    ones are pruned (``prune.SlowTrialPruner``). Returns the number of trials this call
+    asked for.
     """
     done = sum(_counts(t) for t in study.trials)
     train_size = len(task.datasets()[0])
@@ -169,7 +177,7 @@ def run_search(
         if budget.timeout_s is not None and time.perf_counter() - start >= budget.timeout_s:
             bar.write(f"search timeout of {budget.timeout_s:.0f} s reached")
             break
-        frozen = _one_trial(study, task, space, budget.trial, train_size)
+        frozen = _one_trial(study, task, space, budget, train_size, storage)
         asks_left -= 1
         ran += 1
         if _counts(frozen):
@@ -192,12 +200,13 @@ def _measured_before(study: optuna.Study, cfg: TrainConfig) -> optuna.trial.Froz
     """An earlier measured trial of the same config that completed or ran out of memory."""
     wanted = cfg.to_dict()
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if t.user_attrs.get("status") in ("ok", "oom") and t.user_attrs.get("config") == wanted:
+        if t.user_attrs.get("status") in ("ok", "oom", "pruned") and t.user_attrs.get("config") == wanted:
             return t
     return None
 
 
-def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: TrialBudget, train_size: int) -> optuna.trial.FrozenTrial:
+def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: SearchBudget, train_size: int,
+               storage: str | None) -> optuna.trial.FrozenTrial:
     trial = study.ask()
     cfg = TrainConfig.from_base(task.base, **space.suggest(trial))
     trial.set_user_attr("config", cfg.to_dict())
@@ -216,11 +225,20 @@ def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: Tria
             return study.tell(trial, earlier.value)
         trial.set_user_attr("reason", earlier.user_attrs.get("reason", ""))
         return study.tell(trial, state=TrialState.PRUNED)
+    report = None
+    if storage is not None and budget.prune_below > 0:
+        scale = scorer_of(study).value(cfg, {"throughput_samples_per_s": 1.0}) or 1.0
+        # Optuna's Trial is rebuilt in the trial process from its id (a private field).
+        report = Reporting(storage, study.study_name, trial._trial_id, scale, budget.prune_below,
+                           budget.prune_after_windows).to_dict()
+    start = time.perf_counter()
     outcome = run_isolated(
         measure,
-        {"model_path": str(task.path), "config": cfg.to_dict(), "budget": budget.to_dict()},
-        budget.timeout_s,
+        {"model_path": str(task.path), "config": cfg.to_dict(), "budget": budget.trial.to_dict(), "report": report},
+        budget.trial.timeout_s,
     )
+    # Wall time of the trial process, start to answer: what the measurement cost.
+    trial.set_user_attr("trial_seconds", time.perf_counter() - start)
     return _tell(study, trial, outcome, cfg)
 
 
@@ -232,6 +250,9 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, cfg: Train
         trial.set_user_attr(key, value)
     value = scorer.value(cfg, outcome.value) if outcome.ok else None
     _memory_constraint(study, trial, outcome)
+    if outcome.ok and outcome.value.get("pruned"):
+        trial.set_user_attr("status", "pruned")
+        return study.tell(trial, state=TrialState.PRUNED)
     if outcome.ok and value is None:
         outcome = Outcome("error", reason="the trial ended before a full timing window")
         trial.set_user_attr("status", outcome.status)

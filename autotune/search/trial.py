@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 import torch
 from tqdm import tqdm
 
@@ -16,6 +17,7 @@ from autotune.engine.measure import ThroughputMeter
 from autotune.engine.memory import cap_memory, memory_used_bytes, reraise_at_cap
 from autotune.errors import TrialError
 from autotune.search.probe import prime_imports
+from autotune.search.prune import window_reporter
 from autotune.task import Task, load_task
 
 
@@ -26,7 +28,7 @@ class TrialBudget:
     warmup_steps: int = 3  # optimizer steps not timed (lazy init, allocator growth)
     window_s: float = 0.4  # minimum length of one timed window
     windows: int = 5  # timed windows; throughput is their median
-    max_steps: int = 400  # a trial never takes more optimizer steps than this
+    max_steps: int = 2000  # a trial never takes more optimizer steps than this
     max_seconds: float = 30.0  # ... nor more seconds of training
     timeout_s: float = 120.0  # the trial process is killed after this long
     max_eval_batches: int = 20  # validation batches evaluated after the trial
@@ -36,11 +38,13 @@ class TrialBudget:
         return dataclasses.asdict(self)
 
 
-def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
+def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any], report: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``config`` briefly on the model file's task; return the measurements.
 
     The run's epochs are not what ends a trial: the meter's windows, ``max_steps`` or
     ``max_seconds`` do, and the LR schedule spans only the steps the trial may take.
+    With ``report`` (a ``prune.Reporting``), each window is reported to the study, and a
+    pruned trial returns what it measured so far with ``pruned`` set.
     """
     b = TrialBudget(**budget)
     # A trial shows no progress bars, and must not start tqdm's monitor thread either:
@@ -57,7 +61,7 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any]) -> 
         prime_imports(task, cfg)
         baseline = cap_memory(b.memory_limit_bytes, device)
     try:
-        out = _train_and_measure(task, cfg, device, b, load_before)
+        out = _train_and_measure(task, cfg, device, b, load_before, report)
         if baseline is not None:  # in the terms the memory probe and the cap count
             out["memory_used_bytes"] = memory_used_bytes(device, baseline)
         return out
@@ -67,17 +71,22 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any]) -> 
         raise
 
 
-def _train_and_measure(task: Task, cfg: TrainConfig, device: torch.device, b: TrialBudget, load_before: float) -> dict[str, Any]:
-    meter = ThroughputMeter(b.warmup_steps, b.window_s, b.windows, sync=sync_fn(device))
-    result = train(
-        task,
-        dataclasses.replace(cfg, epochs=10**6),
-        device,
-        max_steps=b.max_steps,
-        max_seconds=b.max_seconds,
-        meter=meter,
-        max_eval_batches=b.max_eval_batches,
-    )
+def _train_and_measure(task: Task, cfg: TrainConfig, device: torch.device, b: TrialBudget, load_before: float,
+                       report: dict[str, Any] | None) -> dict[str, Any]:
+    meter = ThroughputMeter(b.warmup_steps, b.window_s, b.windows, sync=sync_fn(device),
+                            on_window=window_reporter(report) if report else None)
+    try:
+        result = train(
+            task,
+            dataclasses.replace(cfg, epochs=10**6),
+            device,
+            max_steps=b.max_steps,
+            max_seconds=b.max_seconds,
+            meter=meter,
+            max_eval_batches=b.max_eval_batches,
+        )
+    except optuna.TrialPruned as exc:
+        return {**meter.summary(), "pruned": True, "reason": str(exc), "device": str(device), "pid": os.getpid()}
     if result.skipped_steps > max(4, result.steps // 2):
         raise TrialError(
             f"fp16 loss scaling skipped {result.skipped_steps} of {result.steps} optimizer steps "
