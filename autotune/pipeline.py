@@ -73,8 +73,40 @@ def default_out(model_path: str | Path) -> Path:
     return Path("runs") / Path(model_path).stem
 
 
+@dataclass
+class Tuning:
+    """What the search produced: the study, the space it searched, the selection and the
+    tuned config (already written to tuned.yaml)."""
+
+    task: Task
+    profile: HardwareProfile
+    study: Any
+    space: SearchSpace
+    selection: Selection
+    tuned: TunedConfig
+    path: Path
+
+
 def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str, Path]:
     """Tune, train and report for one model file; returns the paths written."""
+    t = tune(model_path, opts, log)
+    paths = {"tuned": t.path}
+    result = final_run(t.task, t.tuned.train, opts.out, opts.progress, log)
+    data = _report_data(t.task, t.tuned.train, result, t.profile)
+    data["search"] = _search_data(t.study, t.space, opts.budget)
+    data["selection"] = _selection_data(t.selection, t.tuned)
+    paths.update(write_report(data, opts.out))
+    paths["weights"] = opts.out / WEIGHTS_FILE
+    log(f"autotune: report {paths['markdown']}")
+    if opts.profiles is not None:
+        paths["profile"] = results.record(opts.profiles, t.profile, _result_entry(t.task, t.space, t.study, t.tuned))
+        log(f"autotune: recorded the result in {paths['profile']}")
+    return paths
+
+
+def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
+    """Profile, probe, search and select for one model file; writes hardware.yaml, the
+    study and tuned.yaml into ``opts.out``. Resumes the study found there."""
     task = load_task(model_path)
     worker.preload_for(task.path)
     task = _override_base(task, opts)
@@ -105,19 +137,9 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
     run_search(study, task, space, opts.budget, progress=opts.progress, storage=storage)
     selection = select(study, task, opts.budget.trial, progress=opts.progress)
     tuned = _tuned_config(task, space, profile, study, selection, storage)
-    paths = {"tuned": tuned.save(out / TUNED_FILE)}
-    log(f"autotune: wrote {paths['tuned']}")
-    result = final_run(task, tuned.train, out, opts.progress, log)
-    data = _report_data(task, tuned.train, result, profile)
-    data["search"] = _search_data(study, space, opts.budget)
-    data["selection"] = _selection_data(selection, tuned)
-    paths.update(write_report(data, out))
-    paths["weights"] = out / WEIGHTS_FILE
-    log(f"autotune: report {paths['markdown']}")
-    if opts.profiles is not None:
-        paths["profile"] = results.record(opts.profiles, profile, _result_entry(task, space, study, tuned))
-        log(f"autotune: recorded the result in {paths['profile']}")
-    return paths
+    path = tuned.save(out / TUNED_FILE)
+    log(f"autotune: wrote {path}")
+    return Tuning(task, profile, study, space, selection, tuned, path)
 
 
 def _probe_memory(task: Task, space: SearchSpace, profile: HardwareProfile, opts: RunOptions, log: Any) -> tuple[SearchSpace, dict[str, Any]]:
