@@ -27,6 +27,7 @@ from autotune.errors import ConfigError
 SCHEMA_VERSION = 1
 AMP_MODES = ("off", "fp16", "bf16")
 LR_RULES = ("linear", "sqrt", "none")
+SCHEDULES = ("cosine", "onecycle")
 
 
 def _doc(text: str, **kwargs: Any) -> Any:
@@ -99,11 +100,27 @@ class TrainConfig:
         "keep DataLoader workers alive between epochs (only with num_workers > 0)",
         default=False,
     )
+    cpu_threads: int = _doc(
+        "torch intra-op threads when training on the CPU; 0 keeps torch's default",
+        default=0,
+    )
     amp: str = _doc(
         "autocast dtype: off (fp32), fp16 (with a GradScaler) or bf16", default="off"
     )
     checkpointing: bool = _doc(
         "recompute activations of the model's repeated blocks in backward to save memory",
+        default=False,
+    )
+    channels_last: bool = _doc(
+        "model and 4-D image inputs in channels_last memory format (faster convs on GPUs, often on CPUs)",
+        default=False,
+    )
+    cudnn_benchmark: bool = _doc(
+        "GPU: let cuDNN time its conv algorithms per input shape and keep the fastest",
+        default=False,
+    )
+    compile: bool = _doc(
+        "torch.compile the model; its compile time is counted against the run it serves",
         default=False,
     )
     lr_rule: str = _doc(
@@ -118,6 +135,11 @@ class TrainConfig:
     warmup: float = _doc(
         "linear warmup from 0 as a fraction of all optimizer steps, then cosine decay to 0",
         default=0.05,
+    )
+    schedule: str = _doc(
+        "lr schedule: cosine (warmup, then cosine decay to 0) or onecycle (rise over the "
+        "first 30% of steps from lr/25, then fall; ignores warmup)",
+        default="cosine",
     )
     epochs: int = _doc("passes over the training set in the final run", default=10)
     weight_decay: float = _doc("weight decay of the default AdamW", default=0.01)
@@ -170,11 +192,17 @@ def _check_train_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"`{name}` must be >= 1, but got {getattr(cfg, name)}.")
     if cfg.num_workers < 0:
         raise ConfigError(f"`num_workers` must be >= 0, but got {cfg.num_workers}.")
+    if cfg.cpu_threads < 0:
+        raise ConfigError(f"`cpu_threads` must be >= 0, but got {cfg.cpu_threads}.")
     if cfg.amp not in AMP_MODES:
         raise ConfigError(f"`amp` must be one of {', '.join(AMP_MODES)}, but got {cfg.amp!r}.")
     if cfg.lr_rule not in LR_RULES:
         raise ConfigError(
             f"`lr_rule` must be one of {', '.join(LR_RULES)}, but got {cfg.lr_rule!r}."
+        )
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(
+            f"`schedule` must be one of {', '.join(SCHEDULES)}, but got {cfg.schedule!r}."
         )
     if not (cfg.lr > 0 and cfg.base_lr > 0):
         raise ConfigError(f"`lr` and `base_lr` must be > 0, but got {cfg.lr} and {cfg.base_lr}.")

@@ -29,6 +29,7 @@ from autotune.search import (
     enqueue_default,
     fail_stale_trials,
     gate,
+    has_conv2d,
     load_space,
     open_study,
     run_search,
@@ -134,7 +135,7 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
         study.set_user_attr("memory_probe", probe)
         enqueue_default(study, space)
         _warm_start(study, space, profile, task, opts, log)
-    run_search(study, task, space, opts.budget, progress=opts.progress, storage=storage)
+    run_search(study, task, space, opts.budget, progress=opts.progress)
     selection = select(study, task, opts.budget.trial, progress=opts.progress)
     tuned = _tuned_config(task, space, profile, study, selection, storage)
     path = tuned.save(out / TUNED_FILE)
@@ -229,12 +230,14 @@ def _override_base(task: Task, opts: RunOptions) -> Task:
 
 
 def _facts(profile: HardwareProfile, task: Task) -> Facts:
+    model = task.build_model()
     return Facts(
         device_type=profile.device,
         amp_blocked=profile.allowed_amp(),
         logical_cores=int(profile.host.get("logical_cores") or 1),
-        has_blocks=bool(task.blocks(task.build_model())),
+        has_blocks=bool(task.blocks(model)),
         train_size=len(task.datasets()[0]),
+        has_conv=has_conv2d(model),
     )
 
 

@@ -59,6 +59,29 @@ def test_without_a_noise_scale_goodput_is_throughput():
     assert scorer.value(cfg, {"throughput_samples_per_s": 1234.0}) == 1234.0
 
 
+def test_compile_time_is_spread_over_the_final_runs_samples():
+    scorer = Scorer("goodput", reference_batch=32, b_noise=96.0, flops_per_sample=1e8, peak_tflops={"off": 0.2})
+    cfg = TrainConfig(micro_batch_size=32, compile=True)
+    measured = {"throughput_samples_per_s": 2000.0, "compile_seconds": 10.0, "run_samples": 20_000}
+    # 20,000 samples take 10 s at 2,000/s, plus 10 s of compiling: 1,000 samples/s over the run.
+    scores = scorer.score(cfg, measured)
+    assert scores["effective_throughput_samples_per_s"] == pytest.approx(1000.0)
+    assert scores["goodput_samples_per_s"] == pytest.approx(1000.0)  # the reference batch: efficiency 1
+    assert scores["mfu"] == pytest.approx(2000 * 1e8 / 0.2e12)  # MFU is of the steady-state steps
+    assert scorer.value(cfg, measured) == pytest.approx(1000.0)
+    raw = Scorer("throughput")
+    assert raw.value(cfg, measured) == pytest.approx(1000.0)
+    # a run 10x longer spreads the same compile time thinner: 200,000 / (100 + 10) s
+    assert raw.value(cfg, {**measured, "run_samples": 200_000}) == pytest.approx(200_000 / 110)
+    # nothing compiled, or no run size known: the measured throughput as it is
+    for partial in ({}, {"compile_seconds": 0.0, "run_samples": 20_000}, {"compile_seconds": 10.0}):
+        m = {"throughput_samples_per_s": 2000.0, **partial}
+        assert raw.value(cfg, m) == 2000.0
+        assert scorer.score(cfg, m)["effective_throughput_samples_per_s"] == 2000.0
+    assert raw.value(cfg, {"compile_seconds": 10.0, "run_samples": 20_000}) is None
+    assert scorer.score(cfg, {})["goodput_samples_per_s"] is None
+
+
 def test_scorer_round_trips_and_rejects_unknown_objectives():
     scorer = Scorer("goodput", 16, 120.5, 3e6, {"off": 0.2, "bf16": None, "fp16": None})
     assert Scorer.from_dict(scorer.to_dict()) == scorer

@@ -1,5 +1,6 @@
 """Pruning of clearly slow trials: the pruner's rule on a real study, and trial processes
-that report their timing windows through a real SQLite storage and stop when pruned."""
+that judge their own timing windows, stop when clearly slow, and whose windows the tuner
+reports to a real SQLite study."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autotune.search import SearchBudget, TrialBudget, open_study, parse_space, run_search
-from autotune.search.prune import SlowTrialPruner
+from autotune.search.prune import SlowTrialPruner, clearly_slow
 
 BUDGET = TrialBudget(warmup_steps=2, window_s=0.05, windows=6, max_eval_batches=1, timeout_s=60)
 
@@ -62,7 +63,7 @@ def _search(tmp_path, task, micro: list[int], prune_below: float):
     for m in micro:
         study.enqueue_trial({"micro_batch_size": m})
     budget = SearchBudget(n_trials=len(micro), trial=BUDGET, prune_below=prune_below, prune_after_windows=2)
-    run_search(study, task, space, budget, progress=False, storage=storage)
+    run_search(study, task, space, budget, progress=False)
     return study
 
 
@@ -72,13 +73,17 @@ def test_a_clearly_slow_trial_is_pruned_from_its_own_process(tiny_task, tmp_path
     study = _search(tmp_path, tiny_task, [96, 1], prune_below=0.5)
     fast, slow = study.trials
     assert fast.state == TrialState.COMPLETE and fast.user_attrs["windows"] == 6
+    assert 0 < fast.user_attrs["warmup_seconds"] < fast.user_attrs["timed_seconds"]
     assert slow.state == TrialState.PRUNED
     assert slow.user_attrs["status"] == "pruned"
     assert slow.user_attrs["reason"].startswith("clearly slow: median ")
-    # The trial process reported each window to the storage and stopped at the second.
+    # The trial process stopped at its second window; both are in the study, and Optuna's
+    # pruner on the study gives the same verdict.
     assert sorted(slow.intermediate_values) == [0, 1]
     assert max(slow.intermediate_values.values()) < 0.5 * fast.value
     assert slow.user_attrs["windows"] == 2
+    assert SlowTrialPruner().prune(study, slow)
+    assert sorted(fast.intermediate_values) == list(range(6))
     assert slow.user_attrs["trial_seconds"] > 0
 
 
@@ -86,4 +91,4 @@ def test_with_pruning_off_the_slow_trial_is_measured_in_full(tiny_task, tmp_path
     study = _search(tmp_path, tiny_task, [96, 1], prune_below=0.0)
     slow = study.trials[1]
     assert slow.state == TrialState.COMPLETE and slow.user_attrs["windows"] == 6
-    assert slow.intermediate_values == {}
+    assert clearly_slow(list(slow.intermediate_values.values()), study.trials[0].value, 0.5, 2)

@@ -159,3 +159,17 @@ def test_memory_over_the_budget_is_an_optuna_constraint(tiny_task, tmp_path, lim
     budget = limit * 0.9
     assert trial.constraints == {"memory": pytest.approx(trial.user_attrs["peak_memory_bytes"] / budget - 1.0)}
     assert (trial.constraints["memory"] <= 0) is feasible
+
+
+def test_the_default_trial_runs_with_torchs_own_thread_count(tiny_task, tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    data = {"name": "t", "params": {"micro_batch_size": {"choices": [8, 32]}, "cpu_threads": {"choices": sorted({1, 2, threads})}}}
+    space = parse_space(data, source="test space")
+    study, space = _open(tmp_path, tiny_task, space)
+    assert enqueue_default(study, space)
+    run_search(study, tiny_task, space, SearchBudget(n_trials=1, trial=FAST), progress=False)
+    first = study.trials[0]
+    assert first.params == {"micro_batch_size": 32, "cpu_threads": threads}
+    assert first.user_attrs["role"] == "default"

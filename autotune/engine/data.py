@@ -50,14 +50,20 @@ def make_loader(
     )
 
 
-def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """Move a tensor, or a tuple/list/dict of tensors, to ``device``."""
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False, channels_last: bool = False) -> Any:
+    """Move a tensor, or a tuple/list/dict of tensors, to ``device``.
+
+    With ``channels_last``, 4-D floating tensors (image batches, N x C x H x W) are laid
+    out channels_last on the way; other tensors keep their layout.
+    """
     if isinstance(obj, torch.Tensor):
+        if channels_last and obj.ndim == 4 and obj.is_floating_point():
+            return obj.to(device, non_blocking=non_blocking, memory_format=torch.channels_last)
         return obj.to(device, non_blocking=non_blocking)
     if isinstance(obj, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+        return {k: to_device(v, device, non_blocking, channels_last) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device, non_blocking) for v in obj)
+        return type(obj)(to_device(v, device, non_blocking, channels_last) for v in obj)
     return obj
 
 

@@ -63,15 +63,17 @@ class TrainResult:
     evaluation: EvalResult
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     throughput: dict[str, Any] = field(default_factory=dict)
-    model: torch.nn.Module | None = field(default=None, repr=False)
+    model: torch.nn.Module | None = field(default=None, repr=False)  # never the compiled wrapper
     skipped_steps: int = 0  # fp16 steps the loss scaler skipped (see ``skipped_steps``)
+    compile_seconds: float = 0.0  # torch.compile's one-off cost (``knobs.CompileClock``)
 
 
 @dataclass
 class _Run:
     """The live objects of one training run, built fresh by ``_prepare``."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # what the training steps call: ``module``, compiled under `compile`
+    module: torch.nn.Module  # the plain model: evaluated, and its weights are the result
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -83,11 +85,11 @@ class _Run:
 
 def _prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int | None) -> _Run:
     generator = knobs.seed_everything(cfg.seed)
-    model = task.build_model()
+    module = task.build_model()
     if cfg.checkpointing:
-        knobs.enable_checkpointing(task.blocks(model))
-    model.to(device)
-    optimizer = task.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+        knobs.enable_checkpointing(task.blocks(module))
+    module.to(device, memory_format=knobs.memory_format(cfg.channels_last))
+    optimizer = task.make_optimizer(module.parameters(), cfg.lr, cfg.weight_decay)
     train_set, val_set = task.datasets()
     train_loader = make_loader(
         train_set, cfg, device, train=True, collate_fn=task.collate_fn, generator=generator
@@ -98,10 +100,11 @@ def _prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int 
     if max_steps is not None:
         total = min(total, max_steps)
     return _Run(
-        model=model,
+        model=knobs.compiled(module, cfg.compile),
+        module=module,
         optimizer=optimizer,
         scaler=knobs.grad_scaler(device.type, cfg.amp),
-        scheduler=knobs.lr_scheduler(optimizer, cfg.warmup, total),
+        scheduler=knobs.lr_scheduler(optimizer, cfg.warmup, total, cfg.schedule),
         train_loader=train_loader,
         val_loader=val_loader,
         steps_per_epoch=steps_per_epoch,
@@ -133,7 +136,7 @@ def optimizer_step(run: _Run, task: Task, cfg: TrainConfig, group: list[Any], de
     loss_sum = torch.zeros((), device=device)
     non_blocking = cfg.pin_memory and device.type == "cuda"
     for (inputs, target), size in zip(group, sizes):
-        inputs = to_device(inputs, device, non_blocking)
+        inputs = to_device(inputs, device, non_blocking, cfg.channels_last)
         target = to_device(target, device, non_blocking)
         with knobs.autocast(device.type, cfg.amp):
             loss = task.loss(call_model(run.model, inputs), target)
@@ -149,16 +152,32 @@ def optimizer_step(run: _Run, task: Task, cfg: TrainConfig, group: list[Any], de
     return loss_sum, total
 
 
+def _timed_step(run: _Run, task: Task, cfg: TrainConfig, group: list[Any], device: torch.device, waited: float, meter: ThroughputMeter | None, clock: knobs.CompileClock) -> tuple[torch.Tensor, int]:
+    """``optimizer_step``, told to the throughput meter (when there is one) and the clock."""
+    if meter is not None:
+        meter.waited(waited)
+    started = time.perf_counter()
+    loss_sum, n = optimizer_step(run, task, cfg, group, device)
+    clock.step(started)
+    if meter is not None:
+        meter.step(n)
+    return loss_sum, n
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, task: Task, device: torch.device, amp: str = "off", max_batches: int | None = None) -> EvalResult:
-    """Mean loss (and accuracy for class logits) over ``loader``, without autograd."""
+def evaluate(model: torch.nn.Module, loader: Any, task: Task, device: torch.device, amp: str = "off", max_batches: int | None = None, channels_last: bool = False) -> EvalResult:
+    """Mean loss (and accuracy for class logits) over ``loader``, without autograd.
+
+    Under `compile` the loop evaluates its plain module: evaluation is a small share of a
+    run, and compiling again for eval mode would add compile time that no trial measures.
+    """
     model.eval()
     loss_total, samples, correct = 0.0, 0, 0
     y_true: list[int] = []
     y_pred: list[int] = []
     classification = True
     for inputs, target in itertools.islice(loader, max_batches):
-        inputs, target = to_device(inputs, device), to_device(target, device)
+        inputs, target = to_device(inputs, device, channels_last=channels_last), to_device(target, device)
         with knobs.autocast(device.type, amp):
             output = call_model(model, inputs)
             loss = task.loss(output, target)
@@ -212,47 +231,49 @@ def train(
     max_eval_batches: int | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train a fresh model from ``task`` with ``cfg``; see the module docstring."""
+    """Train a fresh model from ``task`` with ``cfg``; see the module docstring.
+
+    `cpu_threads` and `cudnn_benchmark` are process-wide torch settings: they hold for
+    the run (model building and evaluation included) and are restored when it ends.
+    """
     device = device or pick_device()
-    reset_peak_memory(device)
-    run = _prepare(task, cfg, device, max_steps)
-    run.model.train()
-    start = time.perf_counter()
-    steps = samples = 0
-    stopped_by, last_loss, history = "epochs", math.nan, []
-    epochs_bar = tqdm(range(cfg.epochs), desc="epochs", unit="epoch", disable=not progress)
-    for epoch in epochs_bar:
-        epoch_start, epoch_loss, epoch_samples = time.perf_counter(), torch.zeros((), device=device), 0
-        steps_bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}", unit="step", leave=False, disable=not progress or not sys.stderr.isatty())
-        for group, waited in _groups(run.train_loader, cfg.accumulation_steps):
-            if meter is not None:
-                meter.waited(waited)
-            loss_sum, n = optimizer_step(run, task, cfg, group, device)
-            steps, samples = steps + 1, samples + n
-            epoch_loss += loss_sum
-            epoch_samples += n
-            if meter is not None:
-                meter.step(n)
-            steps_bar.update(1)
-            if progress and steps % 10 == 0:
-                steps_bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}")
-            stopped_by = _stop_reason(steps, start, meter, max_steps, max_seconds)
+    with knobs.cpu_threads(device.type, cfg.cpu_threads), knobs.cudnn_benchmark(cfg.cudnn_benchmark):
+        reset_peak_memory(device)
+        run = _prepare(task, cfg, device, max_steps)
+        run.model.train()
+        clock = knobs.CompileClock(sync_fn(device), enabled=cfg.compile)
+        start = time.perf_counter()
+        steps = samples = 0
+        stopped_by, last_loss, history = "epochs", math.nan, []
+        epochs_bar = tqdm(range(cfg.epochs), desc="epochs", unit="epoch", disable=not progress)
+        for epoch in epochs_bar:
+            epoch_start, epoch_loss, epoch_samples = time.perf_counter(), torch.zeros((), device=device), 0
+            steps_bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}", unit="step", leave=False, disable=not progress or not sys.stderr.isatty())
+            for group, waited in _groups(run.train_loader, cfg.accumulation_steps):
+                loss_sum, n = _timed_step(run, task, cfg, group, device, waited, meter, clock)
+                steps, samples = steps + 1, samples + n
+                epoch_loss += loss_sum
+                epoch_samples += n
+                steps_bar.update(1)
+                if progress and steps % 10 == 0:
+                    steps_bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}")
+                stopped_by = _stop_reason(steps, start, meter, max_steps, max_seconds)
+                if stopped_by:
+                    break
+            steps_bar.close()
+            last_loss = _check_finite(epoch_loss, epoch_samples, steps)
+            row = _epoch_row(epoch, last_loss, epoch_samples, epoch_start, run)
+            if eval_each_epoch:
+                ev = evaluate(run.module, run.val_loader, task, device, cfg.amp, max_eval_batches, cfg.channels_last)
+                row.update(val_loss=ev.loss, val_accuracy=ev.accuracy)
+            history.append(row)
+            epochs_bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", "val_loss", "val_accuracy") and v is not None})
+            if on_epoch is not None:
+                on_epoch(row)
             if stopped_by:
                 break
-        steps_bar.close()
-        last_loss = _check_finite(epoch_loss, epoch_samples, steps)
-        row = _epoch_row(epoch, last_loss, epoch_samples, epoch_start, run)
-        if eval_each_epoch:
-            ev = evaluate(run.model, run.val_loader, task, device, cfg.amp, max_eval_batches)
-            row.update(val_loss=ev.loss, val_accuracy=ev.accuracy)
-        history.append(row)
-        epochs_bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", "val_loss", "val_accuracy") and v is not None})
-        if on_epoch is not None:
-            on_epoch(row)
-        if stopped_by:
-            break
-    stopped_by = stopped_by or "epochs"
-    final_eval = evaluate(run.model, run.val_loader, task, device, cfg.amp, max_eval_batches)
+        stopped_by = stopped_by or "epochs"
+        final_eval = evaluate(run.module, run.val_loader, task, device, cfg.amp, max_eval_batches, cfg.channels_last)
     return TrainResult(
         steps=steps,
         samples=samples,
@@ -263,8 +284,9 @@ def train(
         evaluation=final_eval,
         history=history,
         throughput=meter.summary() if meter is not None else {},
-        model=run.model,
+        model=run.module,
         skipped_steps=skipped_steps(run.scaler),
+        compile_seconds=clock.seconds,
     )
 
 

@@ -28,6 +28,8 @@ class ThroughputMeter:
     steps: int = 0
     timed_s: float = 0.0  # seconds inside recorded windows
     waited_s: float = 0.0  # of which the loop waited for the DataLoader
+    warmup_s: float = 0.0  # seconds of the untimed warm-up steps (from the first fetch)
+    _began: float | None = None
     _window_wait: float = 0.0
     _window_start: float | None = None
     _window_samples: int = 0
@@ -40,6 +42,7 @@ class ThroughputMeter:
         if self.steps <= max(1, self.warmup_steps):
             if self.steps == max(1, self.warmup_steps):
                 self._start_window()
+                self.warmup_s = self._window_start - (self._began or self._window_start)
             return
         self._window_samples += samples
         elapsed = time.perf_counter() - self._window_start
@@ -61,6 +64,8 @@ class ThroughputMeter:
 
     def waited(self, seconds: float) -> None:
         """Time the loop spent waiting for the next batch; counted inside open windows."""
+        if self._began is None:
+            self._began = time.perf_counter() - seconds
         if self._window_start is not None and not self.done:
             self._window_wait += seconds
 
@@ -74,10 +79,12 @@ class ThroughputMeter:
             return {"throughput_samples_per_s": None, "windows": 0}
         return {
             "throughput_samples_per_s": statistics.median(self.rates),
+            "window_samples_per_s": list(self.rates),
             "throughput_min_samples_per_s": min(self.rates),
             "throughput_max_samples_per_s": max(self.rates),
             "windows": len(self.rates),
             "timed_seconds": self.timed_s,
+            "warmup_seconds": self.warmup_s,
             # Share of the timed step time spent waiting for data: high means the input
             # pipeline (workers, pinning, transforms) limits the speed, not the device.
             "data_wait_fraction": self.waited_s / self.timed_s if self.timed_s > 0 else None,

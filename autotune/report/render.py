@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from autotune.config import write_atomic
+from autotune.config import TrainConfig, write_atomic
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -117,8 +117,8 @@ def _search(data: dict[str, Any]) -> str:
     if probe:
         out.append(_probe_table(probe))
     rows = [_trial_row(t) for t in s.get("trials", [])]
-    header = ["#", "state", "micro-batch", "accum", "workers", "amp", "ckpt", "samples/s", "goodput", "MFU",
-              "peak memory", "val acc", "note"]
+    header = ["#", "state", "micro-batch", "accum", "workers", "amp", "ckpt", "other knobs", "samples/s", "goodput",
+              "MFU", "peak memory", "val acc", "note"]
     out.append(f"Trials ({len(rows)}):\n\n" + _table(header, rows))
     return "\n".join(out)
 
@@ -153,6 +153,7 @@ def _trial_row(t: dict[str, Any]) -> list[Any]:
         cfg.get("num_workers"),
         cfg.get("amp"),
         cfg.get("checkpointing"),
+        _other_knobs(cfg, t.get("compile_seconds")) or "-",
         t.get("throughput_samples_per_s"),
         t.get("goodput_samples_per_s"),
         _pct(t.get("mfu")),
@@ -160,6 +161,26 @@ def _trial_row(t: dict[str, Any]) -> list[Any]:
         t.get("val_accuracy"),
         str(note).replace("|", "/")[:120],
     ]
+
+
+# Knobs the tables show in one column, each only where it differs from its default.
+_OTHER_KNOBS = ("cpu_threads", "channels_last", "cudnn_benchmark", "compile", "schedule")
+
+
+def _other_knobs(cfg: dict[str, Any], compile_seconds: float | None = None) -> str:
+    """"cpu_threads 4, channels_last, compile (14 s)": the other knobs that are not at their
+    default, with the compile time when one was measured."""
+    default = TrainConfig()
+    parts = []
+    for name in _OTHER_KNOBS:
+        value = cfg.get(name, getattr(default, name))
+        if value == getattr(default, name):
+            continue
+        text = name if value is True else f"{name} {value}"
+        if name == "compile" and compile_seconds:
+            text += f" ({compile_seconds:.1f} s)"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def _selection(data: dict[str, Any]) -> str:
@@ -174,6 +195,7 @@ def _selection(data: dict[str, Any]) -> str:
         if (c.get("trial") is None and sel.get("picked_default")) or (c.get("trial") is not None and c["trial"] == sel.get("picked")):
             label += " **picked**"
         knobs = f"{cfg['micro_batch_size']} x {cfg['accumulation_steps']}, amp {cfg['amp']}, workers {cfg['num_workers']}"
+        knobs = ", ".join(filter(None, [knobs, _other_knobs(cfg)]))
         rows.append([label, knobs, c.get("trial_value"), c.get("median"), ", ".join(f"{v:,.0f}" for v in c.get("values", []))])
     text = (
         f"## Selection\n\nThe best {len(sel.get('candidates', []))} trials and the default config re-measured in turns "

@@ -8,6 +8,10 @@ estimate the efficiency is 1 and goodput equals throughput.
 
 Every trial also gets its MFU: FLOPs per sample x samples/s over the profile's measured
 matmul peak for the dtype the config computes in.
+
+A config that compiles its model pays the compile time once per run; a trial that
+measured it (``compile_seconds``, with the final run's ``run_samples``) is scored on the
+run's effective throughput, the compile time spread over the run's samples.
 """
 
 from __future__ import annotations
@@ -56,19 +60,22 @@ class Scorer:
         return efficiency(cfg.effective_batch_size, self.reference_batch, self.b_noise)
 
     def score(self, cfg: TrainConfig, measured: dict[str, Any]) -> dict[str, Any]:
-        """Goodput, statistical efficiency and MFU of a trial that measured ``measured``."""
+        """Effective throughput, goodput, statistical efficiency and MFU of a trial that
+        measured ``measured``. MFU is of the steady-state steps, without compile time."""
         tps = measured.get("throughput_samples_per_s")
+        run_tps = effective_throughput(measured)
         eff = self.efficiency(cfg)
         return {
             "statistical_efficiency": eff,
-            "goodput_samples_per_s": tps * eff if tps is not None else None,
+            "effective_throughput_samples_per_s": run_tps,
+            "goodput_samples_per_s": run_tps * eff if run_tps is not None else None,
             "mfu": mfu(tps, self.flops_per_sample, self.peak_tflops.get(cfg.amp)),
         }
 
     def value(self, cfg: TrainConfig, measured: dict[str, Any]) -> float | None:
         """The objective's value for one measurement of ``cfg``."""
         if self.objective == "throughput":
-            return measured.get("throughput_samples_per_s")
+            return effective_throughput(measured)
         return self.score(cfg, measured)["goodput_samples_per_s"]
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,3 +84,13 @@ class Scorer:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scorer:
         return cls(**data)
+
+
+def effective_throughput(measured: dict[str, Any]) -> float | None:
+    """Samples/s over the whole final run: ``run_samples / (run_samples / tps +
+    compile_seconds)``; the measured throughput itself when nothing was compiled."""
+    tps = measured.get("throughput_samples_per_s")
+    compile_s, run_samples = measured.get("compile_seconds") or 0.0, measured.get("run_samples")
+    if not tps or compile_s <= 0 or not run_samples:
+        return tps
+    return run_samples / (run_samples / tps + compile_s)

@@ -1,10 +1,14 @@
 """Pruning: a trial clearly slower than the best so far stops after a few timing windows.
 
-The trial runs in its own process, so it reports to the study through the study's
-storage: after each timing window it loads its own trial, reports the window's value in
-the objective's units, and asks the pruner. Only clearly slow configs are stopped (below
-half the best completed value, by default): a trial that might still win is measured in
-full, so the pruner cannot crown a lucky one or drop a close one on noise.
+The rule (``clearly_slow``): after ``min_windows`` windows, the median window value in the
+objective's units is below ``ratio`` (0.5 by default) times the best completed trial's
+value. Only clearly slow configs are stopped: a trial that might still win is measured in
+full, so pruning cannot drop a close contender on noise.
+
+A trial runs in its own process and judges itself after each window against the best
+value the study had when it started (``Reporting``), so it needs no storage access while
+it is timed. The tuner then reports its windows to the study (``trial.report``), where
+Optuna's tools show them and ``SlowTrialPruner`` gives the same verdict.
 """
 
 from __future__ import annotations
@@ -15,6 +19,13 @@ from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
+
+
+def clearly_slow(values: list[float], best: float | None, ratio: float, min_windows: int) -> bool:
+    """Whether windows ``values`` show a trial clearly below ``best`` (see the module)."""
+    if best is None or ratio == 0.0 or len(values) < min_windows:
+        return False
+    return statistics.median(values) < ratio * best
 
 
 class SlowTrialPruner(optuna.pruners.BasePruner):
@@ -31,10 +42,7 @@ class SlowTrialPruner(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         values = list(trial.intermediate_values.values())
-        if self.ratio == 0.0 or len(values) < self.min_windows:
-            return False
-        best = best_completed(study)
-        return best is not None and statistics.median(values) < self.ratio * best
+        return clearly_slow(values, best_completed(study), self.ratio, self.min_windows)
 
 
 def best_completed(study: optuna.Study) -> float | None:
@@ -44,11 +52,9 @@ def best_completed(study: optuna.Study) -> float | None:
 
 @dataclass(frozen=True)
 class Reporting:
-    """Where a trial process reports its windows, and how they are judged."""
+    """How a trial process judges its own windows."""
 
-    storage: str
-    study_name: str
-    trial_id: int
+    best: float | None  # the study's best completed value when the trial started
     scale: float  # objective per sample/s: the statistical efficiency for goodput, else 1
     ratio: float = 0.5
     min_windows: int = 2
@@ -57,22 +63,17 @@ class Reporting:
         return asdict(self)
 
 
-def window_reporter(spec: dict[str, Any]) -> Callable[[list[float]], None]:
-    """A ``ThroughputMeter.on_window`` callback that reports each window to the study and
-    raises ``optuna.TrialPruned`` when the pruner says so."""
+def window_judge(spec: dict[str, Any]) -> Callable[[list[float]], None]:
+    """A ``ThroughputMeter.on_window`` callback that raises ``optuna.TrialPruned`` once
+    the windows so far (samples/s) are clearly slow."""
     r = Reporting(**spec)
-    study = optuna.load_study(study_name=r.study_name, storage=r.storage, pruner=SlowTrialPruner(r.ratio, r.min_windows))
-    trial = optuna.Trial(study, r.trial_id)
 
-    def report(rates: list[float]) -> None:
-        step = len(rates) - 1
-        trial.report(rates[-1] * r.scale, step=step)
-        if trial.should_prune():
-            best = best_completed(study) or 0.0
-            median = statistics.median(rates) * r.scale
+    def judge(rates: list[float]) -> None:
+        values = [rate * r.scale for rate in rates]
+        if clearly_slow(values, r.best, r.ratio, r.min_windows):
             raise optuna.TrialPruned(
-                f"clearly slow: median {median:,.0f} after {len(rates)} timing windows, below "
-                f"{r.ratio:g} x the best completed trial's {best:,.0f}"
+                f"clearly slow: median {statistics.median(values):,.0f} after {len(values)} timing windows, "
+                f"below {r.ratio:g} x the best completed trial's {r.best:,.0f}"
             )
 
-    return report
+    return judge

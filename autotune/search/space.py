@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from autotune.config import AMP_MODES, LR_RULES, TrainConfig, read_yaml
+from autotune.config import AMP_MODES, LR_RULES, SCHEDULES, TrainConfig, read_yaml
 from autotune.errors import ConfigError
 
 # Knobs a search space may tune, with the type their values must have.
@@ -29,13 +29,18 @@ TUNABLE: dict[str, type] = {
         "num_workers",
         "pin_memory",
         "persistent_workers",
+        "cpu_threads",
         "amp",
         "checkpointing",
+        "channels_last",
+        "cudnn_benchmark",
+        "compile",
         "lr_rule",
         "warmup",
+        "schedule",
     )
 }
-_ALLOWED_STRINGS = {"amp": AMP_MODES, "lr_rule": LR_RULES}
+_ALLOWED_STRINGS = {"amp": AMP_MODES, "lr_rule": LR_RULES, "schedule": SCHEDULES}
 _TOP_KEYS = ("name", "description", "params", "limits")
 _LIMIT_KEYS = {"min_total_steps": int, "max_micro_batch": dict}
 # Allowed value range of numeric knobs, for choices and ranges alike (as TrainConfig checks).
@@ -43,6 +48,7 @@ _BOUNDS: dict[str, tuple[float, float]] = {
     "micro_batch_size": (1, math.inf),
     "accumulation_steps": (1, math.inf),
     "num_workers": (0, math.inf),
+    "cpu_threads": (0, math.inf),
     "warmup": (0.0, 0.5),
 }
 _CHOICE_KEYS = {"choices"}
@@ -164,6 +170,19 @@ class SearchSpace:
             )
         params = dict(self.params)
         params[name] = dataclasses.replace(p, choices=left)
+        return dataclasses.replace(self, params=params, gated=gated)
+
+    def fixed_to(self, name: str, value: Any, reason: str) -> "SearchSpace":
+        """A copy with knob ``name`` fixed to ``value`` (listed or not), the reason recorded
+        for each choice it drops, or for the range; unchanged when the space does not list
+        ``name`` or already fixes it to ``value``."""
+        p = self.params.get(name)
+        if p is None or p.choices == (value,):
+            return self
+        dropped = [c for c in p.choices if c != value] if p.choices is not None else [f"[{p.low}, {p.high}]"]
+        gated = {k: dict(v) for k, v in self.gated.items()}
+        gated.setdefault(name, {}).update({str(c): reason for c in dropped})
+        params = {**self.params, name: Param(name, choices=(value,))}
         return dataclasses.replace(self, params=params, gated=gated)
 
 

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
+import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from autotune.config import TrainConfig
 from autotune.errors import ConfigError
 from autotune.search.objective import Scorer
-from autotune.search.prune import Reporting
+from autotune.search.prune import Reporting, SlowTrialPruner, best_completed
 from autotune.search.space import SearchSpace, parse_space
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
@@ -58,7 +59,8 @@ def open_study(
     n_done = existing.pop("_n_trials", 0)
     sampler = optuna.samplers.TPESampler(seed=seed + n_done, n_startup_trials=5)
     study = optuna.create_study(
-        storage=storage, study_name=name, direction="maximize", sampler=sampler, load_if_exists=True
+        storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=SlowTrialPruner(),
+        load_if_exists=True,
     )
     if existing:
         _check_same(existing, task, raw, fingerprint, storage)
@@ -144,6 +146,8 @@ def enqueue_default(study: optuna.Study, space: SearchSpace) -> bool:
         return False
     default = TrainConfig()
     knobs = {name: getattr(default, name) for name in space.searched()}
+    if knobs.get("cpu_threads") == 0:  # 0 is torch's default: the count torch picks here
+        knobs["cpu_threads"] = torch.get_num_threads()
     if not space.contains(knobs):
         return False
     study.enqueue_trial(knobs, user_attrs={"role": "default"})
@@ -157,13 +161,12 @@ def run_search(
     budget: SearchBudget,
     progress: bool = True,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
-    storage: str | None = None,
 ) -> int:
     """Run trials until the study holds ``budget.n_trials`` finished ones, or time is up.
 
     Trials ruled out before running (infeasible configs) do not count. With the study's
-    ``storage`` URL, trial processes report their timing windows to it and clearly slow
-    ones are pruned (``prune.SlowTrialPruner``). Returns the number of trials this call
+    ``budget.prune_below`` > 0, clearly slow trials stop early (``prune``); every trial's
+    timing windows are reported to the study. Returns the number of trials this call
     asked for.
     """
     done = sum(_counts(t) for t in study.trials)
@@ -177,7 +180,7 @@ def run_search(
         if budget.timeout_s is not None and time.perf_counter() - start >= budget.timeout_s:
             bar.write(f"search timeout of {budget.timeout_s:.0f} s reached")
             break
-        frozen = _one_trial(study, task, space, budget, train_size, storage)
+        frozen = _one_trial(study, task, space, budget, train_size)
         asks_left -= 1
         ran += 1
         if _counts(frozen):
@@ -205,8 +208,7 @@ def _measured_before(study: optuna.Study, cfg: TrainConfig) -> optuna.trial.Froz
     return None
 
 
-def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: SearchBudget, train_size: int,
-               storage: str | None) -> optuna.trial.FrozenTrial:
+def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: SearchBudget, train_size: int) -> optuna.trial.FrozenTrial:
     trial = study.ask()
     cfg = TrainConfig.from_base(task.base, **space.suggest(trial))
     trial.set_user_attr("config", cfg.to_dict())
@@ -225,12 +227,10 @@ def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: Sear
             return study.tell(trial, earlier.value)
         trial.set_user_attr("reason", earlier.user_attrs.get("reason", ""))
         return study.tell(trial, state=TrialState.PRUNED)
+    scale = scorer_of(study).value(cfg, {"throughput_samples_per_s": 1.0}) or 1.0
     report = None
-    if storage is not None and budget.prune_below > 0:
-        scale = scorer_of(study).value(cfg, {"throughput_samples_per_s": 1.0}) or 1.0
-        # Optuna's Trial is rebuilt in the trial process from its id (a private field).
-        report = Reporting(storage, study.study_name, trial._trial_id, scale, budget.prune_below,
-                           budget.prune_after_windows).to_dict()
+    if budget.prune_below > 0:
+        report = Reporting(best_completed(study), scale, budget.prune_below, budget.prune_after_windows).to_dict()
     start = time.perf_counter()
     outcome = run_isolated(
         measure,
@@ -239,6 +239,8 @@ def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: Sear
     )
     # Wall time of the trial process, start to answer: what the measurement cost.
     trial.set_user_attr("trial_seconds", time.perf_counter() - start)
+    for step, rate in enumerate(outcome.value.get("window_samples_per_s") or []):
+        trial.report(rate * scale, step)  # each window in the objective's units
     return _tell(study, trial, outcome, cfg)
 
 

@@ -17,7 +17,7 @@ from autotune.engine.measure import ThroughputMeter
 from autotune.engine.memory import cap_memory, memory_used_bytes, reraise_at_cap
 from autotune.errors import TrialError
 from autotune.search.probe import prime_imports
-from autotune.search.prune import window_reporter
+from autotune.search.prune import window_judge
 from autotune.task import Task, load_task
 
 
@@ -43,7 +43,7 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any], rep
 
     The run's epochs are not what ends a trial: the meter's windows, ``max_steps`` or
     ``max_seconds`` do, and the LR schedule spans only the steps the trial may take.
-    With ``report`` (a ``prune.Reporting``), each window is reported to the study, and a
+    With ``report`` (a ``prune.Reporting``), the trial judges itself after each window; a
     pruned trial returns what it measured so far with ``pruned`` set.
     """
     b = TrialBudget(**budget)
@@ -74,7 +74,7 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any], rep
 def _train_and_measure(task: Task, cfg: TrainConfig, device: torch.device, b: TrialBudget, load_before: float,
                        report: dict[str, Any] | None) -> dict[str, Any]:
     meter = ThroughputMeter(b.warmup_steps, b.window_s, b.windows, sync=sync_fn(device),
-                            on_window=window_reporter(report) if report else None)
+                            on_window=window_judge(report) if report else None)
     try:
         result = train(
             task,
@@ -95,6 +95,9 @@ def _train_and_measure(task: Task, cfg: TrainConfig, device: torch.device, b: Tr
     return {
         **result.throughput,
         "skipped_steps": result.skipped_steps,
+        "compile_seconds": result.compile_seconds,
+        # The samples the final run will process, over which compile time is spread.
+        "run_samples": len(task.datasets()[0]) * cfg.epochs,
         "peak_memory_bytes": result.peak_memory_bytes,
         "steps": result.steps,
         "samples": result.samples,

@@ -1,0 +1,118 @@
+"""Which pick reaches a good model sooner: the one with the most goodput or the most samples/s?
+
+In one run on this machine:
+
+1. ``pipeline.tune`` at the default budget, once with ``--objective goodput`` (the default)
+   and once with ``--objective throughput``; the two picks' effective batches are printed.
+2. Full training runs of both picks (the model file's epochs), alternating A B A B for
+   ``--repeats`` pairs, each in a fresh process, with an evaluation after every epoch.
+3. For each run: the training wall time (evaluation excluded) until the validation
+   accuracy first reaches ``--target``; the table gives the medians.
+
+    .venv/bin/python benchmarks/goodput_vs_throughput.py [--model examples/digits_cnn.py] [--target 0.97] [--repeats 3]
+
+Prints a table and writes benchmarks/results/goodput_vs_throughput-<model>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def full_run(model_path: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A full training run of ``config``, evaluated after each epoch (in a trial process)."""
+    from autotune.config import TrainConfig
+    from autotune.engine.loop import train
+    from autotune.task import load_task
+
+    task = load_task(model_path, validate=False)
+    result = train(task, TrainConfig.from_dict(config), eval_each_epoch=True)
+    return {"history": result.history, "seconds": result.seconds}
+
+
+def time_to_target(history: list[dict[str, Any]], target: float) -> float | None:
+    """Training seconds (evaluations excluded) until an epoch ends at ``target`` accuracy."""
+    elapsed = 0.0
+    for row in history:
+        elapsed += row["seconds"]
+        if (row.get("val_accuracy") or 0.0) >= target:
+            return elapsed
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="examples/digits_cnn.py")
+    parser.add_argument("--target", type=float, default=0.97, help="validation accuracy to reach")
+    parser.add_argument("--repeats", type=int, default=3, help="full runs of each pick, alternating")
+    args = parser.parse_args()
+    from autotune import pipeline
+    from autotune.search.worker import run_isolated
+
+    work = Path(tempfile.mkdtemp(prefix="autotune-objectives-"))
+    picks, tuning = {}, {}
+    for objective in ("goodput", "throughput"):
+        opts = pipeline.RunOptions(out=work / objective, objective=objective, progress=False)
+        start = time.perf_counter()
+        t = pipeline.tune(args.model, opts, log=lambda *_: None)
+        picks[objective] = t.tuned.train
+        tuning[objective] = {"seconds": time.perf_counter() - start, "measured": t.tuned.measured}
+        cfg = t.tuned.train
+        print(f"{objective} pick: micro-batch {cfg.micro_batch_size} x {cfg.accumulation_steps} = effective "
+              f"{cfg.effective_batch_size}, amp {cfg.amp}, workers {cfg.num_workers}, lr {cfg.lr:.3g}")
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in picks}
+    for _ in range(args.repeats):
+        for objective, cfg in picks.items():
+            outcome = run_isolated(full_run, {"model_path": args.model, "config": cfg.to_dict()}, 3600)
+            if not outcome.ok:
+                raise SystemExit(f"the {objective} pick's full run failed: {outcome.reason}")
+            hist = outcome.value["history"]
+            runs[objective].append({"time_to_target_s": time_to_target(hist, args.target),
+                                    "final_val_accuracy": hist[-1]["val_accuracy"],
+                                    "train_seconds": sum(r["seconds"] for r in hist),
+                                    "accuracy_by_epoch": [r["val_accuracy"] for r in hist],
+                                    "seconds_by_epoch": [r["seconds"] for r in hist]})
+    summary = {}
+    for objective, rs in runs.items():
+        reached = [r["time_to_target_s"] for r in rs if r["time_to_target_s"] is not None]
+        summary[objective] = {
+            "effective_batch": picks[objective].effective_batch_size,
+            "runs_reaching_target": f"{len(reached)}/{len(rs)}",
+            "median_time_to_target_s": statistics.median(reached) if len(reached) == len(rs) else None,
+            "median_train_seconds": statistics.median(r["train_seconds"] for r in rs),
+            "median_final_val_accuracy": statistics.median(r["final_val_accuracy"] for r in rs),
+        }
+    machine = _machine()
+    print(f"machine: {machine}; model {args.model}; target val accuracy {args.target}")
+    print(f"{'objective':<11}{'eff. batch':>11}{'reached':>9}{'median s to target':>20}{'median train s':>16}{'final acc':>11}")
+    for objective, s in summary.items():
+        t = s["median_time_to_target_s"]
+        print(f"{objective:<11}{s['effective_batch']:>11}{s['runs_reaching_target']:>9}{'-' if t is None else f'{t:.1f}':>20}"
+              f"{s['median_train_seconds']:>16.1f}{s['median_final_val_accuracy']:>11.4f}")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    out = ROOT / "benchmarks" / "results" / f"goodput_vs_throughput-{Path(args.model).stem}.json"
+    out.write_text(json.dumps({"machine": machine, "commit": commit, "model": args.model, "target": args.target,
+                               "command": f"benchmarks/goodput_vs_throughput.py --model {args.model} --target {args.target} --repeats {args.repeats}",
+                               "picks": {k: v.to_dict() for k, v in picks.items()}, "tuning": tuning,
+                               "summary": summary, "runs": runs}, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
+
+
+def _machine() -> str:
+    from autotune.hardware import collect_host
+
+    host = collect_host()
+    return f"{host['cpu_model']}, {host['logical_cores']} logical cores, {host['memory_total_bytes'] / 2**30:.0f} GiB, no GPU"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Does autotune's search find what an exhaustive grid finds, in a fraction of its time?
+
+For each model, in one run on this machine:
+
+1. autotune: ``pipeline.tune`` at its default budget (12 trials with pruning, then the
+   re-measured selection), once per objective (goodput, the default, and throughput),
+   timed from the start to tuned.yaml: hardware profile, memory probe, model statistics,
+   search and selection all count.
+2. the grid: every feasible config of the same gated space (the one the goodput study
+   searched, with its probed memory limits), each measured once in a fresh process by the
+   same trial function and budget as autotune's trials, without pruning; timed.
+3. side by side: the default config (batch 32, fp32, no workers), both tuned picks and the
+   grid's best by goodput and by throughput, re-measured in turns (A B C D E, A B C D E,
+   ...) for ``--rounds`` rounds; the ratios in the table are of these medians.
+
+Per-trial overhead: over the tuned studies' trials, the wall time from Optuna's ask to
+its tell that was not spent in the config's training steps (warm-up steps and timing
+windows): process start, model and data building, evaluation, Optuna and SQLite; over
+the trials' wall time.
+
+    .venv/bin/python benchmarks/search_vs_grid.py [--models a.py b.py ...] [--rounds 5]
+
+Prints a table and writes benchmarks/results/search_vs_grid-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["examples/digits_cnn.py", "examples/breast_cancer_mlp.py", "examples/sequence_transformer.py"]
+
+
+def grid_configs(task: Any, space: Any) -> list[Any]:
+    """Every feasible config of ``space``'s searched choices, in a fixed order."""
+    from autotune.config import TrainConfig
+
+    names = space.searched()
+    for n in names:
+        if space.params[n].choices is None:
+            raise SystemExit(f"the grid needs choices, but `{n}` is a range in {space.source}")
+    fixed = {n: p.choices[0] for n, p in space.params.items() if p.fixed}
+    train_size = len(task.datasets()[0])
+    configs = []
+    for values in itertools.product(*(space.params[n].choices for n in names)):
+        cfg = TrainConfig.from_base(task.base, **fixed, **dict(zip(names, values)))
+        if space.infeasible(cfg, train_size) is None and cfg not in configs:
+            configs.append(cfg)
+    return configs
+
+
+def measure_once(task: Any, cfg: Any) -> tuple[dict[str, Any], float]:
+    """One trial of ``cfg`` as autotune measures it (fresh process, default budget)."""
+    from autotune.search.trial import TrialBudget, measure
+    from autotune.search.worker import run_isolated
+
+    budget = TrialBudget()
+    start = time.perf_counter()
+    outcome = run_isolated(measure, {"model_path": str(task.path), "config": cfg.to_dict(), "budget": budget.to_dict()},
+                           budget.timeout_s)
+    seconds = time.perf_counter() - start
+    return (outcome.value if outcome.ok else {"status": outcome.status, "reason": outcome.reason}), seconds
+
+
+def tune(model: str, objective: str, work: Path, trials: int | None) -> dict[str, Any]:
+    from autotune import pipeline
+    from autotune.search import SearchBudget
+
+    budget = SearchBudget() if trials is None else SearchBudget(n_trials=trials)
+    opts = pipeline.RunOptions(out=work / f"{Path(model).stem}-{objective}", objective=objective, progress=False, budget=budget)
+    start = time.perf_counter()
+    t = pipeline.tune(model, opts, log=lambda *_: None)
+    seconds = time.perf_counter() - start
+    return {"tuning": t, "seconds": seconds, "overhead": overhead(t.study)}
+
+
+def overhead(study: Any) -> dict[str, float]:
+    """Wall time of the study's trials (ask to tell) and the share not spent training the
+    config (warm-up steps and timing windows count as training)."""
+    wall = timed = 0.0
+    for t in study.trials:
+        if t.datetime_start is None or t.datetime_complete is None:
+            continue
+        wall += (t.datetime_complete - t.datetime_start).total_seconds()
+        timed += (t.user_attrs.get("timed_seconds") or 0.0) + (t.user_attrs.get("warmup_seconds") or 0.0)
+    return {"trials": len(study.trials), "trial_wall_seconds": wall, "training_seconds": timed,
+            "overhead_fraction": (wall - timed) / wall if wall else None}
+
+
+def side_by_side(task: Any, entries: dict[str, Any], scorer: Any, rounds: int) -> dict[str, dict[str, Any]]:
+    """Re-measure each distinct config of ``entries`` in turns; medians per config."""
+    distinct: list[Any] = []
+    for cfg in entries.values():
+        if cfg not in distinct:
+            distinct.append(cfg)
+    runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(distinct))}
+    for _ in range(rounds):
+        for i, cfg in enumerate(distinct):
+            runs[i].append(measure_once(task, cfg)[0])
+    out = {}
+    for label, cfg in entries.items():
+        got = [m for m in runs[distinct.index(cfg)] if m.get("throughput_samples_per_s")]
+        tps = [m["throughput_samples_per_s"] for m in got]
+        out[label] = {"config": _short(cfg), "throughputs": tps,
+                      "throughput_samples_per_s": statistics.median(tps) if tps else None,
+                      "goodput_samples_per_s": statistics.median(scorer.score(cfg, m)["goodput_samples_per_s"] for m in got) if got else None}
+    return out
+
+
+def _short(cfg: Any) -> dict[str, Any]:
+    from autotune.config import TrainConfig
+
+    default = TrainConfig()
+    keep = ("micro_batch_size", "accumulation_steps", "lr")
+    return {k: v for k, v in cfg.to_dict().items() if k in keep or (v != getattr(default, k) and k not in (
+        "base_lr", "base_batch_size", "epochs", "weight_decay", "grad_clip", "seed", "warmup"))}
+
+
+def one_model(model: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from autotune.config import TrainConfig
+    from autotune.search.study import scorer_of
+
+    tuned = {obj: tune(model, obj, work, args.trials) for obj in ("goodput", "throughput")}
+    g = tuned["goodput"]["tuning"]
+    scorer = scorer_of(g.study)
+    configs = grid_configs(g.task, g.space)[: args.grid_limit]
+    grid, start = [], time.perf_counter()
+    for cfg in configs:
+        measured, seconds = measure_once(g.task, cfg)
+        tps = measured.get("throughput_samples_per_s")
+        goodput = scorer.score(cfg, measured)["goodput_samples_per_s"] if tps else None
+        grid.append({"config": cfg, "throughput_samples_per_s": tps, "goodput_samples_per_s": goodput,
+                     "seconds": seconds, "status": measured.get("status", "ok")})
+    grid_seconds = time.perf_counter() - start
+    ok = [r for r in grid if r["throughput_samples_per_s"]]
+    best = {key: max(ok, key=lambda r: r[f"{key}_samples_per_s"])["config"] for key in ("goodput", "throughput")}
+    entries = {"default": TrainConfig.from_base(g.task.base), "tuned_goodput": g.tuned.train,
+               "tuned_throughput": tuned["throughput"]["tuning"].tuned.train,
+               "grid_best_goodput": best["goodput"], "grid_best_throughput": best["throughput"]}
+    again = side_by_side(g.task, entries, scorer, args.rounds)
+    ratios = {
+        "tuned_vs_grid_goodput": again["tuned_goodput"]["goodput_samples_per_s"] / again["grid_best_goodput"]["goodput_samples_per_s"],
+        "tuned_vs_grid_throughput": again["tuned_throughput"]["throughput_samples_per_s"] / again["grid_best_throughput"]["throughput_samples_per_s"],
+        "tuning_vs_grid_time_goodput": tuned["goodput"]["seconds"] / grid_seconds,
+        "tuning_vs_grid_time_throughput": tuned["throughput"]["seconds"] / grid_seconds,
+        "overhead_goodput": tuned["goodput"]["overhead"]["overhead_fraction"],
+        "overhead_throughput": tuned["throughput"]["overhead"]["overhead_fraction"],
+        "default_vs_grid_goodput": again["default"]["goodput_samples_per_s"] / again["grid_best_goodput"]["goodput_samples_per_s"],
+        "default_vs_grid_throughput": again["default"]["throughput_samples_per_s"] / again["grid_best_throughput"]["throughput_samples_per_s"],
+    }
+    return {
+        "model": model,
+        "gradient_noise_scale": scorer.b_noise,
+        "reference_batch": scorer.reference_batch,
+        "searched_knobs": g.space.searched(),
+        "gated": g.space.gated,
+        "grid_size": len(configs),
+        "grid_seconds": grid_seconds,
+        "grid_failed": [dict(r, config=_short(r["config"])) for r in grid if not r["throughput_samples_per_s"]],
+        "tuning": {obj: {"seconds": v["seconds"], "trials": len(v["tuning"].study.trials),
+                         "pruned": sum(t.user_attrs.get("status") == "pruned" for t in v["tuning"].study.trials),
+                         "overhead": v["overhead"], "pick": _short(v["tuning"].tuned.train)} for obj, v in tuned.items()},
+        "side_by_side": again,
+        "ratios": ratios,
+        "grid": [dict(r, config=_short(r["config"])) for r in grid],
+    }
+
+
+def _machine() -> str:
+    from autotune.hardware import collect_host
+
+    host = collect_host()
+    return f"{host['cpu_model']}, {host['logical_cores']} logical cores, {host['memory_total_bytes'] / 2**30:.0f} GiB, no GPU"
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    head = ["model", "grid", "tuned/grid goodput", "tuned/grid tput", "tuning/grid time (g, t)",
+            "overhead/trial (g, t)", "default/grid (g, t)"]
+    print(" | ".join(head))
+    for r in rows:
+        q = r["ratios"]
+        print(" | ".join([
+            Path(r["model"]).stem, f"{r['grid_size']} in {r['grid_seconds']:.0f} s",
+            f"{q['tuned_vs_grid_goodput']:.3f}", f"{q['tuned_vs_grid_throughput']:.3f}",
+            f"{q['tuning_vs_grid_time_goodput']:.3f}, {q['tuning_vs_grid_time_throughput']:.3f}",
+            f"{q['overhead_goodput']:.1%}, {q['overhead_throughput']:.1%}",
+            f"{q['default_vs_grid_goodput']:.3f}, {q['default_vs_grid_throughput']:.3f}",
+        ]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--rounds", type=int, default=5, help="side-by-side re-measurement rounds")
+    parser.add_argument("--out", type=Path, default=None, help="result file (default benchmarks/results/search_vs_grid-<date>.json)")
+    parser.add_argument("--trials", type=int, default=None, help="autotune's budget (default: its own default)")
+    parser.add_argument("--grid-limit", type=int, default=None, help="measure only the first N grid configs (to try the script)")
+    args = parser.parse_args()
+    from autotune.search import worker
+    from autotune.task import load_task
+
+    for model in args.models:  # one fork server serves every model: preload all their imports
+        worker.preload_for(load_task(model).path)
+    work = Path(tempfile.mkdtemp(prefix="autotune-grid-"))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    out = args.out or ROOT / "benchmarks" / "results" / f"search_vs_grid-{dt.date.today()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = f"benchmarks/search_vs_grid.py --models {' '.join(args.models)} --rounds {args.rounds}"
+    command += f" --trials {args.trials}" if args.trials else ""
+    command += f" --grid-limit {args.grid_limit}" if args.grid_limit else ""
+    rows = []
+    for model in args.models:
+        rows.append(one_model(model, work, args))
+        _print(rows[-1:])
+        out.write_text(json.dumps({"machine": _machine(), "commit": commit, "rounds": args.rounds, "command": command,
+                                   "models": rows}, indent=2, default=str) + "\n")  # after each model
+    print(f"machine: {_machine()}")
+    _print(rows)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The Markdown report: the trial and selection tables name the knobs beyond batch and
+precision where they differ from their defaults."""
+
+from __future__ import annotations
+
+from autotune.config import TrainConfig
+from autotune.report.render import render_markdown
+
+
+def _trial(number: int, **knobs) -> dict:
+    return {"number": number, "state": "COMPLETE", "config": TrainConfig(**knobs).to_dict(),
+            "throughput_samples_per_s": 1000.0, "compile_seconds": 14.25 if knobs.get("compile") else 0.0}
+
+
+def test_the_trial_table_shows_the_other_knobs_that_are_set():
+    data = {
+        "model": {"file": "model.py"},
+        "search": {"space": {"name": "default", "params": {"compile": {"choices": [False, True]}}}, "trials": [
+            _trial(0),
+            _trial(1, cpu_threads=4, channels_last=True, cudnn_benchmark=True, compile=True, schedule="onecycle"),
+        ]},
+    }
+
+    lines = render_markdown(data).splitlines()
+
+    header = next(line for line in lines if line.startswith("| # |"))
+    assert "| ckpt | other knobs | samples/s |" in header
+    assert "| false | - | 1,000 |" in next(line for line in lines if line.startswith("| 0 |"))
+    assert (
+        "| false | cpu_threads 4, channels_last, cudnn_benchmark, compile (14.2 s), schedule onecycle | 1,000 |"
+        in next(line for line in lines if line.startswith("| 1 |"))
+    )
+
+
+def test_the_selection_table_names_the_other_knobs_too():
+    tuned = TrainConfig(micro_batch_size=64, cpu_threads=2).to_dict()
+    data = {
+        "model": {"file": "model.py"},
+        "selection": {
+            "objective": "throughput", "picked": 3,
+            "candidates": [{"trial": 3, "config": tuned, "trial_value": 900.0, "median": 880.0, "values": [870.0, 890.0]}],
+            "default": {"trial": 0, "config": TrainConfig().to_dict()},
+        },
+    }
+
+    text = render_markdown(data)
+
+    assert "| trial 3 **picked** | 64 x 1, amp off, workers 0, cpu_threads 2 | 900 | 880 | 870, 890 |" in text
