@@ -42,6 +42,10 @@ TUNED_KNOBS = (
     "amp",
     "checkpointing",
     "num_workers",
+    "cpu_threads",
+    "channels_last",
+    "cudnn_benchmark",
+    "compile",
     "lr",
 )
 _GIB = 1024**3

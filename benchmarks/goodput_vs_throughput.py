@@ -4,12 +4,15 @@ In one run on this machine:
 
 1. ``pipeline.tune`` at the default budget, once with ``--objective goodput`` (the default)
    and once with ``--objective throughput``; the two picks' effective batches are printed.
+   With ``--picks-from``, the picks are read from a ``search_vs_grid.py`` result instead
+   (it tunes the same way, with both objectives).
 2. Full training runs of both picks (the model file's epochs), alternating A B A B for
    ``--repeats`` pairs, each in a fresh process, with an evaluation after every epoch.
 3. For each run: the training wall time (evaluation excluded) until the validation
    accuracy first reaches ``--target``; the table gives the medians.
 
     .venv/bin/python benchmarks/goodput_vs_throughput.py [--model examples/digits_cnn.py] [--target 0.97] [--repeats 3]
+        [--picks-from benchmarks/results/search_vs_grid-DATE.json]
 
 Prints a table and writes benchmarks/results/goodput_vs_throughput-<model>.json.
 """
@@ -54,19 +57,22 @@ def main() -> None:
     parser.add_argument("--model", default="examples/digits_cnn.py")
     parser.add_argument("--target", type=float, default=0.97, help="validation accuracy to reach")
     parser.add_argument("--repeats", type=int, default=3, help="full runs of each pick, alternating")
+    parser.add_argument("--picks-from", type=Path, help="a search_vs_grid.py result holding this model's picks")
     args = parser.parse_args()
     from autotune import pipeline
     from autotune.search.worker import run_isolated
 
     work = Path(tempfile.mkdtemp(prefix="autotune-objectives-"))
     picks, tuning = {}, {}
-    for objective in ("goodput", "throughput"):
+    if args.picks_from:
+        picks, tuning = _read_picks(args.picks_from, args.model)
+    for objective in () if picks else ("goodput", "throughput"):
         opts = pipeline.RunOptions(out=work / objective, objective=objective, progress=False)
         start = time.perf_counter()
         t = pipeline.tune(args.model, opts, log=lambda *_: None)
         picks[objective] = t.tuned.train
         tuning[objective] = {"seconds": time.perf_counter() - start, "measured": t.tuned.measured}
-        cfg = t.tuned.train
+    for objective, cfg in picks.items():
         print(f"{objective} pick: micro-batch {cfg.micro_batch_size} x {cfg.accumulation_steps} = effective "
               f"{cfg.effective_batch_size}, amp {cfg.amp}, workers {cfg.num_workers}, lr {cfg.lr:.3g}")
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in picks}
@@ -105,6 +111,25 @@ def main() -> None:
                                "picks": {k: v.to_dict() for k, v in picks.items()}, "tuning": tuning,
                                "summary": summary, "runs": runs}, indent=2, default=str) + "\n")
     print(f"wrote {out}")
+
+
+def _read_picks(path: Path, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two picks a search_vs_grid.py run made for ``model``, as full configs."""
+    from autotune.config import TrainConfig
+    from autotune.task import load_task
+
+    rows = [r for r in json.loads(path.read_text())["models"] if Path(r["model"]).stem == Path(model).stem]
+    if not rows:
+        raise SystemExit(f"{path} has no result for {model}")
+    base = load_task(model, validate=False).base
+    picks, tuning = {}, {}
+    for objective, got in rows[0]["tuning"].items():
+        knobs = {k: v for k, v in got["pick"].items() if k != "lr"}
+        cfg = TrainConfig.from_base(base, **knobs)
+        if abs(cfg.lr - got["pick"]["lr"]) > 1e-12 * cfg.lr:
+            raise SystemExit(f"{path}: the {objective} pick's lr {got['pick']['lr']} is not what its knobs give ({cfg.lr})")
+        picks[objective], tuning[objective] = cfg, {"seconds": got["seconds"], "from": str(path)}
+    return picks, tuning
 
 
 def _machine() -> str:

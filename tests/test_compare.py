@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from autotune.compare import (
+    TUNED_KNOBS,
     compare,
     compare_command,
     render_json,
@@ -208,9 +209,9 @@ def test_markdown_is_a_table_with_the_same_number_of_cells_per_row(cpu_tuned: Pa
     assert md_cells(table[1]) == ["---"] * 4
     assert {len(md_cells(line)) for line in table} == {4}
     # header, separator, 2 section titles, specs, measured keys and 3 device peaks,
-    # 2 models of a title and 9 rows each
+    # 2 models of a title, a row per tuned knob and 3 figures each
     measured_rows = len(raw(A100)["measured"]) + 3
-    assert len(table) == 2 + 2 + len(SPEC_NAMES) + measured_rows + 2 * 10
+    assert len(table) == 2 + 2 + len(SPEC_NAMES) + measured_rows + 2 * (1 + len(TUNED_KNOBS) + 3)
     assert "| **Specs** | | | |" in table
     assert "| **Tuned: digits_cnn (on [1], [2], [3])** | | | |" in table
     assert "| SM count | - | 132 | 108 |" in table
