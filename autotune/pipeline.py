@@ -133,8 +133,14 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
         log(f"autotune: resuming the study in {out / STUDY_FILE} ({len(study.trials)} trials so far)")
     else:
         study.set_user_attr("memory_probe", probe)
-        enqueue_default(study, space)
-        _warm_start(study, space, profile, task, opts, log)
+        warm = _warm_plan(space, profile, task, opts)
+        # A warm start seeds the study with another machine's best; a cold one screens
+        # every knob's choices first (search/screen.py).
+        enqueue_default(study, space, screening=warm is None)
+        if warm is not None:
+            n = warmstart.apply(study, warm)
+            log(f"autotune: warm start: {n} config(s) from {warm['source_fingerprint']} "
+                f"(micro-batch scaled by memory ratio {warm['memory_ratio']:.2f})")
     run_search(study, task, space, opts.budget, progress=opts.progress)
     selection = select(study, task, opts.budget.trial, progress=opts.progress)
     tuned = _tuned_config(task, space, profile, study, selection, storage)
@@ -167,17 +173,10 @@ def _scorer(task: Task, profile: HardwareProfile, opts: RunOptions, log: Any) ->
     return scorer
 
 
-def _warm_start(study: Any, space: SearchSpace, profile: HardwareProfile, task: Task, opts: RunOptions, log: Any) -> None:
+def _warm_plan(space: SearchSpace, profile: HardwareProfile, task: Task, opts: RunOptions) -> dict[str, Any] | None:
     if opts.profiles is None or not opts.warm_start:
-        return
-    warm = warmstart.plan(opts.profiles, profile, task.name, space)
-    if warm is None:
-        return
-    n = warmstart.apply(study, warm)
-    log(
-        f"autotune: warm start: {n} config(s) from {warm['source_fingerprint']} "
-        f"(micro-batch scaled by memory ratio {warm['memory_ratio']:.2f})"
-    )
+        return None
+    return warmstart.plan(opts.profiles, profile, task.name, space)
 
 
 def _result_entry(task: Task, space: SearchSpace, study: Any, tuned: TunedConfig) -> dict[str, Any]:

@@ -381,3 +381,13 @@ def test_real_cpu_allocation_failure_is_oom():
     with pytest.raises(RuntimeError) as info:
         torch.empty(2**62, dtype=torch.uint8)
     assert is_oom(info.value)
+
+
+def test_a_short_runs_evaluation_loads_in_process_and_a_full_runs_with_the_workers(tiny_task):
+    from autotune.engine.loop import _prepare
+
+    cfg = TrainConfig.from_base(tiny_task.base, num_workers=2, persistent_workers=True)
+    short = _prepare(tiny_task, cfg, torch.device("cpu"), max_steps=4, eval_in_process=True)
+    full = _prepare(tiny_task, cfg, torch.device("cpu"), max_steps=None)
+    assert (short.train_loader.num_workers, short.val_loader.num_workers) == (2, 0)
+    assert (full.train_loader.num_workers, full.val_loader.num_workers) == (2, 2)

@@ -173,3 +173,12 @@ def test_the_default_trial_runs_with_torchs_own_thread_count(tiny_task, tmp_path
     first = study.trials[0]
     assert first.params == {"micro_batch_size": 32, "cpu_threads": threads}
     assert first.user_attrs["role"] == "default"
+
+
+def test_the_sqlite_study_is_in_write_ahead_log_mode(tiny_task, tmp_path):
+    import sqlite3
+
+    study, _ = _open(tmp_path, tiny_task, _space([8]))
+    study.set_user_attr("x", 1)
+    with sqlite3.connect(tmp_path / "study.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)

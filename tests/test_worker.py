@@ -126,3 +126,11 @@ def test_preload_for_adds_the_model_files_imports_that_this_process_has(tmp_path
     assert worker.preload_for(model) == ["json", "xml.dom"]
     assert worker.preload_for(model) == []  # each module once
     assert worker.preload_for(tmp_path / "missing.py") == []
+
+
+def test_the_isolated_call_starts_processes_as_the_caller_does():
+    # Not through a fork server of its own: DataLoader workers would wait >1 s for it.
+    import multiprocessing
+
+    outcome = run_isolated(worker_funcs.start_method, {}, TIMEOUT_S)
+    assert outcome.value == {"method": multiprocessing.get_start_method()}

@@ -7,6 +7,7 @@ goes for ``cfg.epochs`` epochs with progress bars and an evaluation after each e
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import sys
@@ -83,7 +84,7 @@ class _Run:
     total_steps: int
 
 
-def _prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int | None) -> _Run:
+def _prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int | None, eval_in_process: bool = False) -> _Run:
     generator = knobs.seed_everything(cfg.seed)
     module = task.build_model()
     if cfg.checkpointing:
@@ -94,7 +95,10 @@ def _prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int 
     train_loader = make_loader(
         train_set, cfg, device, train=True, collate_fn=task.collate_fn, generator=generator
     )
-    val_loader = make_loader(val_set, cfg, device, train=False, collate_fn=task.collate_fn)
+    # A short run's few evaluation batches are loaded in this process: starting the
+    # config's workers again for them took longer than the evaluation itself (1-2 s).
+    val_cfg = dataclasses.replace(cfg, num_workers=0, persistent_workers=False) if eval_in_process else cfg
+    val_loader = make_loader(val_set, val_cfg, device, train=False, collate_fn=task.collate_fn)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulation_steps)
     total = steps_per_epoch * cfg.epochs
     if max_steps is not None:
@@ -239,7 +243,7 @@ def train(
     device = device or pick_device()
     with knobs.cpu_threads(device.type, cfg.cpu_threads), knobs.cudnn_benchmark(cfg.cudnn_benchmark):
         reset_peak_memory(device)
-        run = _prepare(task, cfg, device, max_steps)
+        run = _prepare(task, cfg, device, max_steps, eval_in_process=max_eval_batches is not None)
         run.model.train()
         clock = knobs.CompileClock(sync_fn(device), enabled=cfg.compile)
         start = time.perf_counter()

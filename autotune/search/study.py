@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
+import sqlalchemy
 import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
@@ -22,6 +23,7 @@ from autotune.config import TrainConfig
 from autotune.errors import ConfigError
 from autotune.search.objective import Scorer
 from autotune.search.prune import Reporting, SlowTrialPruner, best_completed
+from autotune.search.screen import enqueue_combination, enqueue_screening
 from autotune.search.space import SearchSpace, parse_space
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
@@ -32,7 +34,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 @dataclass(frozen=True)
 class SearchBudget:
-    n_trials: int = 12  # finished trials the study should hold in all
+    n_trials: int = 24  # finished trials the study should hold in all
     timeout_s: float | None = None  # no new trial starts after this many seconds
     trial: TrialBudget = TrialBudget()
     # A trial whose median window so far is below this share of the best completed
@@ -59,7 +61,7 @@ def open_study(
     n_done = existing.pop("_n_trials", 0)
     sampler = optuna.samplers.TPESampler(seed=seed + n_done, n_startup_trials=5)
     study = optuna.create_study(
-        storage=storage, study_name=name, direction="maximize", sampler=sampler, pruner=SlowTrialPruner(),
+        storage=rdb_storage(storage), study_name=name, direction="maximize", sampler=sampler, pruner=SlowTrialPruner(),
         load_if_exists=True,
     )
     if existing:
@@ -89,6 +91,26 @@ def open_study(
     return study, space
 
 
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's storage for ``url``; a SQLite file is opened in write-ahead-log mode with
+    ``synchronous=NORMAL``. A trial writes some forty values (measurements, windows), each
+    its own transaction: with SQLite's default every commit waits for the disk (0.30 s a
+    trial here), in WAL mode none does (0.04 s). A crash of the tuner loses nothing; a
+    power loss may lose the last trials."""
+    storage = optuna.storages.RDBStorage(url)
+    if url.startswith("sqlite:"):
+        sqlalchemy.event.listen(storage.engine, "connect", _sqlite_wal)
+        storage.engine.dispose()  # connections made before the listener are closed
+    return storage
+
+
+def _sqlite_wal(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 def study_exists(storage: str, name: str) -> bool:
     optuna.logging.set_verbosity(logging.WARNING)
     return bool(_existing_attrs(storage, name))
@@ -101,7 +123,7 @@ def scorer_of(study: optuna.Study) -> Scorer:
 
 def _existing_attrs(storage: str, name: str) -> dict[str, Any]:
     try:
-        old = optuna.load_study(study_name=name, storage=storage)
+        old = optuna.load_study(study_name=name, storage=rdb_storage(storage))
     except KeyError:
         return {}
     return {**old.user_attrs, "_n_trials": len(old.trials)}
@@ -140,17 +162,26 @@ def fail_stale_trials(study: optuna.Study) -> int:
     return len(stale)
 
 
-def enqueue_default(study: optuna.Study, space: SearchSpace) -> bool:
-    """Queue the untuned reference config (batch 32, fp32, no workers) as the first trial."""
-    if study.trials:
-        return False
+def default_knobs(space: SearchSpace) -> dict[str, Any]:
+    """The untuned reference config's values of the searched knobs."""
     default = TrainConfig()
     knobs = {name: getattr(default, name) for name in space.searched()}
     if knobs.get("cpu_threads") == 0:  # 0 is torch's default: the count torch picks here
         knobs["cpu_threads"] = torch.get_num_threads()
+    return knobs
+
+
+def enqueue_default(study: optuna.Study, space: SearchSpace, screening: bool = False) -> bool:
+    """Queue the untuned reference config (batch 32, fp32, no workers) as the first trial,
+    and with ``screening`` the one-factor-at-a-time trials around it (``screen``)."""
+    if study.trials:
+        return False
+    knobs = default_knobs(space)
     if not space.contains(knobs):
         return False
     study.enqueue_trial(knobs, user_attrs={"role": "default"})
+    if screening:
+        enqueue_screening(study, space, knobs)
     return True
 
 
@@ -180,6 +211,7 @@ def run_search(
         if budget.timeout_s is not None and time.perf_counter() - start >= budget.timeout_s:
             bar.write(f"search timeout of {budget.timeout_s:.0f} s reached")
             break
+        enqueue_combination(study, space)  # due once the screening trials have finished
         frozen = _one_trial(study, task, space, budget, train_size)
         asks_left -= 1
         ran += 1

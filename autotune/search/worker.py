@@ -74,8 +74,13 @@ class Outcome:
         return self.status == "ok"
 
 
-def _child(conn: Any, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any]) -> None:
+def _child(conn: Any, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], start_method: str) -> None:
     from autotune.engine.memory import is_oom
+
+    # A process from the fork server would start its own processes (DataLoader workers)
+    # through a fork server too, a fresh one per trial (1.2-1.4 s here); use the start
+    # method the tuner has, which the final run's workers will use.
+    mp.set_start_method(start_method, force=True)
 
     try:
         conn.send(Outcome("ok", value=fn(**kwargs)))
@@ -96,7 +101,7 @@ def run_isolated(fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], time
     ctx = _get_context()
     receiver, sender = ctx.Pipe(duplex=False)
     # Not a daemon: the trial's DataLoader may start worker processes of its own.
-    proc = ctx.Process(target=_child, args=(sender, fn, kwargs), daemon=False)
+    proc = ctx.Process(target=_child, args=(sender, fn, kwargs, mp.get_start_method()), daemon=False)
     proc.start()
     sender.close()
     try:

@@ -56,3 +56,10 @@ def spin_forever(pid_file: str) -> dict[str, Any]:
     Path(pid_file).write_text(str(os.getpid()))
     while True:
         pass
+
+
+def start_method() -> dict:
+    """The multiprocessing start method the isolated call would start processes with."""
+    import multiprocessing
+
+    return {"method": multiprocessing.get_start_method()}

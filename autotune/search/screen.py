@@ -1,0 +1,88 @@
+"""Screening: a new study first tries every searched choice once, then their best together.
+
+After the default config, each other choice of each searched knob is measured with every
+other knob at its default (one factor at a time): 1 + sum(choices - 1) trials that give
+each knob's main effect. On real hardware the main effects (a batch size, a dtype, a
+memory layout, a thread count) decide most of the speed, and a sampler started from a
+dozen random configs over six or more knobs often never tries the best value of one of
+them. Then the config that takes, for every knob, the choice that scored best in its
+screening trial is measured; the sampler (TPE) goes on from all of these.
+
+Range knobs (``low``/``high``) are not screened. Configs ruled out unrun (too big for the
+memory limit, too few optimizer steps) cost nothing; a pruned trial counts as the value
+it had reached; a knob whose alternatives all failed keeps its default in the combination.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from autotune.search.space import SearchSpace
+
+SCREENING, COMBINATION = "screening", "combination"
+
+
+def screening_configs(space: SearchSpace, default: dict[str, Any]) -> list[dict[str, Any]]:
+    """The one-factor-at-a-time configs around ``default`` (the searched knobs' values)."""
+    out = []
+    for name in _screened_knobs(space):
+        out += [{**default, name: c} for c in space.params[name].choices if c != default.get(name)]
+    return out
+
+
+def _screened_knobs(space: SearchSpace) -> list[str]:
+    return [n for n in space.searched() if space.params[n].choices is not None]
+
+
+def enqueue_screening(study: optuna.Study, space: SearchSpace, default: dict[str, Any]) -> int:
+    """Queue the screening trials after whatever is queued already; returns how many."""
+    configs = screening_configs(space, default)
+    for knobs in configs:
+        study.enqueue_trial(knobs, user_attrs={"role": SCREENING})
+    study.set_user_attr("screening_default", default)
+    return len(configs)
+
+
+def combination(study: optuna.Study, space: SearchSpace) -> dict[str, Any] | None:
+    """Each knob's best screened choice, once every screening trial has finished; None
+    before that, when the study was not screened, or once the combination was queued."""
+    default = study.user_attrs.get("screening_default")
+    trials = study.get_trials(deepcopy=False)
+    if default is None or any(t.user_attrs.get("role") == COMBINATION for t in trials):
+        return None
+    screened = [t for t in trials if t.user_attrs.get("role") in (SCREENING, "default")]
+    if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in screened):
+        return None
+    best = dict(default)
+    for name in _screened_knobs(space):
+        scores = {}
+        for t in screened:
+            if all(t.params.get(k) == v for k, v in default.items() if k != name):
+                value = _score(t)
+                if value is not None:
+                    scores[t.params.get(name)] = value
+        if scores:
+            best[name] = max(scores, key=scores.get)
+    return best
+
+
+def _score(trial: optuna.trial.FrozenTrial) -> float | None:
+    """A screening trial's value: its objective, or for a pruned one the median it had
+    reached (below half the best by construction); None when it has no measurement."""
+    if trial.state == TrialState.COMPLETE:
+        return trial.value
+    values = sorted(trial.intermediate_values.values())
+    return values[len(values) // 2] if trial.state == TrialState.PRUNED and values else None
+
+
+def enqueue_combination(study: optuna.Study, space: SearchSpace) -> bool:
+    """Queue the combination when it is due. One equal to a config already measured is
+    answered from that trial, as any repeated proposal is."""
+    best = combination(study, space)
+    if best is None:
+        return False
+    study.enqueue_trial(best, user_attrs={"role": COMBINATION})
+    return True

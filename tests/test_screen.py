@@ -1,0 +1,94 @@
+"""Screening: one factor at a time around the default, then each knob's best choice
+together; on real Optuna studies, and through run_search on a real SQLite study."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from autotune.search import SearchBudget, TrialBudget, enqueue_default, open_study, parse_space, run_search
+from autotune.search.screen import combination, screening_configs
+
+FAST = TrialBudget(warmup_steps=1, window_s=0.02, windows=2, max_eval_batches=1, timeout_s=60)
+
+
+def _space(params: dict):
+    return parse_space({"name": "t", "params": params}, source="test space")
+
+
+SPACE = _space({"micro_batch_size": {"choices": [8, 16, 32]}, "amp": {"choices": ["off", "bf16"]},
+                "lr_rule": {"choices": ["sqrt"]}, "warmup": {"low": 0.0, "high": 0.2}})
+DEFAULT = {"micro_batch_size": 32, "amp": "off"}
+DISTS = {"micro_batch_size": CategoricalDistribution([8, 16, 32]), "amp": CategoricalDistribution(["off", "bf16"])}
+
+
+def test_screening_changes_one_searched_choice_at_a_time():
+    # The fixed knob and the range knob are not screened.
+    assert screening_configs(SPACE, DEFAULT) == [
+        {"micro_batch_size": 8, "amp": "off"},
+        {"micro_batch_size": 16, "amp": "off"},
+        {"micro_batch_size": 32, "amp": "bf16"},
+    ]
+
+
+def _study(results: list[tuple[dict, str, object]]) -> optuna.Study:
+    """A study holding the default and screening trials: (params, role, value or state)."""
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("screening_default", DEFAULT)
+    for params, role, outcome in results:
+        if isinstance(outcome, TrialState):
+            trial = create_trial(params=params, distributions=DISTS, state=outcome, user_attrs={"role": role},
+                                 intermediate_values={0: 30.0, 1: 40.0, 2: 35.0} if outcome == TrialState.PRUNED else None)
+        else:
+            trial = create_trial(params=params, distributions=DISTS, value=outcome, user_attrs={"role": role})
+        study.add_trial(trial)
+    return study
+
+
+def test_combination_takes_each_knobs_best_screened_choice():
+    study = _study([
+        (DEFAULT, "default", 100.0),
+        ({"micro_batch_size": 8, "amp": "off"}, "screening", TrialState.PRUNED),  # reached a median of 35
+        ({"micro_batch_size": 16, "amp": "off"}, "screening", 140.0),
+        ({"micro_batch_size": 32, "amp": "bf16"}, "screening", 120.0),
+        # A later trial with two knobs changed is not a screening result.
+        ({"micro_batch_size": 8, "amp": "bf16"}, "", 999.0),
+    ])
+    assert combination(study, SPACE) == {"micro_batch_size": 16, "amp": "bf16"}
+
+
+def test_a_knob_whose_alternatives_failed_keeps_its_default():
+    study = _study([
+        (DEFAULT, "default", 100.0),
+        ({"micro_batch_size": 8, "amp": "off"}, "screening", 150.0),
+        ({"micro_batch_size": 16, "amp": "off"}, "screening", 90.0),
+        ({"micro_batch_size": 32, "amp": "bf16"}, "screening", TrialState.FAIL),
+    ])
+    assert combination(study, SPACE) == {"micro_batch_size": 8, "amp": "off"}
+
+
+def test_no_combination_before_the_screening_ends_or_twice_or_without_screening():
+    study = _study([(DEFAULT, "default", 100.0)])
+    study.enqueue_trial({"micro_batch_size": 8, "amp": "off"}, user_attrs={"role": "screening"})
+    assert combination(study, SPACE) is None  # one is still waiting
+    done = _study([(DEFAULT, "default", 100.0), ({"micro_batch_size": 16, "amp": "bf16"}, "combination", 1.0)])
+    assert combination(done, SPACE) is None
+    plain = optuna.create_study(direction="maximize")
+    plain.add_trial(create_trial(params=DEFAULT, distributions=DISTS, value=1.0, user_attrs={"role": "default"}))
+    assert combination(plain, SPACE) is None
+
+
+def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
+    space = _space({"micro_batch_size": {"choices": [32, 96]}, "accumulation_steps": {"choices": [1, 2]}})
+    study, space = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", tiny_task, space, space, "fp-test", 0)
+    assert enqueue_default(study, space, screening=True)
+    run_search(study, tiny_task, space, SearchBudget(n_trials=4, trial=FAST, prune_below=0.0), progress=False)
+    roles = [t.user_attrs.get("role") for t in study.trials[:4]]
+    assert roles == ["default", "screening", "screening", "combination"]
+    default, micro, accum, combined = study.trials[:4]
+    assert micro.params == {"micro_batch_size": 96, "accumulation_steps": 1}
+    assert accum.params == {"micro_batch_size": 32, "accumulation_steps": 2}
+    expected = {"micro_batch_size": 96 if micro.value > default.value else 32,
+                "accumulation_steps": 2 if accum.value > default.value else 1}
+    assert combined.params == expected
