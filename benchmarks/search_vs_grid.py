@@ -21,6 +21,11 @@ the trials' wall time.
     .venv/bin/python benchmarks/search_vs_grid.py [--models a.py b.py ...] [--rounds 5]
 
 Prints a table and writes benchmarks/results/search_vs_grid-<date>.json.
+
+A grid measures each config once, so its best is itself a noisy argmax (the winner's
+curse hits the grid too). ``--recheck RESULT.json`` re-measures, per model, both tuned
+picks with the grid's three best configs by goodput and by throughput side by side and
+compares the picks with the best of those medians; it writes RESULT-recheck.json.
 """
 
 from __future__ import annotations
@@ -175,6 +180,43 @@ def one_model(model: str, work: Path, args: argparse.Namespace) -> dict[str, Any
     }
 
 
+def recheck(path: Path, rounds: int, top: int = 3) -> None:
+    """Re-measure each model's picks with the grid's ``top`` configs per objective."""
+    from autotune.config import TrainConfig
+    from autotune.search import worker
+    from autotune.search.objective import Scorer
+    from autotune.task import load_task
+
+    data = json.loads(path.read_text())
+    tasks = {m["model"]: load_task(m["model"]) for m in data["models"]}
+    for task in tasks.values():
+        worker.preload_for(task.path)
+    out = []
+    for m in data["models"]:
+        task = tasks[m["model"]]
+        scorer = Scorer("goodput", m["reference_batch"], m["gradient_noise_scale"])
+
+        def config(short: dict[str, Any]) -> Any:
+            return TrainConfig.from_base(task.base, **{k: v for k, v in short.items() if k != "lr"})
+
+        entries = {f"tuned_{obj}": config(t["pick"]) for obj, t in m["tuning"].items()}
+        for key in ("goodput", "throughput"):
+            ranked = sorted((r for r in m["grid"] if r[f"{key}_samples_per_s"]), key=lambda r: -r[f"{key}_samples_per_s"])
+            entries.update({f"grid_{key}_{i + 1}": config(r["config"]) for i, r in enumerate(ranked[:top])})
+        again = side_by_side(task, entries, scorer, rounds)
+        ratios = {}
+        for key in ("goodput", "throughput"):
+            best = max(v[f"{key}_samples_per_s"] for k, v in again.items() if k.startswith(f"grid_{key}_"))
+            ratios[f"tuned_vs_grid_top{top}_{key}"] = again[f"tuned_{key}"][f"{key}_samples_per_s"] / best
+        out.append({"model": m["model"], "side_by_side": again, "ratios": ratios})
+        print(Path(m["model"]).stem, {k: round(v, 3) for k, v in ratios.items()})
+    target = path.with_name(path.stem + "-recheck.json")
+    target.write_text(json.dumps({"machine": _machine(), "source": path.name, "rounds": rounds, "top": top,
+                                  "command": f"benchmarks/search_vs_grid.py --recheck {path} --rounds {rounds}",
+                                  "models": out}, indent=2, default=str) + "\n")
+    print(f"wrote {target}")
+
+
 def _machine() -> str:
     from autotune.hardware import collect_host
 
@@ -204,7 +246,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="result file (default benchmarks/results/search_vs_grid-<date>.json)")
     parser.add_argument("--trials", type=int, default=None, help="autotune's budget (default: its own default)")
     parser.add_argument("--grid-limit", type=int, default=None, help="measure only the first N grid configs (to try the script)")
+    parser.add_argument("--recheck", type=Path, help="re-measure a result's picks with the grid's top configs (see above)")
     args = parser.parse_args()
+    if args.recheck:
+        return recheck(args.recheck, args.rounds)
     from autotune.search import worker
     from autotune.task import load_task
 
