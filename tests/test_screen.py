@@ -92,3 +92,19 @@ def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
     expected = {"micro_batch_size": 96 if micro.value > default.value else 32,
                 "accumulation_steps": 2 if accum.value > default.value else 1}
     assert combined.params == expected
+
+
+def test_an_infeasible_combination_gives_back_its_smallest_gain_first():
+    space = _space({"micro_batch_size": {"choices": [8, 16, 32]}, "amp": {"choices": ["off", "bf16"]}})
+    study = _study([
+        (DEFAULT, "default", 100.0),
+        ({"micro_batch_size": 8, "amp": "off"}, "screening", 200.0),  # gain 2.0
+        ({"micro_batch_size": 16, "amp": "off"}, "screening", 90.0),
+        ({"micro_batch_size": 32, "amp": "bf16"}, "screening", 110.0),  # gain 1.1
+    ])
+    both = {"micro_batch_size": 8, "amp": "bf16"}
+    assert combination(study, space) == both
+    # Say micro-batch 8 with bf16 cannot run: bf16 gained less, so it goes back to "off".
+    assert combination(study, space, feasible=lambda knobs: knobs != both) == {"micro_batch_size": 8, "amp": "off"}
+    # Nothing feasible but the default: every change goes back.
+    assert combination(study, space, feasible=lambda knobs: knobs == DEFAULT) == DEFAULT

@@ -15,7 +15,7 @@ it had reached; a knob whose alternatives all failed keeps its default in the co
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -46,9 +46,14 @@ def enqueue_screening(study: optuna.Study, space: SearchSpace, default: dict[str
     return len(configs)
 
 
-def combination(study: optuna.Study, space: SearchSpace) -> dict[str, Any] | None:
+def combination(study: optuna.Study, space: SearchSpace,
+                feasible: Callable[[dict[str, Any]], bool] = lambda knobs: True) -> dict[str, Any] | None:
     """Each knob's best screened choice, once every screening trial has finished; None
-    before that, when the study was not screened, or once the combination was queued."""
+    before that, when the study was not screened, or once the combination was queued.
+
+    When the combination is not ``feasible`` (two changes that each fit may not together:
+    a bigger micro-batch and more accumulation leave too few optimizer steps), the change
+    that gained least in its screening trial goes back to its default, until it is."""
     default = study.user_attrs.get("screening_default")
     trials = study.get_trials(deepcopy=False)
     if default is None or any(t.user_attrs.get("role") == COMBINATION for t in trials):
@@ -56,7 +61,7 @@ def combination(study: optuna.Study, space: SearchSpace) -> dict[str, Any] | Non
     screened = [t for t in trials if t.user_attrs.get("role") in (SCREENING, "default")]
     if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in screened):
         return None
-    best = dict(default)
+    best, gains = dict(default), {}
     for name in _screened_knobs(space):
         scores = {}
         for t in screened:
@@ -64,8 +69,14 @@ def combination(study: optuna.Study, space: SearchSpace) -> dict[str, Any] | Non
                 value = _score(t)
                 if value is not None:
                     scores[t.params.get(name)] = value
-        if scores:
+        if scores and max(scores, key=scores.get) != default[name]:
             best[name] = max(scores, key=scores.get)
+            base = scores.get(default[name])
+            gains[name] = scores[best[name]] / base if base else float("inf")
+    while gains and not feasible(best):
+        weakest = min(gains, key=gains.get)
+        best[weakest] = default[weakest]
+        del gains[weakest]
     return best
 
 
@@ -78,10 +89,11 @@ def _score(trial: optuna.trial.FrozenTrial) -> float | None:
     return values[len(values) // 2] if trial.state == TrialState.PRUNED and values else None
 
 
-def enqueue_combination(study: optuna.Study, space: SearchSpace) -> bool:
+def enqueue_combination(study: optuna.Study, space: SearchSpace,
+                        feasible: Callable[[dict[str, Any]], bool] = lambda knobs: True) -> bool:
     """Queue the combination when it is due. One equal to a config already measured is
     answered from that trial, as any repeated proposal is."""
-    best = combination(study, space)
+    best = combination(study, space, feasible)
     if best is None:
         return False
     study.enqueue_trial(best, user_attrs={"role": COMBINATION})

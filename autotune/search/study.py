@@ -211,7 +211,8 @@ def run_search(
         if budget.timeout_s is not None and time.perf_counter() - start >= budget.timeout_s:
             bar.write(f"search timeout of {budget.timeout_s:.0f} s reached")
             break
-        enqueue_combination(study, space)  # due once the screening trials have finished
+        # Due once the screening trials have finished.
+        enqueue_combination(study, space, lambda knobs: space.infeasible(TrainConfig.from_base(task.base, **knobs), train_size) is None)
         frozen = _one_trial(study, task, space, budget, train_size)
         asks_left -= 1
         ran += 1
