@@ -8,7 +8,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from autotune.search import SearchBudget, TrialBudget, enqueue_default, open_study, parse_space, run_search
-from autotune.search.screen import combination, screening_configs
+from autotune.search.screen import combination, neighbours, screening_configs
 
 FAST = TrialBudget(warmup_steps=1, window_s=0.02, windows=2, max_eval_batches=1, timeout_s=60)
 
@@ -83,9 +83,9 @@ def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
     space = _space({"micro_batch_size": {"choices": [32, 96]}, "accumulation_steps": {"choices": [1, 2]}})
     study, space = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", tiny_task, space, space, "fp-test", 0)
     assert enqueue_default(study, space, screening=True)
-    run_search(study, tiny_task, space, SearchBudget(n_trials=4, trial=FAST, prune_below=0.0), progress=False)
-    roles = [t.user_attrs.get("role") for t in study.trials[:4]]
-    assert roles == ["default", "screening", "screening", "combination"]
+    run_search(study, tiny_task, space, SearchBudget(n_trials=6, trial=FAST, prune_below=0.0), progress=False)
+    roles = [t.user_attrs.get("role") for t in study.trials[:6]]
+    assert roles == ["default", "screening", "screening", "combination", "refine", "refine"]
     default, micro, accum, combined = study.trials[:4]
     assert micro.params == {"micro_batch_size": 96, "accumulation_steps": 1}
     assert accum.params == {"micro_batch_size": 32, "accumulation_steps": 2}
@@ -108,3 +108,23 @@ def test_an_infeasible_combination_gives_back_its_smallest_gain_first():
     assert combination(study, space, feasible=lambda knobs: knobs != both) == {"micro_batch_size": 8, "amp": "off"}
     # Nothing feasible but the default: every change goes back.
     assert combination(study, space, feasible=lambda knobs: knobs == DEFAULT) == DEFAULT
+
+    # Then the neighbours of the best of those four: each one knob away from it.
+    best = max((t for t in study.trials[:4] if t.value is not None), key=lambda t: t.value)
+    for t in study.trials[4:6]:
+        assert sum(t.params[k] != best.params[k] for k in best.params) == 1
+
+
+def test_neighbours_are_adjacent_for_numbers_and_every_other_choice_otherwise():
+    space = _space({"micro_batch_size": {"choices": [16, 64, 32, 8]}, "amp": {"choices": ["off", "bf16", "fp16"]},
+                    "checkpointing": {"choices": [False, True]}})
+    got = neighbours(space, {"micro_batch_size": 16, "amp": "bf16", "checkpointing": False})
+    assert got == [
+        {"micro_batch_size": 8, "amp": "bf16", "checkpointing": False},
+        {"micro_batch_size": 32, "amp": "bf16", "checkpointing": False},
+        {"micro_batch_size": 16, "amp": "off", "checkpointing": False},
+        {"micro_batch_size": 16, "amp": "fp16", "checkpointing": False},
+        {"micro_batch_size": 16, "amp": "bf16", "checkpointing": True},
+    ]
+    assert neighbours(space, {"micro_batch_size": 64, "amp": "off", "checkpointing": True})[:1] == [
+        {"micro_batch_size": 32, "amp": "off", "checkpointing": True}]

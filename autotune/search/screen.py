@@ -6,7 +6,10 @@ each knob's main effect. On real hardware the main effects (a batch size, a dtyp
 memory layout, a thread count) decide most of the speed, and a sampler started from a
 dozen random configs over six or more knobs often never tries the best value of one of
 them. Then the config that takes, for every knob, the choice that scored best in its
-screening trial is measured; the sampler (TPE) goes on from all of these.
+screening trial is measured, and then the single-knob neighbours of the best config so
+far (adjacent choices of an ordered knob, every other choice of the rest): a knob's best
+choice can change with the others (more threads help a small batch, not a large one).
+The sampler (TPE) goes on from all of these.
 
 Range knobs (``low``/``high``) are not screened. Configs ruled out unrun (too big for the
 memory limit, too few optimizer steps) cost nothing; a pruned trial counts as the value
@@ -22,7 +25,7 @@ from optuna.trial import TrialState
 
 from autotune.search.space import SearchSpace
 
-SCREENING, COMBINATION = "screening", "combination"
+SCREENING, COMBINATION, REFINE = "screening", "combination", "refine"
 
 
 def screening_configs(space: SearchSpace, default: dict[str, Any]) -> list[dict[str, Any]]:
@@ -98,3 +101,43 @@ def enqueue_combination(study: optuna.Study, space: SearchSpace,
         return False
     study.enqueue_trial(best, user_attrs={"role": COMBINATION})
     return True
+
+
+def neighbours(space: SearchSpace, incumbent: dict[str, Any]) -> list[dict[str, Any]]:
+    """Configs one knob away from ``incumbent``: for numeric knobs the next smaller and
+    larger choice, for the others every other choice."""
+    out = []
+    for name in _screened_knobs(space):
+        choices, current = list(space.params[name].choices), incumbent.get(name)
+        if current not in choices:
+            continue
+        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
+            ordered = sorted(choices)
+            i = ordered.index(current)
+            near = ordered[max(0, i - 1): i] + ordered[i + 1: i + 2]
+        else:
+            near = [c for c in choices if c != current]
+        out += [{**incumbent, name: c} for c in near]
+    return out
+
+
+def enqueue_refinement(study: optuna.Study, space: SearchSpace) -> int:
+    """Once the combination has finished, queue the neighbours of the best completed
+    trial (once per study); returns how many."""
+    default = study.user_attrs.get("screening_default")
+    trials = study.get_trials(deepcopy=False)
+    combined = [t for t in trials if t.user_attrs.get("role") == COMBINATION]
+    if default is None or not combined or not combined[0].state.is_finished():
+        return 0
+    if any(t.user_attrs.get("role") == REFINE for t in trials) or study.user_attrs.get("refined"):
+        return 0
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    study.set_user_attr("refined", True)
+    if not complete:
+        return 0
+    best = max(complete, key=lambda t: t.value)
+    incumbent = {k: best.params.get(k, v) for k, v in default.items()}
+    configs = neighbours(space, incumbent)
+    for knobs in configs:
+        study.enqueue_trial(knobs, user_attrs={"role": REFINE})
+    return len(configs)

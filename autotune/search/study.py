@@ -23,7 +23,7 @@ from autotune.config import TrainConfig
 from autotune.errors import ConfigError
 from autotune.search.objective import Scorer
 from autotune.search.prune import Reporting, SlowTrialPruner, best_completed
-from autotune.search.screen import enqueue_combination, enqueue_screening
+from autotune.search.screen import enqueue_combination, enqueue_refinement, enqueue_screening
 from autotune.search.space import SearchSpace, parse_space
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
@@ -213,6 +213,7 @@ def run_search(
             break
         # Due once the screening trials have finished.
         enqueue_combination(study, space, lambda knobs: space.infeasible(TrainConfig.from_base(task.base, **knobs), train_size) is None)
+        enqueue_refinement(study, space)  # due once the combination has finished
         frozen = _one_trial(study, task, space, budget, train_size)
         asks_left -= 1
         ran += 1
