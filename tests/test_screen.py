@@ -8,7 +8,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from autotune.search import SearchBudget, TrialBudget, enqueue_default, open_study, parse_space, run_search
-from autotune.search.screen import combination, neighbours, screening_configs
+from autotune.search.screen import combination, enqueue_refinement, neighbours, screening_configs
 
 FAST = TrialBudget(warmup_steps=1, window_s=0.02, windows=2, max_eval_batches=1, timeout_s=60)
 
@@ -80,18 +80,26 @@ def test_no_combination_before_the_screening_ends_or_twice_or_without_screening(
 
 
 def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
-    space = _space({"micro_batch_size": {"choices": [32, 96]}, "accumulation_steps": {"choices": [1, 2]}})
+    space = _space({"micro_batch_size": {"choices": [16, 32, 96]}, "accumulation_steps": {"choices": [1, 2]}})
     study, space = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", tiny_task, space, space, "fp-test", 0)
     assert enqueue_default(study, space, screening=True)
-    run_search(study, tiny_task, space, SearchBudget(n_trials=6, trial=FAST, prune_below=0.0), progress=False)
-    roles = [t.user_attrs.get("role") for t in study.trials[:6]]
-    assert roles == ["default", "screening", "screening", "combination", "refine", "refine"]
-    default, micro, accum, combined = study.trials[:4]
-    assert micro.params == {"micro_batch_size": 96, "accumulation_steps": 1}
+    run_search(study, tiny_task, space, SearchBudget(n_trials=7, trial=FAST, prune_below=0.0), progress=False)
+    roles = [t.user_attrs.get("role") for t in study.trials[:5]]
+    assert roles == ["default", "screening", "screening", "screening", "combination"]
+    default, small, micro, accum, combined = study.trials[:5]
+    assert (small.params, micro.params) == ({"micro_batch_size": 16, "accumulation_steps": 1}, {"micro_batch_size": 96, "accumulation_steps": 1})
     assert accum.params == {"micro_batch_size": 32, "accumulation_steps": 2}
-    expected = {"micro_batch_size": 96 if micro.value > default.value else 32,
-                "accumulation_steps": 2 if accum.value > default.value else 1}
+    best_micro = max((default, small, micro), key=lambda t: t.value).params["micro_batch_size"]
+    expected = {"micro_batch_size": best_micro, "accumulation_steps": 2 if accum.value > default.value else 1}
     assert combined.params == expected
+    # Then the unmeasured neighbours of the best so far, each one knob away from a config
+    # the search was refined around, and none a config measured before.
+    around = study.user_attrs.get("refined_around", [])
+    assert around and around[0] == max(study.trials[:5], key=lambda t: t.value or 0).params
+    for i, t in enumerate(study.trials):
+        if t.user_attrs.get("role") == "refine":
+            assert any(sum(t.params[k] != a[k] for k in a) == 1 for a in around)
+            assert t.params not in [u.params for u in study.trials[:i]]
 
 
 def test_an_infeasible_combination_gives_back_its_smallest_gain_first():
@@ -109,10 +117,48 @@ def test_an_infeasible_combination_gives_back_its_smallest_gain_first():
     # Nothing feasible but the default: every change goes back.
     assert combination(study, space, feasible=lambda knobs: knobs == DEFAULT) == DEFAULT
 
-    # Then the neighbours of the best of those four: each one knob away from it.
-    best = max((t for t in study.trials[:4] if t.value is not None), key=lambda t: t.value)
-    for t in study.trials[4:6]:
-        assert sum(t.params[k] != best.params[k] for k in best.params) == 1
+
+def _finish_waiting(study: optuna.Study, values: dict) -> list:
+    """Run the queued trials by hand: each gets the value ``values`` gives its params."""
+    done = []
+    while any(t.state == TrialState.WAITING for t in study.trials):
+        trial = study.ask()
+        params = {k: trial.suggest_categorical(k, d.choices) for k, d in DISTS.items()}
+        study.tell(trial, values[(params["micro_batch_size"], params["amp"])])
+        done.append(params)
+    return done
+
+
+def test_refinement_climbs_one_knob_at_a_time_until_no_neighbour_is_better():
+    study = _study([
+        (DEFAULT, "default", 100.0),
+        ({"micro_batch_size": 8, "amp": "off"}, "screening", 90.0),
+        ({"micro_batch_size": 16, "amp": "off"}, "screening", 120.0),
+        ({"micro_batch_size": 32, "amp": "bf16"}, "screening", 95.0),
+        ({"micro_batch_size": 16, "amp": "off"}, "combination", 120.0),
+    ])
+    # Around the best (16, off): 8 and 32 were measured; only (16, bf16) is new.
+    assert enqueue_refinement(study, SPACE) == 1
+    assert enqueue_refinement(study, SPACE) == 0  # not while one is pending
+    values = {(16, "bf16"): 150.0, (8, "bf16"): 160.0, (32, "bf16"): 95.0}
+    assert _finish_waiting(study, values) == [{"micro_batch_size": 16, "amp": "bf16"}]
+    # (16, bf16) is the new best: its unmeasured neighbour (8, bf16) follows ...
+    assert enqueue_refinement(study, SPACE) == 1
+    assert _finish_waiting(study, values) == [{"micro_batch_size": 8, "amp": "bf16"}]
+    # ... and (8, bf16) has no unmeasured neighbour left: the climb ends there.
+    assert enqueue_refinement(study, SPACE) == 0
+    assert enqueue_refinement(study, SPACE) == 0
+    assert [t.user_attrs.get("role") for t in study.trials[5:]] == ["refine", "refine"]
+    assert study.user_attrs["refined_around"] == [
+        {"micro_batch_size": 16, "amp": "off"}, {"micro_batch_size": 16, "amp": "bf16"},
+        {"micro_batch_size": 8, "amp": "bf16"}]
+
+
+def test_no_refinement_before_the_combination_has_finished():
+    study = _study([(DEFAULT, "default", 100.0), ({"micro_batch_size": 8, "amp": "off"}, "screening", 90.0)])
+    assert enqueue_refinement(study, SPACE) == 0
+    study.enqueue_trial({"micro_batch_size": 8, "amp": "bf16"}, user_attrs={"role": "combination"})
+    assert enqueue_refinement(study, SPACE) == 0
 
 
 def test_neighbours_are_adjacent_for_numbers_and_every_other_choice_otherwise():

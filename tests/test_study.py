@@ -139,7 +139,7 @@ def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, 
     study, space = _open(tmp_path, tiny_task, space)
     enqueue_default(study, space)
     run_search(study, tiny_task, space, SearchBudget(n_trials=4, trial=FAST), progress=False)
-    sel = select(study, tiny_task, FAST, rounds=2, top=2, progress=False)
+    sel = select(study, tiny_task, FAST, rounds=2, top=2, progress=False, max_rounds=2)
     assert [c.trial_number for c in sel.candidates] == [t.number for t in sorted(
         (t for t in study.trials if t.user_attrs["status"] == "ok"), key=lambda t: t.value, reverse=True)][:2]
     runs = sel.candidates + ([sel.default] if sel.default not in sel.candidates else [])
@@ -147,6 +147,28 @@ def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, 
     assert sel.picked.median() == max(c.median() for c in runs)  # picked on the re-measured medians
     recorded = study.user_attrs["remeasured"]
     assert recorded["picked"] == sel.trial_number and len(recorded["candidates"]) == 2
+    assert (recorded["rounds"], recorded["max_rounds"]) == (2, 2)
+
+    # Everyone within a margin of 100% contends: all get the extra round; within 0%, only
+    # a tie would, so nobody does.
+    everyone = select(study, tiny_task, FAST, rounds=1, top=2, progress=False, max_rounds=2, margin=1.0)
+    assert all(len(c.values) == 2 for c in everyone.candidates + [everyone.default])
+    nobody = select(study, tiny_task, FAST, rounds=1, top=2, progress=False, max_rounds=3, margin=0.0)
+    assert all(len(c.values) == 1 for c in nobody.candidates + [nobody.default])
+
+
+def test_contenders_are_the_runs_within_the_margin_of_the_best_median():
+    from autotune.config import TrainConfig
+    from autotune.search.select import Candidate, contenders
+
+    def run(*values):
+        return Candidate(None, TrainConfig(), {}, values=list(values))
+
+    lead, close, behind, unmeasured = run(100.0, 90.0, 110.0), run(95.0, 93.0), run(80.0, 120.0, 70.0), run()
+    assert contenders([lead, close, behind, unmeasured], 0.08) == [lead, close]
+    assert contenders([lead, close, behind], 0.04) == [lead]
+    assert contenders([lead, close, behind], 0.25) == [lead, close, behind]
+    assert contenders([unmeasured], 0.1) == []
 
 
 @pytest.mark.parametrize("limit, feasible", [(2**40, True), (2**20, False)])

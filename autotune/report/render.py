@@ -199,7 +199,10 @@ def _selection(data: dict[str, Any]) -> str:
         rows.append([label, knobs, c.get("trial_value"), c.get("median"), ", ".join(f"{v:,.0f}" for v in c.get("values", []))])
     text = (
         f"## Selection\n\nThe best {len(sel.get('candidates', []))} trials and the default config re-measured in turns "
-        f"(fresh processes), picked on the median {objective} (samples/s):\n\n"
+        f"(fresh processes), picked on the median {objective} (samples/s)"
+        + (f"; after {sel['rounds']} rounds, those within {sel['margin']:.0%} of the best median got more rounds, "
+           f"up to {sel['max_rounds']}" if sel.get("max_rounds", 0) > sel.get("rounds", 0) else "")
+        + ":\n\n"
     )
     text += _table(["config", "knobs", f"trial {objective}", f"median {objective}", "runs"], rows)
     facts = []

@@ -9,6 +9,8 @@ them. Then the config that takes, for every knob, the choice that scored best in
 screening trial is measured, and then the single-knob neighbours of the best config so
 far (adjacent choices of an ordered knob, every other choice of the rest): a knob's best
 choice can change with the others (more threads help a small batch, not a large one).
+When one of the neighbours is better, its own unmeasured neighbours follow, and so on
+(a local search one knob at a time) until the best config's neighbours are all measured.
 The sampler (TPE) goes on from all of these.
 
 Range knobs (``low``/``high``) are not screened. Configs ruled out unrun (too big for the
@@ -122,22 +124,26 @@ def neighbours(space: SearchSpace, incumbent: dict[str, Any]) -> list[dict[str, 
 
 
 def enqueue_refinement(study: optuna.Study, space: SearchSpace) -> int:
-    """Once the combination has finished, queue the neighbours of the best completed
-    trial (once per study); returns how many."""
+    """Once the combination has finished and no refinement trial is pending, queue the
+    unmeasured neighbours of the best completed trial, unless that trial was refined
+    around already; returns how many were queued."""
     default = study.user_attrs.get("screening_default")
     trials = study.get_trials(deepcopy=False)
     combined = [t for t in trials if t.user_attrs.get("role") == COMBINATION]
     if default is None or not combined or not combined[0].state.is_finished():
         return 0
-    if any(t.user_attrs.get("role") == REFINE for t in trials) or study.user_attrs.get("refined"):
+    if any(t.user_attrs.get("role") == REFINE and not t.state.is_finished() for t in trials):
         return 0
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    study.set_user_attr("refined", True)
     if not complete:
         return 0
-    best = max(complete, key=lambda t: t.value)
-    incumbent = {k: best.params.get(k, v) for k, v in default.items()}
-    configs = neighbours(space, incumbent)
+    incumbent = {k: max(complete, key=lambda t: t.value).params.get(k, v) for k, v in default.items()}
+    around = study.user_attrs.get("refined_around", [])
+    if incumbent in around:
+        return 0
+    study.set_user_attr("refined_around", around + [incumbent])
+    tried = [{k: t.params.get(k) for k in incumbent} for t in trials if t.state.is_finished()]
+    configs = [knobs for knobs in neighbours(space, incumbent) if knobs not in tried]
     for knobs in configs:
         study.enqueue_trial(knobs, user_attrs={"role": REFINE})
     return len(configs)

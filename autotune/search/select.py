@@ -4,6 +4,11 @@ A short trial on a busy machine can get lucky, and the best of many noisy measur
 is biased upwards (the winner's curse). So the ``top`` best distinct configs are measured
 again in turns (A B C D, A B C D, ...) in fresh processes, with the default config among
 them, and the pick is the candidate with the best median of those re-measurements.
+
+After ``rounds`` rounds, the candidates still within ``margin`` of the leader's median
+(the contenders) are measured for more rounds, in turns, up to ``max_rounds``: two
+configs a few percent apart cannot be told apart by two measurements on a machine whose
+timings vary 10-30% between minutes, and the configs clearly behind cost nothing more.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ class Selection:
     candidates: list[Candidate]  # the re-measured ones, best trial value first
     default: Candidate
     objective: str
+    rounds: int = 2  # every run's measurements; contenders within margin got up to max_rounds
+    max_rounds: int = 2
+    margin: float = 0.0
 
     @property
     def trial_number(self) -> int | None:
@@ -65,7 +73,8 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "picked": self.picked.trial_number, "picked_default": self.picked is self.default,
-                "candidates": [c.to_dict() for c in self.candidates], "default": self.default.to_dict()}
+                "candidates": [c.to_dict() for c in self.candidates], "default": self.default.to_dict(),
+                "rounds": self.rounds, "max_rounds": self.max_rounds, "margin": self.margin}
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -91,10 +100,22 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     return ranked_trials(study)[0]
 
 
-def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 2, top: int = 3, progress: bool = True) -> Selection:
+def contenders(runs: list[Candidate], margin: float) -> list[Candidate]:
+    """The measured runs whose median is within ``margin`` (a fraction) of the best median."""
+    measured = [c for c in runs if c.values]
+    if not measured:
+        return []
+    lead = max(c.median() or 0.0 for c in measured)
+    return [c for c in measured if (c.median() or 0.0) >= (1.0 - margin) * lead]
+
+
+def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 2, top: int = 3, progress: bool = True,
+           max_rounds: int = 5, margin: float = 0.08) -> Selection:
     """Re-measure the ``top`` best configs and the default in turns; pick on the medians.
 
-    The re-measurement is recorded in the study (user attribute ``remeasured``).
+    Every run gets ``rounds`` measurements; while more than one is within ``margin`` of
+    the best median, those get another round, up to ``max_rounds`` in all. The
+    re-measurement is recorded in the study (user attribute ``remeasured``).
     """
     scorer = scorer_of(study)
     candidates = [
@@ -109,8 +130,15 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 2
         default = Candidate(None, default_cfg, {})
         runs.append(default)
     bar = tqdm(total=rounds * len(runs), desc="re-measure", unit="run", disable=not progress)
-    for _ in range(rounds):
-        for c in runs:
+    batch = list(runs)
+    for done in range(max(rounds, max_rounds)):
+        if done >= rounds:
+            batch = contenders(runs, margin)
+            if len(batch) < 2:
+                break
+            bar.total += len(batch)
+            bar.refresh()
+        for c in batch:
             outcome = run_isolated(
                 measure,
                 {"model_path": str(task.path), "config": c.config.to_dict(), "budget": budget.to_dict()},
@@ -125,6 +153,6 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 2
     # The default competes too: when no tuned config beats it side by side, it is kept.
     measured = [c for c in runs if c.values] or candidates[:1]
     picked = max(measured, key=lambda c: c.median() or 0.0)
-    selection = Selection(picked, candidates, default, scorer.objective)
+    selection = Selection(picked, candidates, default, scorer.objective, rounds, max(rounds, max_rounds), margin)
     study.set_user_attr("remeasured", selection.to_dict())
     return selection

@@ -26,12 +26,12 @@ class TrialBudget:
     """How long a trial measures. Defaults suit small models on a CPU."""
 
     warmup_steps: int = 3  # optimizer steps not timed (lazy init, allocator growth)
-    window_s: float = 0.4  # minimum length of one timed window
+    window_s: float = 0.5  # minimum length of one timed window
     windows: int = 5  # timed windows; throughput is their median
     max_steps: int = 2000  # a trial never takes more optimizer steps than this
     max_seconds: float = 30.0  # ... nor more seconds of training
     timeout_s: float = 120.0  # the trial process is killed after this long
-    max_eval_batches: int = 20  # validation batches evaluated after the trial
+    max_eval_batches: int = 5  # validation batches evaluated after the trial (a sanity check, not scored)
     memory_limit_bytes: int | None = None  # the trial process may use no more (--memory-limit)
 
     def to_dict(self) -> dict[str, Any]:
