@@ -32,16 +32,16 @@ def test_screening_changes_one_searched_choice_at_a_time():
     ]
 
 
-def _study(results: list[tuple[dict, str, object]]) -> optuna.Study:
+def _study(results: list[tuple[dict, str, object]], dists: dict = DISTS) -> optuna.Study:
     """A study holding the default and screening trials: (params, role, value or state)."""
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("screening_default", DEFAULT)
     for params, role, outcome in results:
         if isinstance(outcome, TrialState):
-            trial = create_trial(params=params, distributions=DISTS, state=outcome, user_attrs={"role": role},
+            trial = create_trial(params=params, distributions=dists, state=outcome, user_attrs={"role": role},
                                  intermediate_values={0: 30.0, 1: 40.0, 2: 35.0} if outcome == TrialState.PRUNED else None)
         else:
-            trial = create_trial(params=params, distributions=DISTS, value=outcome, user_attrs={"role": role})
+            trial = create_trial(params=params, distributions=dists, value=outcome, user_attrs={"role": role})
         study.add_trial(trial)
     return study
 
@@ -118,40 +118,51 @@ def test_an_infeasible_combination_gives_back_its_smallest_gain_first():
     assert combination(study, space, feasible=lambda knobs: knobs == DEFAULT) == DEFAULT
 
 
-def _finish_waiting(study: optuna.Study, values: dict) -> list:
+def _finish_waiting(study: optuna.Study, values: dict, dists: dict = DISTS) -> list:
     """Run the queued trials by hand: each gets the value ``values`` gives its params."""
     done = []
     while any(t.state == TrialState.WAITING for t in study.trials):
         trial = study.ask()
-        params = {k: trial.suggest_categorical(k, d.choices) for k, d in DISTS.items()}
+        params = {k: trial.suggest_categorical(k, d.choices) for k, d in dists.items()}
         study.tell(trial, values[(params["micro_batch_size"], params["amp"])])
         done.append(params)
     return done
 
 
 def test_refinement_climbs_one_knob_at_a_time_until_no_neighbour_is_better():
+    space = _space({"micro_batch_size": {"choices": [8, 16, 32]}, "amp": {"choices": ["off", "bf16", "fp16"]}})
+    dists = {**DISTS, "amp": CategoricalDistribution(["off", "bf16", "fp16"])}
     study = _study([
         (DEFAULT, "default", 100.0),
         ({"micro_batch_size": 8, "amp": "off"}, "screening", 90.0),
         ({"micro_batch_size": 16, "amp": "off"}, "screening", 120.0),
         ({"micro_batch_size": 32, "amp": "bf16"}, "screening", 95.0),
+        ({"micro_batch_size": 32, "amp": "fp16"}, "screening", 80.0),
         ({"micro_batch_size": 16, "amp": "off"}, "combination", 120.0),
-    ])
-    # Around the best (16, off): 8 and 32 were measured; only (16, bf16) is new.
-    assert enqueue_refinement(study, SPACE) == 1
-    assert enqueue_refinement(study, SPACE) == 0  # not while one is pending
-    values = {(16, "bf16"): 150.0, (8, "bf16"): 160.0, (32, "bf16"): 95.0}
-    assert _finish_waiting(study, values) == [{"micro_batch_size": 16, "amp": "bf16"}]
-    # (16, bf16) is the new best: its unmeasured neighbour (8, bf16) follows ...
-    assert enqueue_refinement(study, SPACE) == 1
-    assert _finish_waiting(study, values) == [{"micro_batch_size": 8, "amp": "bf16"}]
-    # ... and (8, bf16) has no unmeasured neighbour left: the climb ends there.
-    assert enqueue_refinement(study, SPACE) == 0
-    assert enqueue_refinement(study, SPACE) == 0
-    assert [t.user_attrs.get("role") for t in study.trials[5:]] == ["refine", "refine"]
+    ], dists)
+    values = {(16, "bf16"): 150.0, (16, "fp16"): 99.0, (8, "bf16"): 160.0, (32, "bf16"): 95.0, (8, "fp16"): 10.0}
+    climbed = []
+    while enqueue_refinement(study, space):
+        assert enqueue_refinement(study, space) == 0  # one at a time
+        climbed += _finish_waiting(study, values, dists)
+    # Around (16, off), 8 and 32 were measured: (16, bf16) is next and better, so its
+    # neighbours follow at once ((16, fp16) is never tried); around (8, bf16), (16, bf16)
+    # is known and (8, fp16) is worse: the climb ends there.
+    assert climbed == [{"micro_batch_size": 16, "amp": "bf16"}, {"micro_batch_size": 8, "amp": "bf16"},
+                       {"micro_batch_size": 8, "amp": "fp16"}]
     assert study.user_attrs["refined_around"] == [
-        {"micro_batch_size": 16, "amp": "off"}, {"micro_batch_size": 16, "amp": "bf16"},
-        {"micro_batch_size": 8, "amp": "bf16"}]
+        {"micro_batch_size": 16, "amp": "off"}, {"micro_batch_size": 16, "amp": "bf16"}, {"micro_batch_size": 8, "amp": "bf16"}]
+
+
+def test_a_screened_gain_within_the_noise_keeps_the_default_in_the_combination():
+    study = _study([
+        (DEFAULT, "default", 100.0),
+        ({"micro_batch_size": 8, "amp": "off"}, "screening", 104.0),  # +4%: noise
+        ({"micro_batch_size": 16, "amp": "off"}, "screening", 90.0),
+        ({"micro_batch_size": 32, "amp": "bf16"}, "screening", 106.0),  # +6%
+    ])
+    assert combination(study, SPACE) == {"micro_batch_size": 32, "amp": "bf16"}
+    assert combination(study, SPACE, min_gain=1.0) == {"micro_batch_size": 8, "amp": "bf16"}
 
 
 def test_no_refinement_before_the_combination_has_finished():

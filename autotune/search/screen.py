@@ -6,11 +6,13 @@ each knob's main effect. On real hardware the main effects (a batch size, a dtyp
 memory layout, a thread count) decide most of the speed, and a sampler started from a
 dozen random configs over six or more knobs often never tries the best value of one of
 them. Then the config that takes, for every knob, the choice that scored best in its
-screening trial is measured, and then the single-knob neighbours of the best config so
+screening trial (by at least 5% over the default's: less is noise) is measured, and then
+the single-knob neighbours of the best config so
 far (adjacent choices of an ordered knob, every other choice of the rest): a knob's best
 choice can change with the others (more threads help a small batch, not a large one).
-When one of the neighbours is better, its own unmeasured neighbours follow, and so on
-(a local search one knob at a time) until the best config's neighbours are all measured.
+They are measured one at a time, and as soon as one is better, the neighbours of that one
+follow instead (a local search one knob at a time, first improvement), until the best
+config's neighbours are all measured.
 The sampler (TPE) goes on from all of these.
 
 Range knobs (``low``/``high``) are not screened. Configs ruled out unrun (too big for the
@@ -28,6 +30,9 @@ from optuna.trial import TrialState
 from autotune.search.space import SearchSpace
 
 SCREENING, COMBINATION, REFINE = "screening", "combination", "refine"
+# Two trials of one config differ by a few percent on a quiet machine (5-10% on a busy
+# one): a screened gain below this keeps the default in the combination.
+MIN_GAIN = 1.05
 
 
 def screening_configs(space: SearchSpace, default: dict[str, Any]) -> list[dict[str, Any]]:
@@ -52,9 +57,11 @@ def enqueue_screening(study: optuna.Study, space: SearchSpace, default: dict[str
 
 
 def combination(study: optuna.Study, space: SearchSpace,
-                feasible: Callable[[dict[str, Any]], bool] = lambda knobs: True) -> dict[str, Any] | None:
+                feasible: Callable[[dict[str, Any]], bool] = lambda knobs: True, min_gain: float = MIN_GAIN) -> dict[str, Any] | None:
     """Each knob's best screened choice, once every screening trial has finished; None
-    before that, when the study was not screened, or once the combination was queued.
+    before that, when the study was not screened, or once the combination was queued. A
+    choice must beat the default's value by ``min_gain`` (a ratio) to be taken: a smaller
+    gain is within the noise of one trial, and the refinement still tries it.
 
     When the combination is not ``feasible`` (two changes that each fit may not together:
     a bigger micro-batch and more accumulation leave too few optimizer steps), the change
@@ -75,9 +82,11 @@ def combination(study: optuna.Study, space: SearchSpace,
                 if value is not None:
                     scores[t.params.get(name)] = value
         if scores and max(scores, key=scores.get) != default[name]:
-            best[name] = max(scores, key=scores.get)
+            choice = max(scores, key=scores.get)
             base = scores.get(default[name])
-            gains[name] = scores[best[name]] / base if base else float("inf")
+            gain = scores[choice] / base if base else float("inf")
+            if gain >= min_gain:
+                best[name], gains[name] = choice, gain
     while gains and not feasible(best):
         weakest = min(gains, key=gains.get)
         best[weakest] = default[weakest]
@@ -124,9 +133,12 @@ def neighbours(space: SearchSpace, incumbent: dict[str, Any]) -> list[dict[str, 
 
 
 def enqueue_refinement(study: optuna.Study, space: SearchSpace) -> int:
-    """Once the combination has finished and no refinement trial is pending, queue the
-    unmeasured neighbours of the best completed trial, unless that trial was refined
-    around already; returns how many were queued."""
+    """Once the combination has finished, queue the next unmeasured neighbour of the best
+    completed trial, one at a time (first improvement: when a neighbour turns out better,
+    the next ones are its neighbours); returns how many were queued (0 or 1). Nothing is
+    queued while a refinement trial is pending, nor once every neighbour of the best is
+    measured: the sampler goes on from there, and should it find a better config, the
+    climb starts again around it."""
     default = study.user_attrs.get("screening_default")
     trials = study.get_trials(deepcopy=False)
     combined = [t for t in trials if t.user_attrs.get("role") == COMBINATION]
@@ -139,11 +151,11 @@ def enqueue_refinement(study: optuna.Study, space: SearchSpace) -> int:
         return 0
     incumbent = {k: max(complete, key=lambda t: t.value).params.get(k, v) for k, v in default.items()}
     around = study.user_attrs.get("refined_around", [])
-    if incumbent in around:
-        return 0
-    study.set_user_attr("refined_around", around + [incumbent])
+    if not around or around[-1] != incumbent:
+        study.set_user_attr("refined_around", around + [incumbent])
     tried = [{k: t.params.get(k) for k in incumbent} for t in trials if t.state.is_finished()]
-    configs = [knobs for knobs in neighbours(space, incumbent) if knobs not in tried]
-    for knobs in configs:
-        study.enqueue_trial(knobs, user_attrs={"role": REFINE})
-    return len(configs)
+    for knobs in neighbours(space, incumbent):
+        if knobs not in tried:
+            study.enqueue_trial(knobs, user_attrs={"role": REFINE})
+            return 1
+    return 0
