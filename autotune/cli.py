@@ -1,4 +1,4 @@
-"""The command line: ``autotune run | train | profile``.
+"""The command line: ``autotune run | train | report | profile | compare``.
 
 Every error a user can cause is an ``AutotuneError``; it is caught once here, printed as
 one line (plus a hint), and the exit status is 1. ``--debug`` shows the traceback.
@@ -20,6 +20,7 @@ examples:
   autotune train examples/digits_cnn.py --config runs/digits_cnn/tuned.yaml --out runs/again
   autotune profile
   autotune compare profiles/a.yaml profiles/b.yaml --format markdown
+  autotune report runs/digits_cnn
 """
 
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(sub)
     _add_train(sub)
+    _add_report(sub)
     c = sub.add_parser(
         "compare",
         help="compare saved hardware profiles side by side",
@@ -104,7 +106,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headroom", type=_number(float, 0.0, 0.9), default=0.1, metavar="FRACTION", help="share of the memory limit the probed micro-batch leaves free (default: 0.1)")
     p.add_argument("--objective", choices=("goodput", "throughput"), default="goodput", help="what trials are scored on: goodput (samples/s weighted by how much each sample is worth at that effective batch, from the model's gradient noise scale) or raw throughput (samples/s) (default: goodput)")
     p.add_argument("--no-warm-start", action="store_true", help="start the study from scratch even when saved results exist")
+    _add_final_run_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_final_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="go on with the final run from its last checkpoint (OUT/checkpoints/last.pt) instead of starting it afresh; it must use the same config and epochs")
+    p.add_argument("--target-accuracy", type=_number(float, 0.0, 1.0, open_low=True), metavar="FRACTION", help="record the final run's time to reach this validation accuracy: wall time from the first training batch, evaluations included")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS", help="also save the last checkpoint every STEPS optimizer steps within an epoch (default: every 10 minutes, and at the end of every epoch)")
+    p.add_argument("--nproc", type=_positive_int, default=1, metavar="N", help="train on N devices with DistributedDataParallel, started through torchrun: one process per GPU (nccl), or N processes on the CPU (gloo); the tuned micro-batch is per process and the learning rate is scaled to the N times larger batch (default: 1, this process)")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -117,10 +127,27 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, required=True, help="a tuned.yaml written by `autotune run`")
     p.add_argument("--out", type=Path, help="output directory (default: runs/<model name>-train)")
     p.add_argument("--epochs", type=_positive_int, help="override the config's epochs")
+    _add_final_run_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write report.md and report.html again from a run directory's report.json",
+        description="Render the report of a finished run again (Markdown and self-contained HTML with figures) "
+        "from RUN_DIR/report.json, without training or tuning.",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by `autotune run` or `autotune train`")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "report":
+        from autotune.report import rerender
+
+        for path in rerender(args.run_dir).values():
+            print(f"wrote {path}")
+        return 0
     if args.command == "compare":
         from autotune.compare import compare_command
 
@@ -156,12 +183,20 @@ def _dispatch(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             profiles=args.profiles,
             warm_start=not args.no_warm_start,
+            final=_final_options(args),
         )
         pipeline.run(args.model, opts)
         return 0
     out = args.out or Path("runs") / f"{args.model.stem}-train"
-    pipeline.train(args.model, args.config, out, epochs=args.epochs, progress=not args.no_progress)
+    pipeline.train(args.model, args.config, out, epochs=args.epochs, progress=not args.no_progress, final=_final_options(args))
     return 0
+
+
+def _final_options(args: argparse.Namespace) -> Any:
+    from autotune.final import FinalOptions
+
+    return FinalOptions(resume=args.resume, target_accuracy=args.target_accuracy, checkpoint_every_steps=args.checkpoint_every,
+                        nproc=args.nproc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from autotune.config import TrainConfig, TunedConfig, load_tuned
-from autotune.engine.loop import TrainResult, pick_device, train as train_loop
+from autotune.engine.loop import TrainResult
+from autotune.final import WEIGHTS_FILE, FinalOptions, final_run
 from autotune.hardware import HardwareProfile, collect_profile
 from autotune import results
-from autotune.report import classification_metrics, write_report
+from autotune.report import evaluation_metrics, knob_effects, param_importances, write_report
 from autotune.search import (
     Facts,
     SearchBudget,
@@ -46,7 +47,6 @@ from autotune.task import Task, load_task
 
 STUDY_FILE = "study.db"
 TUNED_FILE = "tuned.yaml"
-WEIGHTS_FILE = "model.pt"
 HARDWARE_FILE = "hardware.yaml"
 
 
@@ -67,6 +67,7 @@ class RunOptions:
     memory_limit: int | None = None
     headroom: float = 0.1  # fraction of the limit the probed micro-batch leaves free
     objective: str = "goodput"  # what trials are scored on: goodput or throughput
+    final: FinalOptions = FinalOptions()
 
 
 def default_out(model_path: str | Path) -> Path:
@@ -92,7 +93,7 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
     """Tune, train and report for one model file; returns the paths written."""
     t = tune(model_path, opts, log)
     paths = {"tuned": t.path}
-    result = final_run(t.task, t.tuned.train, opts.out, opts.progress, log)
+    result = final_run(t.task, t.tuned.train, opts.out, opts.progress, log, opts.final, t.profile.gpus)
     data = _report_data(t.task, t.tuned.train, result, t.profile)
     data["search"] = _search_data(t.study, t.space, opts.budget)
     data["selection"] = _selection_data(t.selection, t.tuned)
@@ -141,8 +142,15 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
             n = warmstart.apply(study, warm)
             log(f"autotune: warm start: {n} config(s) from {warm['source_fingerprint']} "
                 f"(micro-batch scaled by memory ratio {warm['memory_ratio']:.2f})")
-    run_search(study, task, space, opts.budget, progress=opts.progress)
-    selection = select(study, task, opts.budget.trial, progress=opts.progress)
+    ran = run_search(study, task, space, opts.budget, progress=opts.progress)
+    if ran == 0 and study.user_attrs.get("remeasured"):
+        # Nothing new was measured: the selection made before still holds (and a resumed
+        # final run must train the config it started with).
+        selection = Selection.from_dict(study.user_attrs["remeasured"], study)
+        selection.picked.config = dataclasses.replace(selection.picked.config, epochs=task.base.epochs)
+        log("autotune: the study was complete; using its earlier selection")
+    else:
+        selection = select(study, task, opts.budget.trial, progress=opts.progress)
     tuned = _tuned_config(task, space, profile, study, selection, storage)
     path = tuned.save(out / TUNED_FILE)
     log(f"autotune: wrote {path}")
@@ -192,33 +200,20 @@ def _result_entry(task: Task, space: SearchSpace, study: Any, tuned: TunedConfig
     return results.make_entry(task.name, task.sha256, space.name, tuned.measured.get("device", ""), best, top)
 
 
-def train(model_path: str | Path, config_path: str | Path, out: Path, epochs: int | None = None, progress: bool = True, log: Any = print) -> dict[str, Path]:
+def train(model_path: str | Path, config_path: str | Path, out: Path, epochs: int | None = None, progress: bool = True,
+          log: Any = print, final: FinalOptions = FinalOptions()) -> dict[str, Path]:
     """Train with a saved tuned config and write the weights and the report."""
     task = load_task(model_path)
     tuned = load_tuned(config_path)
     cfg = tuned.train if epochs is None else TrainConfig.from_dict({**tuned.train.to_dict(), "epochs": epochs})
     out.mkdir(parents=True, exist_ok=True)
     log(f"autotune: training {task.path.name} with {config_path}")
-    result = final_run(task, cfg, out, progress, log)
+    gpus = collect_profile(measure=False).gpus if final.nproc > 1 else []
+    result = final_run(task, cfg, out, progress, log, final, gpus)
     paths = write_report(_report_data(task, cfg, result, None), out)
     paths["weights"] = out / WEIGHTS_FILE
     log(f"autotune: report {paths['markdown']}")
     return paths
-
-
-def final_run(task: Task, cfg: TrainConfig, out: Path, progress: bool, log: Any = print) -> TrainResult:
-    """The full training run with ``cfg``; saves the weights into ``out``."""
-    device = pick_device()
-    log(
-        f"autotune: final run on {device}: {cfg.epochs} epochs, micro-batch {cfg.micro_batch_size}"
-        f" x {cfg.accumulation_steps}, amp {cfg.amp}, lr {cfg.lr:.3g}"
-    )
-    result = train_loop(task, cfg, device, progress=progress, eval_each_epoch=True)
-    weights = out / WEIGHTS_FILE
-    tmp = weights.with_suffix(".pt.tmp")
-    torch.save(result.model.state_dict(), tmp)
-    tmp.replace(weights)
-    return result
 
 
 def _override_base(task: Task, opts: RunOptions) -> Task:
@@ -313,8 +308,9 @@ def _report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: Har
         },
         "versions": versions(),
     }
-    if ev.y_true:
-        data["evaluation"] = classification_metrics(ev.y_true, ev.y_pred, task.class_names)
+    evaluation = evaluation_metrics(ev.y_true, ev.y_pred, task.class_names)
+    if evaluation is not None:
+        data["evaluation"] = evaluation
     if profile is not None:
         data["hardware"] = {
             "fingerprint": profile.fingerprint,
@@ -331,9 +327,10 @@ def _report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: Har
 def _search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[str, Any]:
     trials = []
     for t in study.trials:
-        row = {"number": t.number, "state": t.state.name.lower(), **t.user_attrs}
+        row = {"number": t.number, "state": t.state.name.lower(), "value": t.value, **t.user_attrs}
         row.pop("traceback", None)
         trials.append(row)
+    choices = {n: list(space.params[n].choices) for n in space.searched() if space.params[n].choices is not None}
     return {
         "space": space.to_dict(),
         "gated": space.gated,
@@ -341,7 +338,10 @@ def _search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[s
         "memory_probe": study.user_attrs.get("memory_probe"),
         "budget": {"n_trials": budget.n_trials, "timeout_s": budget.timeout_s, "prune_below": budget.prune_below,
                    "trial": budget.trial.to_dict()},
+        "objective": study.user_attrs.get("objective", "throughput"),
         "trials": trials,
+        "param_importances": param_importances(study),
+        "knob_effects": knob_effects(study.get_trials(deepcopy=False), study.user_attrs.get("screening_default"), choices),
     }
 
 
@@ -351,4 +351,4 @@ def _selection_data(sel: Selection, tuned: TunedConfig) -> dict[str, Any]:
     return {**sel.to_dict(), **{k: tuned.measured.get(k) for k in keys}}
 
 
-__all__ = ["RunOptions", "default_out", "final_run", "run", "train", "versions"]
+__all__ = ["FinalOptions", "RunOptions", "default_out", "final_run", "run", "train", "versions"]

@@ -54,7 +54,7 @@ def test_the_loop_reports_how_long_it_waited_for_data(tiny_task, delay, low, hig
     task = dataclasses.replace(tiny_task)
     task._datasets = (SlowItems(train_set, delay), val_set)
     meter = ThroughputMeter(warmup_steps=1, window_s=0.05, windows=2)
-    result = train(task, TrainConfig(micro_batch_size=8, epochs=50), torch.device("cpu"), meter=meter, max_steps=200)
+    result = train(task, TrainConfig(micro_batch_size=8, epochs=50, cpu_threads=1), torch.device("cpu"), meter=meter, max_steps=200)
     assert low <= result.throughput["data_wait_fraction"] <= high
 
 

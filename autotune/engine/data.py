@@ -9,6 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from autotune.config import TrainConfig
+from autotune.engine.checkpoint import ResumableSampler
+from autotune.engine.distributed import SINGLE, Dist, ShardSampler
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -29,22 +31,35 @@ def make_loader(
     collate_fn: Callable | None = None,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    dist: Dist = SINGLE,
 ) -> DataLoader:
     """A DataLoader with the config's micro-batch and worker knobs.
 
-    ``pin_memory`` is honoured only when the device is a GPU (pinning without one only
-    costs time); ``persistent_workers`` only with workers.
+    A training loader shuffles with a ``ResumableSampler`` drawing from ``generator``,
+    and seeds its workers from a second generator derived from it, so a checkpoint can
+    restore each on its own (``checkpoint``). ``pin_memory`` is honoured only when the
+    device is a GPU (pinning without one only costs time); ``persistent_workers`` only
+    with workers. Under ``dist`` (several ranks) each rank loads its share: of the shuffled
+    order in training, of the validation set in order otherwise.
     """
     workers = cfg.num_workers
+    sampler: Any = None
+    worker_seeds = None
+    if train:
+        order = generator if generator is not None else torch.Generator().manual_seed(cfg.seed)
+        sampler = ResumableSampler(len(dataset), order, dist.rank, dist.world)  # type: ignore[arg-type]
+        worker_seeds = torch.Generator().manual_seed(order.initial_seed() + 1)
+    elif dist.active:
+        sampler = ShardSampler(len(dataset), dist)  # type: ignore[arg-type]
     return DataLoader(
         dataset,
         batch_size=batch_size or cfg.micro_batch_size,
-        shuffle=train,
+        sampler=sampler,
         num_workers=workers,
         pin_memory=cfg.pin_memory and device.type == "cuda",
         persistent_workers=cfg.persistent_workers and workers > 0,
         collate_fn=collate_fn,
-        generator=generator,
+        generator=worker_seeds,
         worker_init_fn=_seed_worker if workers > 0 else None,
         drop_last=False,
     )

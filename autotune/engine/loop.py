@@ -19,7 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from autotune.config import TrainConfig
-from autotune.engine import knobs
+from autotune.engine import checkpoint, distributed, knobs
+from autotune.engine.checkpoint import BEST, LAST, Checkpointer, Position
+from autotune.engine.distributed import SINGLE, Dist
+from autotune.engine.evaluation import EvalResult, evaluate
 from autotune.engine.data import batch_len, make_loader, to_device
 from autotune.engine.measure import ThroughputMeter
 from autotune.engine.memory import peak_memory_bytes, reset_peak_memory
@@ -43,21 +46,10 @@ def sync_fn(device: torch.device) -> Callable[[], None]:
 
 
 @dataclass
-class EvalResult:
-    """Validation metrics; ``y_true``/``y_pred`` are kept for classification reports."""
-
-    loss: float
-    accuracy: float | None
-    samples: int
-    y_true: list[int] = field(default_factory=list, repr=False)
-    y_pred: list[int] = field(default_factory=list, repr=False)
-
-
-@dataclass
 class TrainResult:
     steps: int  # optimizer steps taken
     samples: int  # training samples processed
-    seconds: float  # wall time of the loop, evaluation included
+    seconds: float  # wall time of the loop, evaluation included (earlier processes' too when resumed)
     stopped_by: str  # "epochs", "meter", "max_steps" or "max_seconds"
     train_loss: float
     peak_memory_bytes: int
@@ -67,6 +59,11 @@ class TrainResult:
     model: torch.nn.Module | None = field(default=None, repr=False)  # never the compiled wrapper
     skipped_steps: int = 0  # fp16 steps the loss scaler skipped (see ``skipped_steps``)
     compile_seconds: float = 0.0  # torch.compile's one-off cost (``knobs.CompileClock``)
+    time_to_target_s: float | None = None  # run time from the first data touch to the target accuracy
+    target_epoch: int | None = None  # the epoch whose evaluation first reached it
+    resumed_at: dict[str, int] | None = None  # where a resumed run went on from
+    processes: int = 1  # ranks that trained together (``--nproc``)
+    config: dict[str, Any] = field(default_factory=dict)  # what each rank trained with
 
 
 @dataclass
@@ -84,7 +81,8 @@ class _Run:
     total_steps: int
 
 
-def _prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int | None, eval_in_process: bool = False) -> _Run:
+def _prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int | None, eval_in_process: bool = False,
+             d: Dist = SINGLE) -> _Run:
     generator = knobs.seed_everything(cfg.seed)
     module = task.build_model()
     if cfg.checkpointing:
@@ -92,19 +90,17 @@ def _prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int 
     module.to(device, memory_format=knobs.memory_format(cfg.channels_last))
     optimizer = task.make_optimizer(module.parameters(), cfg.lr, cfg.weight_decay)
     train_set, val_set = task.datasets()
-    train_loader = make_loader(
-        train_set, cfg, device, train=True, collate_fn=task.collate_fn, generator=generator
-    )
+    train_loader = make_loader(train_set, cfg, device, train=True, collate_fn=task.collate_fn, generator=generator, dist=d)
     # A short run's few evaluation batches are loaded in this process: starting the
     # config's workers again for them took longer than the evaluation itself (1-2 s).
     val_cfg = dataclasses.replace(cfg, num_workers=0, persistent_workers=False) if eval_in_process else cfg
-    val_loader = make_loader(val_set, val_cfg, device, train=False, collate_fn=task.collate_fn)
+    val_loader = make_loader(val_set, val_cfg, device, train=False, collate_fn=task.collate_fn, dist=d)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulation_steps)
     total = steps_per_epoch * cfg.epochs
     if max_steps is not None:
         total = min(total, max_steps)
     return _Run(
-        model=knobs.compiled(module, cfg.compile),
+        model=knobs.compiled(distributed.wrap(module, d, device), cfg.compile),
         module=module,
         optimizer=optimizer,
         scaler=knobs.grad_scaler(device.type, cfg.amp),
@@ -139,12 +135,13 @@ def optimizer_step(run: _Run, task: Task, cfg: TrainConfig, group: list[Any], de
     total = sum(sizes)
     loss_sum = torch.zeros((), device=device)
     non_blocking = cfg.pin_memory and device.type == "cuda"
-    for (inputs, target), size in zip(group, sizes):
+    for i, ((inputs, target), size) in enumerate(zip(group, sizes)):
         inputs = to_device(inputs, device, non_blocking, cfg.channels_last)
         target = to_device(target, device, non_blocking)
-        with knobs.autocast(device.type, cfg.amp):
-            loss = task.loss(call_model(run.model, inputs), target)
-        run.scaler.scale(loss * (size / total)).backward()
+        with distributed.no_sync(run.model, last=i == len(group) - 1):
+            with knobs.autocast(device.type, cfg.amp):
+                loss = task.loss(call_model(run.model, inputs), target)
+            run.scaler.scale(loss * (size / total)).backward()
         loss_sum += loss.detach().float() * size
     if cfg.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
@@ -168,53 +165,6 @@ def _timed_step(run: _Run, task: Task, cfg: TrainConfig, group: list[Any], devic
     return loss_sum, n
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, task: Task, device: torch.device, amp: str = "off", max_batches: int | None = None, channels_last: bool = False) -> EvalResult:
-    """Mean loss (and accuracy for class logits) over ``loader``, without autograd.
-
-    Under `compile` the loop evaluates its plain module: evaluation is a small share of a
-    run, and compiling again for eval mode would add compile time that no trial measures.
-    """
-    model.eval()
-    loss_total, samples, correct = 0.0, 0, 0
-    y_true: list[int] = []
-    y_pred: list[int] = []
-    classification = True
-    for inputs, target in itertools.islice(loader, max_batches):
-        inputs, target = to_device(inputs, device, channels_last=channels_last), to_device(target, device)
-        with knobs.autocast(device.type, amp):
-            output = call_model(model, inputs)
-            loss = task.loss(output, target)
-        n = batch_len(target)
-        loss_total += float(loss) * n
-        samples += n
-        if classification and _is_class_logits(output, target):
-            pred = output.argmax(dim=-1)
-            correct += int((pred == target).sum())
-            y_true.extend(target.tolist())
-            y_pred.extend(pred.tolist())
-        else:
-            classification = False
-    model.train()
-    return EvalResult(
-        loss=loss_total / max(samples, 1),
-        accuracy=correct / samples if classification and samples else None,
-        samples=samples,
-        y_true=y_true if classification else [],
-        y_pred=y_pred if classification else [],
-    )
-
-
-def _is_class_logits(output: Any, target: Any) -> bool:
-    return (
-        isinstance(output, torch.Tensor)
-        and isinstance(target, torch.Tensor)
-        and output.ndim == 2
-        and target.ndim == 1
-        and not target.is_floating_point()
-    )
-
-
 def _check_finite(loss_sum: torch.Tensor, samples: int, step: int) -> float:
     value = float(loss_sum) / max(samples, 1)
     if not math.isfinite(value):
@@ -234,64 +184,173 @@ def train(
     eval_each_epoch: bool = False,
     max_eval_batches: int | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpoints: Checkpointer | None = None,
+    resume: dict[str, Any] | None = None,
+    target_accuracy: float | None = None,
+    dist: Dist = SINGLE,
 ) -> TrainResult:
     """Train a fresh model from ``task`` with ``cfg``; see the module docstring.
 
-    `cpu_threads` and `cudnn_benchmark` are process-wide torch settings: they hold for
-    the run (model building and evaluation included) and are restored when it ends.
+    The final run passes ``checkpoints`` (where and how often to save), ``resume`` (a
+    checkpoint to go on from, see ``checkpoint``) and ``target_accuracy`` (the time to
+    reach it is recorded); a rank of a torchrun group passes its ``dist``
+    (``engine.distributed``). `cpu_threads` and `cudnn_benchmark` are process-wide torch
+    settings: they hold for the run (model building and evaluation included) and are
+    restored when it ends.
     """
     device = device or pick_device()
     with knobs.cpu_threads(device.type, cfg.cpu_threads), knobs.cudnn_benchmark(cfg.cudnn_benchmark):
         reset_peak_memory(device)
-        run = _prepare(task, cfg, device, max_steps, eval_in_process=max_eval_batches is not None)
+        run = _prepare(task, cfg, device, max_steps, eval_in_process=max_eval_batches is not None, d=dist)
+        loop = _Loop(run, task, cfg, device, meter, checkpoints, target_accuracy, resume, dist)
+        progress = progress and dist.main
         run.model.train()
-        clock = knobs.CompileClock(sync_fn(device), enabled=cfg.compile)
-        start = time.perf_counter()
-        steps = samples = 0
-        stopped_by, last_loss, history = "epochs", math.nan, []
-        epochs_bar = tqdm(range(cfg.epochs), desc="epochs", unit="epoch", disable=not progress)
+        stopped_by = ""
+        epochs_bar = tqdm(range(loop.pos.epoch, cfg.epochs), desc="epochs", unit="epoch", disable=not progress,
+                          initial=loop.pos.epoch, total=cfg.epochs)
         for epoch in epochs_bar:
-            epoch_start, epoch_loss, epoch_samples = time.perf_counter(), torch.zeros((), device=device), 0
-            steps_bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}", unit="step", leave=False, disable=not progress or not sys.stderr.isatty())
-            for group, waited in _groups(run.train_loader, cfg.accumulation_steps):
-                loss_sum, n = _timed_step(run, task, cfg, group, device, waited, meter, clock)
-                steps, samples = steps + 1, samples + n
-                epoch_loss += loss_sum
-                epoch_samples += n
-                steps_bar.update(1)
-                if progress and steps % 10 == 0:
-                    steps_bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}")
-                stopped_by = _stop_reason(steps, start, meter, max_steps, max_seconds)
-                if stopped_by:
-                    break
-            steps_bar.close()
-            last_loss = _check_finite(epoch_loss, epoch_samples, steps)
-            row = _epoch_row(epoch, last_loss, epoch_samples, epoch_start, run)
-            if eval_each_epoch:
-                ev = evaluate(run.module, run.val_loader, task, device, cfg.amp, max_eval_batches, cfg.channels_last)
-                row.update(val_loss=ev.loss, val_accuracy=ev.accuracy)
-            history.append(row)
+            stopped_by = loop.run_epoch(progress, max_steps, max_seconds)
+            row = loop.end_epoch(epoch, eval_each_epoch, max_eval_batches)
             epochs_bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", "val_loss", "val_accuracy") and v is not None})
             if on_epoch is not None:
                 on_epoch(row)
             if stopped_by:
                 break
-        stopped_by = stopped_by or "epochs"
-        final_eval = evaluate(run.module, run.val_loader, task, device, cfg.amp, max_eval_batches, cfg.channels_last)
+        final_eval = evaluate(run.module, run.val_loader, task, device, cfg.amp, max_eval_batches, cfg.channels_last, dist)
+    pos = loop.pos
     return TrainResult(
-        steps=steps,
-        samples=samples,
-        seconds=time.perf_counter() - start,
-        stopped_by=stopped_by,
-        train_loss=last_loss,
+        steps=pos.steps,
+        samples=int(distributed.all_sum([pos.samples], dist, device)[0]),
+        seconds=loop.elapsed(),
+        stopped_by=stopped_by or "epochs",
+        train_loss=pos.history[-1]["train_loss"] if pos.history else math.nan,
         peak_memory_bytes=peak_memory_bytes(device),
         evaluation=final_eval,
-        history=history,
+        history=pos.history,
         throughput=meter.summary() if meter is not None else {},
         model=run.module,
         skipped_steps=skipped_steps(run.scaler),
-        compile_seconds=clock.seconds,
+        compile_seconds=loop.clock.seconds,
+        time_to_target_s=pos.time_to_target_s,
+        target_epoch=pos.target_epoch,
+        resumed_at=loop.resumed_at,
+        processes=dist.world,
+        config=cfg.to_dict(),
     )
+
+
+class _Loop:
+    """The moving parts of one run's loop: its live objects, where it is (``Position``),
+    its clocks, and its checkpoints."""
+
+    def __init__(self, run: _Run, task: Task, cfg: TrainConfig, device: torch.device, meter: ThroughputMeter | None,
+                 checkpoints: Checkpointer | None, target_accuracy: float | None, resume: dict[str, Any] | None,
+                 d: Dist = SINGLE):
+        self.run, self.task, self.cfg, self.device, self.meter, self.dist = run, task, cfg, device, meter, d
+        self.checkpoints, self.target_accuracy = checkpoints, target_accuracy
+        self.clock = knobs.CompileClock(sync_fn(device), enabled=cfg.compile)
+        self.pos, self.pending, self.resumed_at = Position(), None, None
+        if resume is not None:
+            self.pos, self.pending = checkpoint.restore(resume, self._stateful(), cfg.to_dict(), d.rank, d.world)
+            self.resumed_at = {"epoch": self.pos.epoch, "epoch_batches": self.pos.epoch_batches, "steps": self.pos.steps}
+        self.epoch_start: dict[str, torch.Tensor] = {}
+        # The run's clock starts at the first data touch; a resumed run adds the time the
+        # earlier processes had run up to their last checkpoint.
+        self.began = self.process_began = time.perf_counter()
+        self.began -= self.pos.elapsed_s
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.began
+
+    def _stateful(self) -> dict[str, Any]:
+        run = self.run
+        return {"model": run.module, "optimizer": run.optimizer, "scaler": run.scaler, "scheduler": run.scheduler}
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        loader = self.run.train_loader
+        return {"order": loader.sampler.generator, "workers": loader.generator}  # type: ignore[attr-defined]
+
+    def _start_epoch(self) -> Iterator[tuple[list[Any], float]]:
+        generators = self._generators()
+        if self.pending is not None:  # resuming: the epoch's order as it was drawn, less what was consumed
+            for name, state in self.pending.items():
+                generators[name].set_state(state)
+            self.run.train_loader.sampler.skip(self.pos.epoch_batches * self.cfg.micro_batch_size)  # type: ignore[attr-defined]
+            self.pending = None
+        else:
+            self.pos.epoch_began_s = self.elapsed()
+        self.epoch_start = {name: g.get_state() for name, g in generators.items()}
+        return _groups(self.run.train_loader, self.cfg.accumulation_steps)
+
+    def run_epoch(self, progress: bool, max_steps: int | None, max_seconds: float | None) -> str:
+        """Train the rest of the current epoch; returns why it stopped early, or ""."""
+        pos, cfg = self.pos, self.cfg
+        epoch_loss = torch.tensor(pos.epoch_loss, dtype=torch.float32, device=self.device)
+        groups = self._start_epoch()
+        bar = tqdm(total=self.run.steps_per_epoch, initial=pos.epoch_batches // cfg.accumulation_steps,
+                   desc=f"epoch {pos.epoch + 1}", unit="step", leave=False, disable=not progress or not sys.stderr.isatty())
+        stopped_by = ""
+        for group, waited in groups:
+            loss_sum, n = _timed_step(self.run, self.task, cfg, group, self.device, waited, self.meter, self.clock)
+            epoch_loss += loss_sum
+            pos.steps, pos.samples, pos.epoch_batches = pos.steps + 1, pos.samples + n, pos.epoch_batches + len(group)
+            pos.epoch_samples += n
+            bar.update(1)
+            if progress and pos.steps % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", samples_s=f"{pos.epoch_samples / max(self.elapsed() - pos.epoch_began_s, 1e-9):,.0f}")
+            stopped_by = _stop_reason(pos.steps, self.process_began, self.meter, max_steps, max_seconds)
+            if stopped_by:
+                break
+            if self.checkpoints is not None and distributed.any_rank(self.checkpoints.due(pos.steps), self.dist, self.device):
+                pos.epoch_loss = float(epoch_loss)
+                self._save()
+        bar.close()
+        pos.epoch_loss = float(epoch_loss)
+        return stopped_by
+
+    def end_epoch(self, epoch: int, eval_each_epoch: bool, max_eval_batches: int | None) -> dict[str, Any]:
+        """The epoch's history row (evaluated when asked), then the epoch-end checkpoints."""
+        pos, run = self.pos, self.run
+        loss_sum, samples = distributed.all_sum([pos.epoch_loss, pos.epoch_samples], self.dist, self.device)
+        loss = _check_finite(torch.tensor(loss_sum), int(samples), pos.steps)
+        seconds = self.elapsed() - pos.epoch_began_s
+        row = {"epoch": epoch + 1, "train_loss": loss, "lr": run.optimizer.param_groups[0]["lr"], "samples": int(samples),
+               "seconds": seconds, "samples_per_s": samples / seconds if seconds > 0 else None}
+        improved = False
+        if eval_each_epoch:
+            ev = evaluate(run.module, run.val_loader, self.task, self.device, self.cfg.amp, max_eval_batches, self.cfg.channels_last, self.dist)
+            now = self.elapsed()
+            row.update(val_loss=ev.loss, val_accuracy=ev.accuracy, elapsed_s=now)
+            improved = self._track(ev, epoch, now)
+        pos.history.append(row)
+        pos.epoch, pos.epoch_batches, pos.epoch_loss, pos.epoch_samples = epoch + 1, 0, 0.0, 0
+        if self.checkpoints is not None:
+            self.epoch_start = {name: g.get_state() for name, g in self._generators().items()}  # the next epoch's
+            state = self._save()
+            if improved:
+                self.checkpoints.save(state, BEST)
+        return row
+
+    def _track(self, ev: EvalResult, epoch: int, now: float) -> bool:
+        """Note the time-to-target (``now``: the run's clock after the evaluation);
+        returns whether the validation score improved."""
+        pos = self.pos
+        if (self.target_accuracy is not None and pos.time_to_target_s is None
+                and ev.accuracy is not None and ev.accuracy >= self.target_accuracy):
+            pos.time_to_target_s, pos.target_epoch = now, epoch + 1
+        score = ev.accuracy if ev.accuracy is not None else -ev.loss
+        if pos.best_score is None or score > pos.best_score:
+            pos.best_score = score
+            return True
+        return False
+
+    def _save(self) -> dict[str, Any]:
+        assert self.checkpoints is not None
+        self.pos.elapsed_s = self.elapsed()
+        rngs = distributed.gather(checkpoint.rng_state(), self.dist)  # every rank's, for its own dropout
+        state = checkpoint.capture(self._stateful(), self.pos, self.epoch_start, self.cfg.to_dict(), rngs)
+        self.checkpoints.save(state, LAST)
+        return state
 
 
 def skipped_steps(scaler: torch.amp.GradScaler) -> int:
@@ -314,15 +373,3 @@ def _stop_reason(steps: int, start: float, meter: ThroughputMeter | None, max_st
     if max_seconds is not None and time.perf_counter() - start >= max_seconds:
         return "max_seconds"
     return ""
-
-
-def _epoch_row(epoch: int, loss: float, samples: int, start: float, run: _Run) -> dict[str, Any]:
-    seconds = time.perf_counter() - start
-    return {
-        "epoch": epoch + 1,
-        "train_loss": loss,
-        "lr": run.optimizer.param_groups[0]["lr"],
-        "samples": samples,
-        "seconds": seconds,
-        "samples_per_s": samples / seconds if seconds > 0 else None,
-    }

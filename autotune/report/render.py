@@ -1,17 +1,22 @@
-"""Render the report data (one dict) as JSON and as Markdown.
+"""Render the report data (one dict) as JSON, Markdown and HTML.
 
 The data model is built by ``autotune.pipeline``; its sections are all optional except
-``model`` and ``config``, so a plain ``autotune train`` (no search) renders too:
+``model`` and ``config``, so a plain ``autotune train`` (no search) renders too. The JSON
+Schema ``report.schema.json`` (next to this module) documents every key:
 
 - model: {file, sha256}
 - hardware: {fingerprint, device, cpu_model, logical_cores, memory_total_bytes, gpus, nvml}
-- search: {space, gated, budget, trials: [...], best_trial, default_trial}
+- search: {space, gated, budget, objective, trials: [...], param_importances, knob_effects}
 - selection: {objective, picked, candidates: [{trial, config, values, throughputs,
   median}], default: {...}, throughput_samples_per_s, goodput_samples_per_s, mfu,
   statistical_efficiency, speedup_vs_default, goodput_vs_default, gradient_noise_scale}
 - config: the TrainConfig used for the final run
-- final: {history: [...], seconds, samples_per_s, peak_memory_bytes, val_loss, val_accuracy}
-- evaluation: classification metrics (see ``evaluate.classification_metrics``)
+- final: {history: [...], seconds, samples_per_s, peak_memory_bytes, val_loss, val_accuracy,
+  and where measured mfu and time_to_target}
+- evaluation: classification or regression metrics (``evaluate.evaluation_metrics``)
+
+report.md and report.html are rendered from the data as it reads back from report.json,
+so ``autotune report RUN_DIR`` (``rerender``) writes the same files again.
 """
 
 from __future__ import annotations
@@ -20,208 +25,130 @@ import json
 from pathlib import Path
 from typing import Any
 
-from autotune.config import TrainConfig, write_atomic
+from autotune.config import write_atomic
+from autotune.errors import ConfigError
+from autotune.report import format as f
+from autotune.report.tables import (Table, classification_table, effects_table, importance_table, pareto_table,
+                                    regression_table, selection_table)
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
+# Versions ``rerender`` reads: version 1 lacked the search analysis and the evaluation's kind.
+READABLE_VERSIONS = (1, 2)
+JSON_FILE, MARKDOWN_FILE, HTML_FILE = "report.json", "report.md", "report.html"
 
 
 def write_report(data: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write report.json and report.md into ``out_dir``; returns their paths."""
+    """Write report.json, report.md and report.html into ``out_dir``; returns their paths."""
     out = Path(out_dir)
-    data = {"schema_version": REPORT_SCHEMA_VERSION, **data}
+    text = json.dumps({"schema_version": REPORT_SCHEMA_VERSION, **data}, indent=2, default=str) + "\n"
+    paths = {"json": write_atomic(out / JSON_FILE, text)}
+    paths.update(_write_rendered(json.loads(text), out))
+    return paths
+
+
+def _write_rendered(data: dict[str, Any], out: Path) -> dict[str, Path]:
+    from autotune.report.html import render_html
+
     return {
-        "json": write_atomic(out / "report.json", json.dumps(data, indent=2, default=str) + "\n"),
-        "markdown": write_atomic(out / "report.md", render_markdown(data)),
+        "markdown": write_atomic(out / MARKDOWN_FILE, render_markdown(data)),
+        "html": write_atomic(out / HTML_FILE, render_html(data)),
     }
+
+
+def rerender(run_dir: str | Path) -> dict[str, Path]:
+    """Write report.md and report.html again from ``run_dir``/report.json (no training)."""
+    path = Path(run_dir) / JSON_FILE
+    hint = "Give the run directory that `autotune run` or `autotune train` wrote (it holds report.json)."
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file.", hint=hint)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}.", hint=hint) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object, but got {type(data).__name__}.", hint=hint)
+    version = data.get("schema_version")
+    if version not in READABLE_VERSIONS:
+        raise ConfigError(f"{path}: schema_version {version!r} is not supported; this autotune reads schema_version "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}.", hint="Re-render it with the autotune that wrote it.")
+    missing = [k for k in ("model", "config") if not isinstance(data.get(k), dict)]
+    if missing or "file" not in data["model"]:
+        what = ", ".join(missing) if missing else "model.file"
+        raise ConfigError(f"{path} lacks {what}, which every report has.", hint=hint)
+    return _write_rendered(data, Path(run_dir))
 
 
 def render_markdown(data: dict[str, Any]) -> str:
     parts = [f"# autotune report: {Path(data['model']['file']).name}\n"]
-    parts.append(_headline(data))
-    for section in (_hardware, _search, _selection, _config, _final, _evaluation):
+    facts = f.headline_facts(data)
+    if facts:
+        parts.append("Result: " + ", ".join(facts) + ".\n")
+    if data.get("search") or data.get("final"):
+        parts.append(f"Figures of the sections below are in `{HTML_FILE}` next to this file.\n")
+    for section in (_hardware, _search, _trials, _analysis, _selection, _config, _final, _evaluation):
         text = section(data)
         if text:
             parts.append(text)
     return "\n".join(parts)
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:,.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    return str(value)
-
-
-def _mib(n: Any) -> str:
-    return "-" if n is None else f"{n / 2**20:,.0f} MiB"
-
-
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(f.fmt(c).replace("|", "/") for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def _headline(data: dict[str, Any]) -> str:
-    final, sel = data.get("final", {}), data.get("selection", {})
-    bits = []
-    if final.get("val_accuracy") is not None:
-        bits.append(f"validation accuracy **{final['val_accuracy']:.4f}**")
-    if final.get("val_loss") is not None:
-        bits.append(f"validation loss {final['val_loss']:.4f}")
-    if sel.get("speedup_vs_default"):
-        bits.append(f"tuned throughput **{sel['speedup_vs_default']:.2f}x** the default config")
-    if sel.get("objective") == "goodput" and sel.get("goodput_vs_default"):
-        bits.append(f"goodput {sel['goodput_vs_default']:.2f}x")
-    return ("Result: " + ", ".join(bits) + ".\n") if bits else ""
+def _section(title: str, table: Table | None) -> str:
+    if table is None:
+        return ""
+    text = f"## {title}\n\n{table.intro}\n"
+    if table.rows:
+        text += "\n" + _table(table.header, table.rows)
+    if table.outro:
+        text += f"\n{table.outro}\n"
+    return text
 
 
 def _hardware(data: dict[str, Any]) -> str:
     hw = data.get("hardware")
-    if not hw:
-        return ""
-    rows = [
-        ["fingerprint", hw.get("fingerprint")],
-        ["device", hw.get("device")],
-        ["CPU", hw.get("cpu_model")],
-        ["logical cores", hw.get("logical_cores")],
-        ["memory", _mib(hw.get("memory_total_bytes"))],
-        ["GPUs", ", ".join(hw.get("gpus") or []) or "none"],
-    ]
-    if hw.get("nvml"):
-        rows.append(["NVML", hw["nvml"]])
-    return "## Hardware\n\n" + _table(["", ""], rows)
+    return "## Hardware\n\n" + _table(["", ""], f.hardware_rows(hw)) if hw else ""
 
 
 def _search(data: dict[str, Any]) -> str:
     s = data.get("search")
     if not s:
         return ""
-    out = [f"## Search\n\nSpace `{s['space']['name']}`; budget: {s.get('budget')}.\n"]
-    params = [[k, v.get("choices", f"[{v.get('low')}, {v.get('high')}]")] for k, v in s["space"]["params"].items()]
-    out.append(_table(["knob", "searched over"], params))
-    gated = [[k, c, r] for k, d in (s.get("gated") or {}).items() for c, r in d.items()]
+    out = [f"## Search\n\nSpace `{s['space']['name']}`; budget: {f.budget_text(s)}.\n", _table(["knob", "searched over"], f.space_rows(s))]
+    gated = f.gated_rows(s)
     if gated:
         out.append("Ruled out on this machine or model:\n\n" + _table(["knob", "choice", "why"], gated))
-    warm = s.get("warm_start")
-    if warm:
-        out.append(
-            f"Warm start: {len(warm['seeds'])} config(s) queued from the results of "
-            f"`{warm['source_fingerprint']}` (distance {warm['distance']:.2f}, micro-batch scaled "
-            f"by the memory ratio {warm['memory_ratio']:.2f}).\n"
-        )
+    if s.get("warm_start"):
+        out.append(f.warm_start_text(s["warm_start"]) + "\n")
     probe = s.get("memory_probe")
     if probe:
-        out.append(_probe_table(probe))
-    rows = [_trial_row(t) for t in s.get("trials", [])]
-    header = ["#", "state", "micro-batch", "accum", "workers", "amp", "ckpt", "other knobs", "samples/s", "goodput",
-              "MFU", "peak memory", "val acc", "note"]
-    out.append(f"Trials ({len(rows)}):\n\n" + _table(header, rows))
+        out.append(f.probe_intro(probe) + "\n\n" + _table(f.PROBE_HEADER, f.probe_rows(probe)))
     return "\n".join(out)
 
 
-def _probe_table(probe: dict[str, Any]) -> str:
-    given = "--memory-limit" if probe.get("limit_given") else "default limit"
-    text = (
-        f"Largest micro-batch that trains in {_mib(probe['limit_bytes'])} ({given}), keeping "
-        f"{probe['headroom']:.0%} free; peak memory modelled as intercept + slope x batch:\n\n"
-    )
-    rows = []
-    for key, r in probe["pairs"].items():
-        amp, ckpt = key.split("/")
-        slope = r.get("slope_bytes_per_sample")
-        probes = f"0 (as {r['inferred_from']})" if r.get("inferred_from") else r["n_probes"]
-        rows.append([amp, ckpt, r["max_batch"], probes, _mib(r.get("intercept_bytes")),
-                     "-" if slope is None else f"{slope / 2**20:.3f} MiB"])
-    return text + _table(["amp", "checkpointing", "largest micro-batch", "probes", "intercept", "slope per sample"], rows)
+def _trials(data: dict[str, Any]) -> str:
+    trials = (data.get("search") or {}).get("trials")
+    if trials is None:
+        return ""
+    return f"## Trials ({len(trials)})\n\n" + _table(f.TRIAL_HEADER, [f.trial_cells(t) for t in trials])
 
 
-def _trial_row(t: dict[str, Any]) -> list[Any]:
-    cfg = t.get("config") or {}
-    roles = {"default": "default config", "warm_start": f"warm start from {t.get('warm_start_from')}"}
-    note = t.get("reason") or roles.get(t.get("role"), "")
-    if t.get("duplicate_of") is not None:
-        note = f"same config as trial {t['duplicate_of']}; not run again"
-    return [
-        t["number"],
-        t["state"],
-        cfg.get("micro_batch_size"),
-        cfg.get("accumulation_steps"),
-        cfg.get("num_workers"),
-        cfg.get("amp"),
-        cfg.get("checkpointing"),
-        _other_knobs(cfg, t.get("compile_seconds")) or "-",
-        t.get("throughput_samples_per_s"),
-        t.get("goodput_samples_per_s"),
-        _pct(t.get("mfu")),
-        _mib(t.get("peak_memory_bytes")),
-        t.get("val_accuracy"),
-        str(note).replace("|", "/")[:120],
+def _analysis(data: dict[str, Any]) -> str:
+    s = data.get("search") or {}
+    parts = [
+        _section("Throughput and validation loss: the Pareto front", pareto_table(s)),
+        _section("Parameter importances", importance_table(s)),
+        _section("Measured effect of each knob on this hardware", effects_table(s)),
     ]
-
-
-# Knobs the tables show in one column, each only where it differs from its default.
-_OTHER_KNOBS = ("cpu_threads", "channels_last", "cudnn_benchmark", "compile", "schedule")
-
-
-def _other_knobs(cfg: dict[str, Any], compile_seconds: float | None = None) -> str:
-    """"cpu_threads 4, channels_last, compile (14 s)": the other knobs that are not at their
-    default, with the compile time when one was measured."""
-    default = TrainConfig()
-    parts = []
-    for name in _OTHER_KNOBS:
-        value = cfg.get(name, getattr(default, name))
-        if value == getattr(default, name):
-            continue
-        text = name if value is True else f"{name} {value}"
-        if name == "compile" and compile_seconds:
-            text += f" ({compile_seconds:.1f} s)"
-        parts.append(text)
-    return ", ".join(parts)
+    return "\n".join(p for p in parts if p)
 
 
 def _selection(data: dict[str, Any]) -> str:
-    sel = data.get("selection")
-    if not sel:
-        return ""
-    objective = sel.get("objective", "throughput")
-    rows = []
-    for c in sel.get("candidates", []) + ([sel["default"]] if sel["default"].get("trial") is None else []):
-        cfg = c["config"]
-        label = f"trial {c['trial']}" if c.get("trial") is not None else "default (not a trial)"
-        if (c.get("trial") is None and sel.get("picked_default")) or (c.get("trial") is not None and c["trial"] == sel.get("picked")):
-            label += " **picked**"
-        knobs = f"{cfg['micro_batch_size']} x {cfg['accumulation_steps']}, amp {cfg['amp']}, workers {cfg['num_workers']}"
-        knobs = ", ".join(filter(None, [knobs, _other_knobs(cfg)]))
-        rows.append([label, knobs, c.get("trial_value"), c.get("median"), ", ".join(f"{v:,.0f}" for v in c.get("values", []))])
-    text = (
-        f"## Selection\n\nThe best {len(sel.get('candidates', []))} trials and the default config re-measured in turns "
-        f"(fresh processes), picked on the median {objective} (samples/s)"
-        + (f"; after {sel['rounds']} rounds, those within {sel['margin']:.0%} of the best median got more rounds, "
-           f"up to {sel['max_rounds']}" if sel.get("max_rounds", 0) > sel.get("rounds", 0) else "")
-        + ":\n\n"
-    )
-    text += _table(["config", "knobs", f"trial {objective}", f"median {objective}", "runs"], rows)
-    facts = []
-    if sel.get("speedup_vs_default"):
-        facts.append(f"throughput **{sel['speedup_vs_default']:.2f}x** the default's")
-    if sel.get("goodput_vs_default"):
-        facts.append(f"goodput {sel['goodput_vs_default']:.2f}x")
-    if sel.get("mfu") is not None:
-        facts.append(f"MFU {_pct(sel['mfu'])}")
-    if sel.get("gradient_noise_scale"):
-        facts.append(f"gradient noise scale {sel['gradient_noise_scale']:,.0f}, "
-                     f"statistical efficiency {sel.get('statistical_efficiency', 1):.2f}")
-    if facts:
-        text += "\nPicked config: " + "; ".join(facts) + ".\n"
-    return text
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
+    return _section("Selection", selection_table(data.get("selection") or {}))
 
 
 def _config(data: dict[str, Any]) -> str:
@@ -232,25 +159,19 @@ def _config(data: dict[str, Any]) -> str:
 
 
 def _final(data: dict[str, Any]) -> str:
-    f = data.get("final")
-    if not f:
+    final = data.get("final")
+    if not final:
         return ""
-    text = (
-        f"## Final training\n\n{f.get('epochs_run')} epochs in {f['seconds']:.1f} s, "
-        f"{_fmt(f.get('samples_per_s'))} samples/s, peak memory {_mib(f.get('peak_memory_bytes'))}.\n\n"
-    )
-    header = ["epoch", "train loss", "val loss", "val acc", "lr", "samples/s", "seconds"]
-    rows = [
-        [r["epoch"], r["train_loss"], r.get("val_loss"), r.get("val_accuracy"), r["lr"], r.get("samples_per_s"), r["seconds"]]
-        for r in f.get("history", [])
-    ]
-    return text + _table(header, rows)
+    text = "## Final training\n\n" + ", ".join(f.final_facts(final)) + ".\n\n"
+    return text + _table(f.HISTORY_HEADER, f.history_rows(final))
 
 
 def _evaluation(data: dict[str, Any]) -> str:
     ev = data.get("evaluation")
     if not ev:
         return ""
+    if ev.get("kind") == "regression":
+        return _section("Evaluation on the validation set", regression_table(ev))
     text = f"## Evaluation on the validation set ({ev['samples']} samples)\n\n"
     text += "scikit-learn `classification_report`:\n\n```\n" + ev["report_text"].rstrip() + "\n```\n\n"
     labels = ev["labels"]
@@ -258,3 +179,10 @@ def _evaluation(data: dict[str, Any]) -> str:
     text += "Confusion matrix (rows: true class, columns: predicted):\n\n"
     text += _table(["true \\ pred", *labels], rows)
     return text
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema of report.json, shipped with the package (report.schema.json)."""
+    from importlib import resources
+
+    return json.loads(resources.files("autotune.report").joinpath("report.schema.json").read_text())

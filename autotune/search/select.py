@@ -71,6 +71,23 @@ class Selection:
     def trial_attrs(self) -> dict[str, Any]:
         return self.picked.trial_attrs
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], study: optuna.Study) -> Selection:
+        """The selection recorded in ``study`` (user attribute ``remeasured``), rebuilt."""
+        def candidate(d: dict[str, Any]) -> Candidate:
+            attrs = dict(study.trials[d["trial"]].user_attrs) if d.get("trial") is not None else {}
+            return Candidate(d.get("trial"), TrainConfig.from_dict(d["config"], source="the study's selection"), attrs,
+                             d.get("trial_value"), list(d.get("values", [])), list(d.get("throughputs", [])))
+
+        candidates = [candidate(d) for d in data["candidates"]]
+        default = next((c for c in candidates if c.config.to_dict() == data["default"]["config"]), None) or candidate(data["default"])
+        if data.get("picked_default"):
+            picked = default
+        else:
+            picked = next(c for c in candidates if c.trial_number == data["picked"])
+        return cls(picked, candidates, default, data["objective"], data.get("rounds", 2), data.get("max_rounds", 2),
+                   data.get("margin", 0.0))
+
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "picked": self.picked.trial_number, "picked_default": self.picked is self.default,
                 "candidates": [c.to_dict() for c in self.candidates], "default": self.default.to_dict(),

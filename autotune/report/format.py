@@ -1,0 +1,202 @@
+"""Numbers and table rows as the report shows them, shared by the Markdown and the HTML.
+
+Texts may hold Markdown's ``**bold**`` and ```code``` marks; the HTML renderer turns
+them into tags, so one sentence serves both formats.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autotune.config import TrainConfig
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A table cell: 4 significant digits, thousands separated, ``-`` for missing."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:,.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def mib(n: Any) -> str:
+    return "-" if n is None else f"{n / 2**20:,.0f} MiB"
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+# Knobs the tables show in one column, each only where it differs from its default.
+OTHER_KNOBS = ("cpu_threads", "channels_last", "cudnn_benchmark", "compile", "schedule")
+
+
+def other_knobs(cfg: dict[str, Any], compile_seconds: float | None = None) -> str:
+    """"cpu_threads 4, channels_last, compile (14 s)": the other knobs that are not at their
+    default, with the compile time when one was measured."""
+    default = TrainConfig()
+    parts = []
+    for name in OTHER_KNOBS:
+        value = cfg.get(name, getattr(default, name))
+        if value == getattr(default, name):
+            continue
+        text = name if value is True else f"{name} {value}"
+        if name == "compile" and compile_seconds:
+            text += f" ({compile_seconds:.1f} s)"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def knobs_text(cfg: dict[str, Any]) -> str:
+    """"64 x 2, amp bf16, workers 0, cpu_threads 2": a config in one line."""
+    if not cfg:
+        return "-"
+    main = (f"{cfg.get('micro_batch_size')} x {cfg.get('accumulation_steps')}, amp {cfg.get('amp')}, "
+            f"workers {cfg.get('num_workers')}")
+    return ", ".join(filter(None, [main, other_knobs(cfg)]))
+
+
+TRIAL_HEADER = ["#", "state", "micro-batch", "accum", "workers", "amp", "ckpt", "other knobs", "samples/s", "goodput",
+                "MFU", "peak memory", "val loss", "val acc", "note"]
+
+
+def trial_note(t: dict[str, Any]) -> str:
+    roles = {"default": "default config", "warm_start": f"warm start from {t.get('warm_start_from')}"}
+    note = t.get("reason") or roles.get(t.get("role"), "")
+    if t.get("duplicate_of") is not None:
+        note = f"same config as trial {t['duplicate_of']}; not run again"
+    return str(note).replace("|", "/")[:120]
+
+
+def trial_cells(t: dict[str, Any]) -> list[Any]:
+    """One trial's row under ``TRIAL_HEADER``."""
+    cfg = t.get("config") or {}
+    return [
+        t["number"],
+        t["state"],
+        cfg.get("micro_batch_size"),
+        cfg.get("accumulation_steps"),
+        cfg.get("num_workers"),
+        cfg.get("amp"),
+        cfg.get("checkpointing"),
+        other_knobs(cfg, t.get("compile_seconds")) or "-",
+        t.get("throughput_samples_per_s"),
+        t.get("goodput_samples_per_s"),
+        pct(t.get("mfu")),
+        mib(t.get("peak_memory_bytes")),
+        t.get("val_loss"),
+        t.get("val_accuracy"),
+        trial_note(t),
+    ]
+
+
+def headline_facts(data: dict[str, Any]) -> list[str]:
+    final, sel, ev = data.get("final") or {}, data.get("selection") or {}, data.get("evaluation") or {}
+    bits = []
+    if final.get("val_accuracy") is not None:
+        bits.append(f"validation accuracy **{final['val_accuracy']:.4f}**")
+    if ev.get("kind") == "regression":
+        bits.append(f"RMSE **{ev['rmse']:.4g}**" + (f", R^2 {ev['r2']:.4f}" if ev.get("r2") is not None else ""))
+    if final.get("val_loss") is not None:
+        bits.append(f"validation loss {final['val_loss']:.4f}")
+    if sel.get("speedup_vs_default"):
+        bits.append(f"tuned throughput **{sel['speedup_vs_default']:.2f}x** the default config")
+    if sel.get("objective") == "goodput" and sel.get("goodput_vs_default"):
+        bits.append(f"goodput {sel['goodput_vs_default']:.2f}x")
+    return bits
+
+
+def hardware_rows(hw: dict[str, Any]) -> list[list[Any]]:
+    rows = [
+        ["fingerprint", hw.get("fingerprint")],
+        ["device", hw.get("device")],
+        ["CPU", hw.get("cpu_model")],
+        ["logical cores", hw.get("logical_cores")],
+        ["memory", mib(hw.get("memory_total_bytes"))],
+        ["GPUs", ", ".join(hw.get("gpus") or []) or "none"],
+    ]
+    if hw.get("nvml"):
+        rows.append(["NVML", hw["nvml"]])
+    return rows
+
+
+def space_rows(search: dict[str, Any]) -> list[list[Any]]:
+    params = search["space"]["params"]
+    return [[k, v.get("choices", f"[{v.get('low')}, {v.get('high')}]")] for k, v in params.items()]
+
+
+def gated_rows(search: dict[str, Any]) -> list[list[Any]]:
+    return [[k, c, r] for k, d in (search.get("gated") or {}).items() for c, r in d.items()]
+
+
+def budget_text(search: dict[str, Any]) -> str:
+    b = search.get("budget") or {}
+    if not b:
+        return "not recorded"
+    parts = [f"{b.get('n_trials')} measured trials"]
+    if b.get("timeout_s"):
+        parts.append(f"at most {b['timeout_s']:,.0f} s of search")
+    if b.get("prune_below"):
+        parts.append(f"a trial below {b['prune_below']:.0%} of the best is stopped early")
+    trial = b.get("trial") or {}
+    if trial.get("windows") and trial.get("window_s"):
+        parts.append(f"each trial timed over {trial['windows']} windows of at least {trial['window_s']} s")
+    return "; ".join(parts)
+
+
+def warm_start_text(warm: dict[str, Any]) -> str:
+    return (f"Warm start: {len(warm['seeds'])} config(s) queued from the results of "
+            f"`{warm['source_fingerprint']}` (distance {warm['distance']:.2f}, micro-batch scaled "
+            f"by the memory ratio {warm['memory_ratio']:.2f}).")
+
+
+def probe_intro(probe: dict[str, Any]) -> str:
+    given = "--memory-limit" if probe.get("limit_given") else "default limit"
+    return (f"Largest micro-batch that trains in {mib(probe['limit_bytes'])} ({given}), keeping "
+            f"{probe['headroom']:.0%} free; peak memory modelled as intercept + slope x batch:")
+
+
+PROBE_HEADER = ["amp", "checkpointing", "largest micro-batch", "probes", "intercept", "slope per sample"]
+
+
+def probe_rows(probe: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for key, r in probe["pairs"].items():
+        amp, ckpt = key.split("/")
+        slope = r.get("slope_bytes_per_sample")
+        probes = f"0 (as {r['inferred_from']})" if r.get("inferred_from") else r["n_probes"]
+        rows.append([amp, ckpt, r["max_batch"], probes, mib(r.get("intercept_bytes")),
+                     "-" if slope is None else f"{slope / 2**20:.3f} MiB"])
+    return rows
+
+
+def final_facts(f: dict[str, Any]) -> list[str]:
+    """The final run's totals, its MFU and its time to the target, where recorded."""
+    facts = [f"{f.get('epochs_run')} epochs in {f['seconds']:.1f} s", f"{fmt(f.get('samples_per_s'))} samples/s",
+             f"peak memory {mib(f.get('peak_memory_bytes'))}"]
+    if f.get("mfu") is not None:
+        facts.append(f"MFU {pct(f['mfu'])}")
+    ttt = f.get("time_to_target")
+    if ttt:
+        target = f"{ttt.get('metric')} {fmt(ttt.get('target'))}"
+        if ttt.get("seconds") is None:
+            facts.append(f"did not reach {target}")
+        else:
+            epoch = f" (epoch {ttt['epoch']})" if ttt.get("epoch") is not None else ""
+            facts.append(f"reached {target} after **{ttt['seconds']:.1f} s**{epoch}")
+    return facts
+
+
+HISTORY_HEADER = ["epoch", "train loss", "val loss", "val acc", "lr", "samples/s", "seconds"]
+
+
+def history_rows(f: dict[str, Any]) -> list[list[Any]]:
+    return [[r["epoch"], r["train_loss"], r.get("val_loss"), r.get("val_accuracy"), r["lr"], r.get("samples_per_s"),
+             r["seconds"]] for r in f.get("history", [])]

@@ -1,0 +1,140 @@
+"""Checkpoints of the final run, resume, and time-to-target: real training on tiny models,
+and a real process killed mid-epoch by SIGKILL and resumed through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.config import TrainConfig, TunedConfig
+from autotune.engine.checkpoint import BEST, LAST, Checkpointer, ResumableSampler, load, save_atomic
+from autotune.engine.loop import train
+from autotune.errors import AutotuneError
+from autotune.task import load_task
+
+ASSETS = Path(__file__).parent / "assets"
+CRASHY = ASSETS / "crashy_mlp.py"
+# cpu_threads=1: the same arithmetic in every process, so results can be compared bit for bit.
+CFG = TrainConfig(micro_batch_size=8, accumulation_steps=2, epochs=3, lr=0.01, base_lr=0.01, warmup=0.2, seed=3, cpu_threads=1)
+
+
+def test_the_sampler_draws_the_whole_order_and_skips_only_in_the_next_epoch():
+    a = ResumableSampler(10, torch.Generator().manual_seed(5))
+    b = ResumableSampler(10, torch.Generator().manual_seed(5))
+    first = list(a)
+    b.skip(4)
+    assert list(b) == first[4:]  # the same order, less what was consumed
+    assert list(a) == list(b)  # and the next epochs agree again
+    assert sorted(first) == list(range(10))
+
+
+def test_checkpoints_are_written_atomically_and_read_back(tmp_path):
+    path = save_atomic({"format": 1, "x": torch.arange(3)}, tmp_path / "c" / LAST)
+    assert torch.equal(load(path)["x"], torch.arange(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == [LAST]  # no temporary file left
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(AutotuneError, match=r"Cannot read the checkpoint .*junk.pt"):
+        load(tmp_path / "junk.pt")
+    save_atomic({"something": "else"}, tmp_path / "other.pt")
+    with pytest.raises(AutotuneError, match="is not a checkpoint this version of autotune wrote"):
+        load(tmp_path / "other.pt")
+
+
+def _weights(result) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in result.model.state_dict().items()}
+
+
+def test_resuming_from_a_mid_epoch_checkpoint_in_process_gives_the_same_weights(tmp_path):
+    task = load_task(CRASHY)
+    whole = train(task, CFG, eval_each_epoch=True)
+    # 6 steps an epoch; a checkpoint 4 steps after the last one, and at every epoch's end:
+    # mid-epoch at steps 4, 10 and 16 (the 4th step of epoch 3). Resume from the last.
+    saved = []
+    ckpt = Checkpointer(tmp_path / "c", every_steps=4, every_s=None)
+    original = ckpt.save
+
+    def keep(state, name=LAST):
+        saved.append((name, state["position"]["steps"], torch.load(original(state, name), weights_only=False)))
+        return tmp_path
+
+    ckpt.save = keep  # type: ignore[method-assign]
+    first = train(task, CFG, eval_each_epoch=True, checkpoints=ckpt)
+    mid = [s for name, steps, s in saved if name == LAST and s["position"]["epoch_batches"]]
+    assert [s["position"]["steps"] for s in mid] == [4, 10, 16]
+    resumed = train(task, CFG, eval_each_epoch=True, resume=mid[-1])
+    assert resumed.resumed_at == {"epoch": 2, "epoch_batches": 8, "steps": 16}
+    for name, value in _weights(whole).items():
+        assert torch.equal(value, _weights(resumed)[name]), name
+        assert torch.equal(value, _weights(first)[name]), name
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
+    assert resumed.evaluation.loss == whole.evaluation.loss
+
+
+def test_resume_refuses_another_config(tmp_path):
+    task = load_task(CRASHY)
+    ckpt = Checkpointer(tmp_path, every_steps=None, every_s=None)
+    train(task, CFG, checkpoints=ckpt)
+    state = ckpt.load(LAST)
+    assert state["position"]["epoch"] == 3
+    with pytest.raises(AutotuneError, match=r"another config \(epochs: 3 then, 4 now\)"):
+        train(task, dataclasses.replace(CFG, epochs=4), resume=state)
+
+
+def test_best_checkpoint_follows_the_validation_score_and_time_to_target_the_first_epoch_reaching_it(tmp_path):
+    task = load_task(CRASHY)
+    ckpt = Checkpointer(tmp_path, every_steps=None, every_s=None)
+    target = 0.5
+    result = train(task, CFG, eval_each_epoch=True, checkpoints=ckpt, target_accuracy=target)
+    accuracies = [r["val_accuracy"] for r in result.history]
+    best_epoch = accuracies.index(max(accuracies)) + 1
+    assert load(tmp_path / BEST)["position"]["epoch"] == best_epoch
+    reached = [i + 1 for i, a in enumerate(accuracies) if a >= target]
+    assert result.target_epoch == (reached[0] if reached else None)
+    if reached:  # the run's clock when that epoch's evaluation ended
+        assert result.time_to_target_s == result.history[reached[0] - 1]["elapsed_s"]
+    never = train(task, CFG, eval_each_epoch=True, target_accuracy=1.0 + 1e-9)
+    assert (never.time_to_target_s, never.target_epoch) == (None, None)
+
+
+def _cli(out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "autotune", "train", str(CRASHY), "--config", str(out.parent / "tuned.yaml"),
+           "--out", str(out), "--no-progress", "--checkpoint-every", "2", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_path):
+    TunedConfig(train=CFG, provenance={"note": "written by a test"}).save(tmp_path / "tuned.yaml")
+    whole = _cli(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    # The 140th item fetched is in the second epoch (96 items an epoch): SIGKILL there.
+    killed = _cli(tmp_path / "killed", env={"CRASHY_MLP_KILL_AT": "140"})
+    assert killed.returncode == -signal.SIGKILL
+    position = load(tmp_path / "killed" / "checkpoints" / LAST)["position"]
+    assert position["epoch"] == 1 and position["epoch_batches"] > 0  # stopped mid-epoch
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    resumed = _cli(tmp_path / "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming the final run at epoch 2, step {position['steps']}" in resumed.stdout
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
+    # Tolerance: none. On the CPU, with one thread, the resumed run is bit-identical.
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((tmp_path / d / "report.json").read_text())["final"] for d in ("whole", "killed"))
+    assert [r["train_loss"] for r in ra["history"]] == [r["train_loss"] for r in rb["history"]]
+    assert ra["val_loss"] == rb["val_loss"]
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    TunedConfig(train=CFG).save(tmp_path / "tuned.yaml")
+    done = _cli(tmp_path / "fresh", "--resume")
+    assert done.returncode == 1
+    assert "--resume: there is no checkpoint to resume from in" in done.stderr

@@ -1,0 +1,87 @@
+"""The final run on several processes: the per-rank config, the samplers' partition, and
+a real `autotune train --nproc 2` through torchrun with gloo on the CPU, compared with
+a single-process run of the same effective batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.config import TrainConfig, TunedConfig, scaled_lr
+from autotune.engine.checkpoint import ResumableSampler
+from autotune.engine.distributed import Dist, ShardSampler
+from autotune.final import per_rank_config
+
+ASSETS = Path(__file__).parent / "assets"
+GiB = 2**30
+
+
+def test_each_rank_keeps_the_tuned_micro_batch_and_the_lr_follows_the_larger_batch():
+    cfg = TrainConfig(micro_batch_size=64, accumulation_steps=2, base_lr=0.001, base_batch_size=32, lr_rule="linear")
+    same = [{"memory_total_bytes": 80 * GiB}] * 2
+    got = per_rank_config(cfg, 2, same, log=lambda _: None)
+    assert got.micro_batch_size == 64
+    assert got.lr == pytest.approx(0.001 * 64 * 2 * 2 / 32)
+    assert per_rank_config(cfg, 2, [], log=lambda _: None).micro_batch_size == 64  # no GPU facts: as tuned
+
+
+def test_mixed_gpus_size_the_micro_batch_by_the_smallest_card():
+    cfg = TrainConfig(micro_batch_size=64, accumulation_steps=1, base_lr=0.001, base_batch_size=32, lr_rule="sqrt")
+    logs: list[str] = []
+    got = per_rank_config(cfg, 2, [{"memory_total_bytes": 80 * GiB}, {"memory_total_bytes": 24 * GiB}], log=logs.append)
+    assert got.micro_batch_size == int(64 * 24 / 80)
+    assert got.lr == pytest.approx(scaled_lr(0.001, 32, got.micro_batch_size * 2, "sqrt"))
+    assert "micro-batch 64 -> 19 per rank" in logs[0]
+    # A smaller card beyond the ones used does not matter; an unknown size ("N/A") leaves it.
+    three = [{"memory_total_bytes": 80 * GiB}] * 2 + [{"memory_total_bytes": 8 * GiB}]
+    assert per_rank_config(cfg, 2, three, log=logs.append).micro_batch_size == 64
+    assert per_rank_config(cfg, 2, [{"memory_total_bytes": 80 * GiB}, {"memory_total_bytes": "N/A"}],
+                           log=logs.append).micro_batch_size == 64
+
+
+def test_the_ranks_batches_together_are_the_single_process_batch():
+    n, micro, world = 21, 4, 2
+    single = list(ResumableSampler(n, torch.Generator().manual_seed(7)))
+    ranks = [list(ResumableSampler(n, torch.Generator().manual_seed(7), r, world)) for r in range(world)]
+    assert all(len(r) == 11 for r in ranks)  # padded to a multiple of the world size
+    for i in range(0, 8, micro):  # the full batches: rank batch i, both ranks = single batch of world x micro
+        together = sorted(ranks[0][i:i + micro] + ranks[1][i:i + micro])
+        assert together == sorted(single[world * i: world * (i + micro)])
+    shards = [list(ShardSampler(n, Dist(r, world))) for r in range(world)]
+    assert sorted(shards[0] + shards[1]) == list(range(n))  # validation: every item once
+
+
+@pytest.mark.slow
+def test_nproc_2_on_the_cpu_trains_like_one_process_with_twice_the_micro_batch(tmp_path):
+    base = dict(accumulation_steps=2, epochs=3, base_lr=0.01, base_batch_size=8, lr_rule="sqrt", warmup=0.2, seed=0,
+                grad_clip=1.0, cpu_threads=1)
+    per_rank = TrainConfig(micro_batch_size=8, lr=0.01, **base)
+    single = TrainConfig(micro_batch_size=16, lr=scaled_lr(0.01, 8, 16 * 2, "sqrt"), **base)
+    reports, logs = {}, {}
+    for name, cfg, extra in (("ddp", per_rank, ["--nproc", "2"]), ("single", single, [])):
+        TunedConfig(train=cfg).save(tmp_path / f"{name}.yaml")
+        done = subprocess.run(
+            [sys.executable, "-m", "autotune", "train", str(ASSETS / "tiny_mlp.py"), "--config", str(tmp_path / f"{name}.yaml"),
+             "--out", str(tmp_path / name), "--no-progress", *extra],
+            capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+        logs[name] = done.stdout
+    assert "starting 2 processes with torchrun (gloo)" in logs["ddp"]
+    assert "final run on cpu x 2 processes" in logs["ddp"] and "x 2 processes" not in logs["single"]
+    ddp, one = reports["ddp"]["final"], reports["single"]["final"]
+    # The same samples in every optimizer step, gradients averaged over the ranks: equal up
+    # to the order of float additions.
+    assert [r["samples"] for r in ddp["history"]] == [r["samples"] for r in one["history"]] == [96, 96, 96]
+    assert [r["train_loss"] for r in ddp["history"]] == pytest.approx([r["train_loss"] for r in one["history"]], rel=1e-5)
+    assert ddp["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+    assert ddp["val_accuracy"] == one["val_accuracy"]
+    assert reports["ddp"]["evaluation"]["confusion_matrix"] == reports["single"]["evaluation"]["confusion_matrix"]
+    a = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "single" / "model.pt", weights_only=True)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
