@@ -67,7 +67,9 @@ def run_rank(task: Task, cfg: TrainConfig, out: Path, progress: bool, log: Any, 
             raise AutotuneError(f"--resume: there is no checkpoint to resume from in {checkpoints.folder}.",
                                 hint="Run without --resume to start the final run afresh.")
         where = resume["position"]
-        if d.main:
+        if d.main and where["epoch"] >= cfg.epochs:
+            log(f"autotune: the checkpointed final run had finished its {cfg.epochs} epochs; nothing is left to train")
+        elif d.main:
             log(f"autotune: resuming the final run at epoch {where['epoch'] + 1}, step {where['steps']}")
     if d.main:
         ranks = f" x {d.world} processes" if d.active else ""

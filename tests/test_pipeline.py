@@ -164,3 +164,25 @@ def test_a_run_records_its_result_and_the_next_study_starts_from_it(tiny_model_f
     assert trials[1].user_attrs["role"] == "warm_start"
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["search"]["warm_start"]["source_fingerprint"] == load_profile(first["profile"]).fingerprint
+
+
+@pytest.mark.slow
+def test_run_resume_keeps_the_selection_and_goes_on_from_the_last_checkpoint(tiny_model_file, tmp_path):
+    out = tmp_path / "run"
+    pipeline.run(tiny_model_file, _opts(out, 2), log=lambda _: None)
+    tuned_before = load_tuned(out / "tuned.yaml").train
+    remeasured = _study(out).user_attrs["remeasured"]
+    weights = torch.load(out / "model.pt", weights_only=True)
+    logs: list[str] = []
+    resumed = dataclasses.replace(_opts(out, 2), final=pipeline.FinalOptions(resume=True))
+    pipeline.run(tiny_model_file, resumed, log=logs.append)
+    # No trial and no re-measurement ran again: the same pick, trained no further (the
+    # final run had finished, so its last checkpoint is its end).
+    assert "autotune: the study was complete; using its earlier selection" in logs
+    assert _study(out).user_attrs["remeasured"] == remeasured
+    assert load_tuned(out / "tuned.yaml").train == tuned_before
+    assert f"autotune: the checkpointed final run had finished its {tuned_before.epochs} epochs; nothing is left to train" in logs
+    again = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["final"]["history"]) == tuned_before.epochs
