@@ -94,12 +94,12 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
     t = tune(model_path, opts, log)
     paths = {"tuned": t.path}
     result = final_run(t.task, t.tuned.train, opts.out, opts.progress, log, opts.final, t.profile.gpus)
-    data = _report_data(t.task, t.tuned.train, result, t.profile)
+    data = _report_data(t.task, t.tuned.train, result, t.profile, opts.final, t.tuned.measured)
     data["search"] = _search_data(t.study, t.space, opts.budget)
     data["selection"] = _selection_data(t.selection, t.tuned)
     paths.update(write_report(data, opts.out))
     paths["weights"] = opts.out / WEIGHTS_FILE
-    log(f"autotune: report {paths['markdown']}")
+    log(f"autotune: report {paths['markdown']} and {paths['html']}")
     if opts.profiles is not None:
         paths["profile"] = results.record(opts.profiles, t.profile, _result_entry(t.task, t.space, t.study, t.tuned))
         log(f"autotune: recorded the result in {paths['profile']}")
@@ -210,9 +210,9 @@ def train(model_path: str | Path, config_path: str | Path, out: Path, epochs: in
     log(f"autotune: training {task.path.name} with {config_path}")
     gpus = collect_profile(measure=False).gpus if final.nproc > 1 else []
     result = final_run(task, cfg, out, progress, log, final, gpus)
-    paths = write_report(_report_data(task, cfg, result, None), out)
+    paths = write_report(_report_data(task, cfg, result, None, final, tuned.measured), out)
     paths["weights"] = out / WEIGHTS_FILE
-    log(f"autotune: report {paths['markdown']}")
+    log(f"autotune: report {paths['markdown']} and {paths['html']}")
     return paths
 
 
@@ -238,7 +238,7 @@ def _facts(profile: HardwareProfile, task: Task) -> Facts:
 def versions() -> dict[str, str]:
     """Versions of python and the packages a result depends on."""
     out = {"python": platform.python_version(), "torch": str(torch.__version__)}
-    for dist in ("autotune", "optuna", "scikit-learn", "numpy", "nvidia-ml-py", "pyyaml", "tqdm"):
+    for dist in ("autotune", "optuna", "scikit-learn", "numpy", "nvidia-ml-py", "pyyaml", "tqdm", "matplotlib"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -291,12 +291,13 @@ def _tuned_config(task: Task, space: SearchSpace, profile: HardwareProfile, stud
     return TunedConfig(train=sel.config, provenance=provenance, measured=measured)
 
 
-def _report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: HardwareProfile | None) -> dict[str, Any]:
+def _report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: HardwareProfile | None,
+                 final: FinalOptions = FinalOptions(), measured: dict[str, Any] | None = None) -> dict[str, Any]:
     ev = result.evaluation
     data: dict[str, Any] = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"file": str(task.path), "sha256": task.sha256},
-        "config": cfg.to_dict(),
+        "config": result.config or cfg.to_dict(),
         "final": {
             "epochs_run": len(result.history),
             "history": result.history,
@@ -305,9 +306,15 @@ def _report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: Har
             "peak_memory_bytes": result.peak_memory_bytes,
             "val_loss": ev.loss,
             "val_accuracy": ev.accuracy,
+            "mfu": _final_mfu(result, measured or {}),
+            "processes": result.processes,
+            "resumed_at": result.resumed_at,
         },
         "versions": versions(),
     }
+    if final.target_accuracy is not None:
+        data["final"]["time_to_target"] = {"target": final.target_accuracy, "metric": "val_accuracy",
+                                           "seconds": result.time_to_target_s, "epoch": result.target_epoch}
     evaluation = evaluation_metrics(ev.y_true, ev.y_pred, task.class_names)
     if evaluation is not None:
         data["evaluation"] = evaluation
@@ -322,6 +329,17 @@ def _report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: Har
             "nvml": profile.nvml.get("message") or "",
         }
     return data
+
+
+def _final_mfu(result: TrainResult, measured: dict[str, Any]) -> float | None:
+    """The final run's MFU per device: its training samples/s (evaluations excluded) over
+    the tuned trial's, times the MFU measured with it (same FLOPs a sample, same peak)."""
+    seconds = sum(row.get("seconds") or 0.0 for row in result.history)
+    samples = sum(row.get("samples") or 0 for row in result.history)
+    tps, mfu = measured.get("throughput_samples_per_s"), measured.get("mfu")
+    if not (seconds > 0 and samples and tps and mfu is not None):
+        return None
+    return mfu * (samples / seconds / max(result.processes, 1)) / tps
 
 
 def _search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[str, Any]:

@@ -148,3 +148,17 @@ def test_the_markdown_has_the_regression_table():
     assert "| RMSE (root mean squared error) | 0.75 |" in text
     assert "| R^2 (coefficient of determination) | 0.55 |" in text
     assert "RMSE **0.75**, R^2 0.5500" in text.splitlines()[2]
+
+
+def test_the_final_runs_facts_name_its_processes_resume_mfu_and_time_to_target():
+    from autotune.report.format import final_facts
+
+    base = {"epochs_run": 3, "seconds": 12.0, "samples_per_s": 100.0, "peak_memory_bytes": 2**20}
+    assert not any("process" in f or "resumed" in f or "reach" in f for f in final_facts({**base, "processes": 1}))
+    facts = final_facts({**base, "processes": 2, "resumed_at": {"epoch": 1, "epoch_batches": 4, "steps": 8}, "mfu": 0.25,
+                         "time_to_target": {"target": 0.97, "metric": "val_accuracy", "seconds": 4.31, "epoch": 2}})
+    assert "2 processes (DistributedDataParallel)" in facts
+    assert "resumed from a checkpoint after 1 epoch(s) and 8 steps" in facts
+    assert "reached val_accuracy 0.97 after **4.3 s** (epoch 2)" in facts
+    missed = final_facts({**base, "time_to_target": {"target": 0.99, "metric": "val_accuracy", "seconds": None, "epoch": None}})
+    assert "did not reach val_accuracy 0.99" in missed

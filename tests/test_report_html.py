@@ -20,7 +20,7 @@ from autotune.cli import main
 from autotune.config import TrainConfig, TunedConfig
 from autotune.report import classification_metrics, rerender
 from autotune.report.html import render_html
-from autotune.report.render import render_markdown, report_schema, write_report
+from autotune.report.render import render_markdown, report_schema
 from autotune.search import SearchBudget, TrialBudget
 
 ASSETS = Path(__file__).parent / "assets"

@@ -111,9 +111,11 @@ def _effect_row(trial: Any, name: str, base_value: float | None) -> dict[str, An
 def param_importances(study: Any) -> dict[str, Any]:
     """Optuna's parameter importances (its default evaluator, PED-ANOVA) of the objective
     over the completed trials measured by themselves (repeated proposals, which copy an
-    earlier value, would count that config twice). When they cannot be computed (too few
-    trials, no knob that varies, an error in the evaluator), ``importances`` is None and
-    ``reason`` says why; the run goes on either way."""
+    earlier value, would count that config twice). Only knobs that took more than one value
+    in those trials are assessed: one that never changed cannot explain anything, yet the
+    evaluator gives it a share. When they cannot be computed (too few trials, no knob that
+    varies, an error in the evaluator), ``importances`` is None and ``reason`` says why;
+    the run goes on either way."""
     import optuna
     from optuna.trial import TrialState
 
@@ -121,7 +123,8 @@ def param_importances(study: Any) -> dict[str, Any]:
     used = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.value is not None and t.user_attrs.get("status") != "duplicate"]
     out: dict[str, Any] = {"method": method, "trials": len(used), "importances": None, "reason": None}
-    varying = sorted({k for t in used for k in t.params if len({repr(u.params.get(k)) for u in used}) > 1})
+    names = sorted({k for t in used for k in t.params})
+    varying = [k for k in names if len({repr(t.params.get(k)) for t in used}) > 1]
     if len(used) < 2:
         out["reason"] = f"needs at least 2 completed trials, but the study has {len(used)}"
     elif not varying:
@@ -133,11 +136,14 @@ def param_importances(study: Any) -> dict[str, Any]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            values = optuna.importance.get_param_importances(copy)
+            values = optuna.importance.get_param_importances(copy, params=varying)
     except (ValueError, RuntimeError, ArithmeticError) as exc:
         out["reason"] = f"Optuna could not compute them: {exc}"
         return out
     out["importances"] = {k: float(v) for k, v in values.items()}
     notes = sorted({str(w.message) for w in caught if "importance" in str(w.message).lower()})
+    fixed = [k for k in names if k not in varying]
+    if fixed:
+        notes.append(f"Left out, as they took one value in every completed trial: {', '.join(fixed)}.")
     out["note"] = " ".join(notes) or None
     return out

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 100
 BLUE, ORANGE, GREY, GREEN, RED = "#1f77b4", "#ff7f0e", "#9a9a9a", "#2ca02c", "#d62728"
@@ -122,6 +123,7 @@ def training_curves(history: Sequence[dict[str, Any]]) -> bytes:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color=colour, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=8)
@@ -133,7 +135,7 @@ def confusion_matrix(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> 
     cell coloured by its share of the true class and labelled with its count."""
     n = len(labels)
     shares = [[c / max(sum(row), 1) for c in row] for row in matrix]
-    side = min(9.0, 2.5 + 0.5 * n)
+    side = min(8.0, 2.2 + 0.4 * n)
     fig = _figure(side + 1.2, side)
     ax = fig.add_subplot()
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
@@ -142,7 +144,7 @@ def confusion_matrix(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> 
         for i, row in enumerate(matrix):
             for j, count in enumerate(row):
                 if count:
-                    ax.text(j, i, str(count), ha="center", va="center", fontsize=8 if n <= 15 else 6,
+                    ax.text(j, i, str(count), ha="center", va="center", fontsize=9 if n <= 12 else 7 if n <= 20 else 5,
                             color="white" if shares[i][j] > 0.5 else "black")
     ax.set_xticks(range(n), labels=labels, rotation=45 if n > 10 or max(map(len, labels), default=0) > 3 else 0)
     ax.set_yticks(range(n), labels=labels)

@@ -67,15 +67,27 @@ TRIAL_HEADER = ["#", "state", "micro-batch", "accum", "workers", "amp", "ckpt", 
                 "MFU", "peak memory", "val loss", "val acc", "note"]
 
 
-def trial_note(t: dict[str, Any]) -> str:
+def trial_note(t: dict[str, Any], chars: int | None = 120) -> str:
+    """Why a trial ended as it did, or what it was for; cut to ``chars`` (None: whole)."""
     roles = {"default": "default config", "warm_start": f"warm start from {t.get('warm_start_from')}"}
     note = t.get("reason") or roles.get(t.get("role"), "")
     if t.get("duplicate_of") is not None:
         note = f"same config as trial {t['duplicate_of']}; not run again"
-    return str(note).replace("|", "/")[:120]
+    return str(note).replace("|", "/")[:chars]
 
 
-def trial_cells(t: dict[str, Any]) -> list[Any]:
+def split_queued(trials: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The trials that ran (or were ruled out), and a sentence about those still queued:
+    a new study queues every screening trial at once, and the budget may end first."""
+    ran = [t for t in trials if t.get("state") != "waiting"]
+    queued = [str(t["number"]) for t in trials if t.get("state") == "waiting"]
+    if not queued:
+        return ran, ""
+    return ran, (f"{len(queued)} more queued trial(s) did not run, as the budget was reached first "
+                 f"(numbers {', '.join(queued)}); running the same command with a larger --trials runs them.")
+
+
+def trial_cells(t: dict[str, Any], note_chars: int | None = 120) -> list[Any]:
     """One trial's row under ``TRIAL_HEADER``."""
     cfg = t.get("config") or {}
     return [
@@ -93,7 +105,7 @@ def trial_cells(t: dict[str, Any]) -> list[Any]:
         mib(t.get("peak_memory_bytes")),
         t.get("val_loss"),
         t.get("val_accuracy"),
-        trial_note(t),
+        trial_note(t, note_chars),
     ]
 
 
@@ -129,11 +141,14 @@ def hardware_rows(hw: dict[str, Any]) -> list[list[Any]]:
 
 def space_rows(search: dict[str, Any]) -> list[list[Any]]:
     params = search["space"]["params"]
-    return [[k, v.get("choices", f"[{v.get('low')}, {v.get('high')}]")] for k, v in params.items()]
+    return [[k, ", ".join(fmt(c) for c in v["choices"]) if "choices" in v else f"{fmt(v.get('low'))} to {fmt(v.get('high'))}"]
+            for k, v in params.items()]
 
 
 def gated_rows(search: dict[str, Any]) -> list[list[Any]]:
-    return [[k, c, r] for k, d in (search.get("gated") or {}).items() for c, r in d.items()]
+    # JSON object keys are text: a boolean choice reads back as "True"/"False".
+    plain = {"True": "true", "False": "false"}
+    return [[k, plain.get(c, c), r] for k, d in (search.get("gated") or {}).items() for c, r in d.items()]
 
 
 def budget_text(search: dict[str, Any]) -> str:
@@ -181,6 +196,11 @@ def final_facts(f: dict[str, Any]) -> list[str]:
     """The final run's totals, its MFU and its time to the target, where recorded."""
     facts = [f"{f.get('epochs_run')} epochs in {f['seconds']:.1f} s", f"{fmt(f.get('samples_per_s'))} samples/s",
              f"peak memory {mib(f.get('peak_memory_bytes'))}"]
+    if (f.get("processes") or 1) > 1:
+        facts.append(f"{f['processes']} processes (DistributedDataParallel)")
+    resumed = f.get("resumed_at")
+    if resumed:
+        facts.append(f"resumed from a checkpoint after {resumed.get('epoch')} epoch(s) and {resumed.get('steps')} steps")
     if f.get("mfu") is not None:
         facts.append(f"MFU {pct(f['mfu'])}")
     ttt = f.get("time_to_target")

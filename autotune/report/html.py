@@ -39,7 +39,10 @@ nav ol { columns: 3; font-size: 0.92em; padding-left: 1.4em; }
 table { border-collapse: collapse; font-size: 0.86em; margin: 0.6em 0; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.nw { white-space: nowrap; }
+table.kv th { background: none; font-weight: 600; }
+table.trials { font-size: 0.8em; } table.trials td:last-child { min-width: 14em; }
 tr.fail td { background: #fdecec; } tr.pruned td { color: #777; } tr.picked td { background: #eaf7ea; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.88em; color: #555; }
@@ -80,18 +83,39 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
-def _cell(value: Any) -> str:
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return f'<td class="num">{_esc(f.fmt(value))}</td>' if numeric else f"<td>{_inline(f.fmt(value))}</td>"
+# A number as the tables show it: "1,328", "0.9944", "2.7e-05", "1.50x", "30.58%", "340 MiB".
+_NUMBER = re.compile(r"^-?[\d,]*\.?\d+(e[-+]?\d+)?( ?(x|%|MiB|s))?$")
 
 
-def _table(header: list[str], rows: list[list[Any]], row_classes: list[str] | None = None) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+def _numeric_columns(rows: list[list[Any]], width: int) -> list[bool]:
+    """Columns whose cells are all numbers (or missing), to be right-aligned."""
+    texts = [[f.fmt(c) for c in row] for row in rows]
+    return [bool(rows) and all(i >= len(t) or t[i] == "-" or bool(_NUMBER.match(t[i])) for t in texts) for i in range(width)]
+
+
+def _cell(value: Any, numeric: bool) -> str:
+    text = f.fmt(value)
+    classes = [c for c, on in (("num", numeric), ("nw", len(text) <= 32)) if on]
+    cls = f' class="{" ".join(classes)}"' if classes else ""
+    return f"<td{cls}>{_inline(text)}</td>"
+
+
+def _table(header: list[str], rows: list[list[Any]], row_classes: list[str] | None = None, cls: str = "") -> str:
+    numeric = _numeric_columns(rows, len(header))
+    head = "".join(("<th class=\"num\">" if numeric[i] else "<th>") + f"{_esc(h)}</th>" for i, h in enumerate(header))
     lines = []
     for k, row in enumerate(rows):
-        cls = f' class="{row_classes[k]}"' if row_classes and row_classes[k] else ""
-        lines.append(f"<tr{cls}>" + "".join(_cell(c) for c in row) + "</tr>")
-    return f'<div class="scroll"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(lines) + "\n</tbody></table></div>"
+        row_cls = f' class="{row_classes[k]}"' if row_classes and row_classes[k] else ""
+        lines.append(f"<tr{row_cls}>" + "".join(_cell(c, numeric[i]) for i, c in enumerate(row)) + "</tr>")
+    table_cls = f' class="{cls}"' if cls else ""
+    return (f'<div class="scroll"><table{table_cls}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(lines)
+            + "\n</tbody></table></div>")
+
+
+def _kv_table(rows: list[list[Any]]) -> str:
+    """A two-column table of names and values, without a header."""
+    lines = [f'<tr><th scope="row">{_esc(k)}</th><td>{_inline(f.fmt(v))}</td></tr>' for k, v in rows]
+    return '<div class="scroll"><table class="kv"><tbody>\n' + "\n".join(lines) + "\n</tbody></table></div>"
 
 
 def _para(text: str) -> str:
@@ -118,7 +142,7 @@ def _figure(fig_id: str, caption: str, draw: Callable[[], bytes]) -> str:
 
 def _hardware(data: dict[str, Any]) -> Section | None:
     hw = data.get("hardware")
-    return Section("hardware", "Hardware", _table(["", ""], f.hardware_rows(hw))) if hw else None
+    return Section("hardware", "Hardware", _kv_table(f.hardware_rows(hw))) if hw else None
 
 
 def _search(data: dict[str, Any]) -> Section | None:
@@ -147,9 +171,10 @@ def _trials(data: dict[str, Any]) -> Section | None:
     if trials is None:
         return None
     picked = (data.get("selection") or {}).get("picked")
-    classes = ["picked" if t["number"] == picked else str(t.get("state", "")) for t in trials]
-    body = _table(f.TRIAL_HEADER, [f.trial_cells(t) for t in trials], classes)
-    return Section("trials", f"Trials ({len(trials)})", body)
+    ran, queued = f.split_queued(trials)
+    classes = ["picked" if t["number"] == picked else str(t.get("state", "")) for t in ran]
+    body = _table(f.TRIAL_HEADER, [f.trial_cells(t, note_chars=None) for t in ran], classes, cls="trials")
+    return Section("trials", f"Trials ({len(ran)})", body + _para(queued))
 
 
 def _pareto(data: dict[str, Any]) -> Section | None:
@@ -159,7 +184,7 @@ def _pareto(data: dict[str, Any]) -> Section | None:
         return None
     points = trial_points(search["trials"])
     front = pareto_front([(t["throughput_samples_per_s"], t["val_loss"]) for t in points])
-    default = (sel.get("default") or {}).get("trial")
+    default = next((t["number"] for t in search["trials"] if t.get("role") == "default"), None)
     fig = _figure("fig-pareto", "Throughput against the trial's validation loss; the Pareto front in orange.",
                   lambda: figures.pareto(points, front, sel.get("picked"), default))
     return Section("pareto", "Throughput and validation loss: the Pareto front", _para(table.intro) + fig
@@ -201,7 +226,7 @@ def _config(data: dict[str, Any]) -> Section | None:
     cfg = data.get("config")
     if not cfg:
         return None
-    return Section("config", "Config used for the final run", _table(["knob", "value"], [[k, v] for k, v in cfg.items()]))
+    return Section("config", "Config used for the final run", _kv_table([[k, v] for k, v in cfg.items()]))
 
 
 def _final(data: dict[str, Any]) -> Section | None:

@@ -28,7 +28,7 @@ from typing import Any
 from autotune.config import write_atomic
 from autotune.errors import ConfigError
 from autotune.report import format as f
-from autotune.report.tables import (Table, classification_table, effects_table, importance_table, pareto_table,
+from autotune.report.tables import (Table, effects_table, importance_table, pareto_table,
                                     regression_table, selection_table)
 
 REPORT_SCHEMA_VERSION = 2
@@ -134,7 +134,9 @@ def _trials(data: dict[str, Any]) -> str:
     trials = (data.get("search") or {}).get("trials")
     if trials is None:
         return ""
-    return f"## Trials ({len(trials)})\n\n" + _table(f.TRIAL_HEADER, [f.trial_cells(t) for t in trials])
+    ran, queued = f.split_queued(trials)
+    text = f"## Trials ({len(ran)})\n\n" + _table(f.TRIAL_HEADER, [f.trial_cells(t) for t in ran])
+    return text + (f"\n{queued}\n" if queued else "")
 
 
 def _analysis(data: dict[str, Any]) -> str:

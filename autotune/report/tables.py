@@ -59,7 +59,8 @@ def pareto_table(search: dict[str, Any]) -> Table | None:
     front = pareto_front([(t["throughput_samples_per_s"], t["val_loss"]) for t in points])
     rows = [[points[i]["number"], points[i]["throughput_samples_per_s"], points[i]["val_loss"],
              points[i].get("val_accuracy"), knobs_text(points[i].get("config") or {})] for i in front]
-    intro = (f"Throughput against validation loss: of the {len(points)} measured trials, these {len(front)} are "
+    which = "this one is" if len(front) == 1 else f"these {len(front)} are"
+    intro = (f"Throughput against validation loss: of the {len(points)} measured trials, {which} "
              "not beaten on both at once (more samples/s and lower loss). The loss is the short trial's, on a "
              "few validation batches: a sanity check of each config, not the trained model's quality.")
     return Table(intro, ["trial", "samples/s", "val loss", "val acc", "knobs"], rows)
@@ -74,7 +75,7 @@ def importance_table(search: dict[str, Any]) -> Table | None:
     rows = [[k, f"{v:.3f}"] for k, v in sorted(imp["importances"].items(), key=lambda kv: -kv[1])]
     intro = (f"How much each knob mattered for reaching the best objective values, from "
              f"`{imp.get('method')}` over {imp.get('trials')} completed trials (importances sum to 1).")
-    outro = f"Note from Optuna: {imp['note']}" if imp.get("note") else ""
+    outro = f"Note: {imp['note']}" if imp.get("note") else ""
     return Table(intro, ["knob", "importance"], rows, outro)
 
 
@@ -101,7 +102,7 @@ def classification_table(ev: dict[str, Any]) -> Table:
     rows = []
     for label, scores in ev["report"].items():
         if isinstance(scores, dict):
-            rows.append([label, scores.get("precision"), scores.get("recall"), scores.get("f1-score"),
+            rows.append([label, *(f"{scores.get(k, 0.0):.4f}" for k in ("precision", "recall", "f1-score")),
                          int(scores.get("support", 0))])
     intro = f"scikit-learn `classification_report` on the validation set ({ev['samples']} samples):"
     outro = f"Accuracy {ev['accuracy']:.4f}."
