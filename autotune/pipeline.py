@@ -42,6 +42,7 @@ from autotune.search.objective import Scorer
 from autotune.search.limits import apply_limits, default_limit_bytes, probe_limits
 from autotune.search.study import scorer_of, study_exists
 from autotune.search.select import Selection
+from autotune.search.screen import LEAD
 from autotune.search.space import SearchSpace
 from autotune.task import Task, load_task
 
@@ -359,7 +360,8 @@ def _search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[s
         "objective": study.user_attrs.get("objective", "throughput"),
         "trials": trials,
         "param_importances": param_importances(study),
-        "knob_effects": knob_effects(study.get_trials(deepcopy=False), study.user_attrs.get("screening_default"), choices),
+        "knob_effects": knob_effects(study.get_trials(deepcopy=False), study.user_attrs.get("screening_default"), choices,
+                                     study.user_attrs.get("screening_base"), LEAD),
     }
 
 

@@ -4,9 +4,11 @@ together; on real Optuna studies, and through run_search on a real SQLite study.
 from __future__ import annotations
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
+from autotune.report import knob_effects
 from autotune.search import SearchBudget, TrialBudget, enqueue_default, open_study, parse_space, run_search
 from autotune.search.screen import combination, enqueue_refinement, neighbours, screening_configs
 
@@ -88,11 +90,14 @@ def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
     assert roles == ["default", "screening", "screening", "screening", "combination"]
     default, small, micro, accum, combined = study.trials[:5]
     assert (small.params, micro.params) == ({"micro_batch_size": 8, "accumulation_steps": 1}, {"micro_batch_size": 16, "accumulation_steps": 1})
-    assert accum.params == {"micro_batch_size": 32, "accumulation_steps": 2}
-    # Each knob's best screened choice, taken only when it beat the default by 5%.
+    # The micro-batch first; accumulation then at its best choice, taken only when it beat
+    # the default by 5%.
     best = max((small, micro), key=lambda t: t.value)
-    expected = {"micro_batch_size": best.params["micro_batch_size"] if best.value >= 1.05 * default.value else 32,
-                "accumulation_steps": 2 if accum.value >= 1.05 * default.value else 1}
+    base = best if best.value >= 1.05 * default.value else default
+    assert study.user_attrs["screening_base"] == {"micro_batch_size": base.params["micro_batch_size"], "accumulation_steps": 1}
+    assert accum.params == {"micro_batch_size": base.params["micro_batch_size"], "accumulation_steps": 2}
+    expected = {"micro_batch_size": base.params["micro_batch_size"],
+                "accumulation_steps": 2 if accum.value >= 1.05 * base.value else 1}
     assert combined.params == expected
     # Then the unmeasured neighbours of the best so far, each one knob away from a config
     # the search was refined around, and none a config measured before.
@@ -154,6 +159,64 @@ def test_refinement_climbs_one_knob_at_a_time_until_no_neighbour_is_better():
                        {"micro_batch_size": 8, "amp": "fp16"}]
     assert study.user_attrs["refined_around"] == [
         {"micro_batch_size": 16, "amp": "off"}, {"micro_batch_size": 16, "amp": "bf16"}, {"micro_batch_size": 8, "amp": "bf16"}]
+
+
+def test_a_two_stage_screening_compares_the_other_knobs_with_the_base():
+    from autotune.search.screen import enqueue_screening, enqueue_second_stage
+
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(DEFAULT, user_attrs={"role": "default"})
+    assert enqueue_screening(study, SPACE, DEFAULT) == 2  # the micro-batch's two other choices only
+    assert study.user_attrs["screening_rest"] == ["amp"]
+    assert enqueue_second_stage(study, SPACE) == 0 and combination(study, SPACE) is None  # not run yet
+    _finish_waiting(study, {(32, "off"): 100.0, (8, "off"): 90.0, (16, "off"): 130.0})
+    assert combination(study, SPACE) is None  # the second stage is still to queue
+    assert enqueue_second_stage(study, SPACE) == 1
+    assert study.user_attrs["screening_base"] == {"micro_batch_size": 16, "amp": "off"}
+    assert study.trials[-1].params == {} and study.trials[-1].system_attrs["fixed_params"] == {"micro_batch_size": 16, "amp": "bf16"}
+    assert enqueue_second_stage(study, SPACE) == 0  # once
+    # bf16 gains 10% over the base (16, off), though it would be 40% over the default.
+    _finish_waiting(study, {(16, "bf16"): 143.0})
+    assert combination(study, SPACE) == {"micro_batch_size": 16, "amp": "bf16"}
+    effects = knob_effects(study.trials, DEFAULT, {"micro_batch_size": [8, 16, 32], "amp": ["off", "bf16"]},
+                           study.user_attrs["screening_base"], "micro_batch_size")
+    assert effects["lead"] == "micro_batch_size" and effects["base_trial"] == 2
+    amp = {r["choice"]: r for r in effects["knobs"]["amp"]}
+    assert amp["bf16"]["relative"] == pytest.approx(1.1) and amp["bf16"]["base_trial"] == 2
+    assert [r["relative"] for r in effects["knobs"]["micro_batch_size"]] == pytest.approx([0.9, 1.3, 1.0])
+
+
+def test_a_second_stage_without_a_clear_micro_batch_gain_screens_around_the_default():
+    from autotune.search.screen import enqueue_screening, enqueue_second_stage
+
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(DEFAULT, user_attrs={"role": "default"})
+    enqueue_screening(study, SPACE, DEFAULT)
+    _finish_waiting(study, {(32, "off"): 100.0, (8, "off"): 90.0, (16, "off"): 104.0})
+    assert enqueue_second_stage(study, SPACE) == 1
+    assert study.user_attrs["screening_base"] == DEFAULT
+    _finish_waiting(study, {(32, "bf16"): 80.0})
+    assert combination(study, SPACE) == DEFAULT
+
+
+def test_the_climb_stays_where_it_is_for_a_lead_within_the_noise():
+    space = _space({"micro_batch_size": {"choices": [8, 16, 32]}, "amp": {"choices": ["off", "bf16", "fp16"]}})
+    dists = {**DISTS, "amp": CategoricalDistribution(["off", "bf16", "fp16"])}
+    study = _study([
+        (DEFAULT, "default", 100.0),
+        ({"micro_batch_size": 16, "amp": "off"}, "combination", 120.0),
+    ], dists)
+    # (8, off) leads (16, off) by 1%: the climb stays at (16, off) and measures all of its
+    # neighbours; (16, fp16) leads by 10% and moves it.
+    values = {(8, "off"): 121.0, (16, "bf16"): 110.0, (16, "fp16"): 132.0, (8, "fp16"): 100.0, (32, "fp16"): 90.0}
+    climbed = []
+    while enqueue_refinement(study, space):
+        climbed += _finish_waiting(study, values, dists)
+    assert climbed[:3] == [{"micro_batch_size": 8, "amp": "off"}, {"micro_batch_size": 16, "amp": "bf16"},
+                           {"micro_batch_size": 16, "amp": "fp16"}]
+    assert study.user_attrs["refined_around"][:2] == [{"micro_batch_size": 16, "amp": "off"},
+                                                       {"micro_batch_size": 16, "amp": "fp16"}]
+    assert {"micro_batch_size": 8, "amp": "off"} not in study.user_attrs["refined_around"]
 
 
 def test_a_screened_gain_within_the_noise_keeps_the_default_in_the_combination():

@@ -157,18 +157,21 @@ def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, 
     assert all(len(c.values) == 1 for c in nobody.candidates + [nobody.default])
 
 
-def test_contenders_are_the_runs_within_the_margin_of_the_best_median():
+def test_contenders_are_the_runs_within_the_margin_of_the_best_median_or_reaching_it():
     from autotune.config import TrainConfig
     from autotune.search.select import Candidate, contenders
 
     def run(*values):
         return Candidate(None, TrainConfig(), {}, values=list(values))
 
-    lead, close, behind, unmeasured = run(100.0, 90.0, 110.0), run(95.0, 93.0), run(80.0, 120.0, 70.0), run()
+    lead, close, behind, unmeasured = run(100.0, 90.0, 110.0), run(95.0, 93.0), run(80.0, 85.0, 70.0), run()
     assert contenders([lead, close, behind, unmeasured], 0.08) == [lead, close]
     assert contenders([lead, close, behind], 0.04) == [lead]
     assert contenders([lead, close, behind], 0.25) == [lead, close, behind]
     assert contenders([unmeasured], 0.1) == []
+    # A median 25% behind, but one measurement reached the leader's median: still racing.
+    wide = run(70.0, 101.0, 75.0)
+    assert contenders([lead, close, behind, wide], 0.04) == [lead, wide]
 
 
 @pytest.mark.parametrize("limit, feasible", [(2**40, True), (2**20, False)])

@@ -60,38 +60,50 @@ def screening_value(trial: Any) -> float | None:
     return None
 
 
-def knob_effects(trials: Sequence[Any], default: dict[str, Any] | None, choices: dict[str, list[Any]]) -> dict[str, Any]:
+def knob_effects(trials: Sequence[Any], default: dict[str, Any] | None, choices: dict[str, list[Any]],
+                 base: dict[str, Any] | None = None, lead: str | None = None) -> dict[str, Any]:
     """For each screened knob, the objective value of each of its choices with every other
-    knob at its default, and that value over the default trial's.
+    knob at its reference, and that value over the reference trial's.
 
     ``trials`` are the study's frozen trials, ``default`` the knobs the screening started
     from (the study's ``screening_default``), ``choices`` each searched knob's choices.
+    A study screened in two stages has a ``base`` (``screening_base``): ``lead`` (the
+    micro-batch) was screened around ``default``, every other knob around ``base``.
     """
     if default is None:
         return {"reason": "the study did not screen the knobs one at a time (a warm start, or a study from an "
                           "older version)", "knobs": {}}
     screened = [t for t in trials if t.user_attrs.get("role") in (DEFAULT_ROLE, SCREENING_ROLE) and t.state.is_finished()]
-    base = next((t for t in screened if t.user_attrs.get("role") == DEFAULT_ROLE), None)
-    if base is None:
+    first = next((t for t in screened if t.user_attrs.get("role") == DEFAULT_ROLE), None)
+    if first is None:
         return {"reason": "the default trial has not finished", "knobs": {}}
-    base_value = screening_value(base)
+    base = base or default
+    base_trial = next((t for t in screened if t.state.is_finished() and _matches(t, base)), first)
     knobs = {}
     for name, options in choices.items():
         if name not in default or len(options) < 2:
             continue
-        rows = [_effect_row(t, name, base_value) for t in screened if _others_at_default(t, name, default)]
+        ref, ref_trial = (default, first) if name == lead or base == default else (base, base_trial)
+        rows = [_effect_row(t, name, screening_value(ref_trial), ref_trial.number)
+                for t in screened if _others_at(t, name, ref)]
         rows.sort(key=lambda r: options.index(r["choice"]) if r["choice"] in options else len(options))
         if len(rows) > 1:
             knobs[name] = rows
     reason = None if knobs else "no screening trial has finished yet"
-    return {"default_trial": base.number, "default_value": base_value, "knobs": knobs, "reason": reason}
+    return {"default_trial": first.number, "default_value": screening_value(first),
+            "base_trial": base_trial.number, "base": base, "lead": lead if base != default else None,
+            "knobs": knobs, "reason": reason}
 
 
-def _others_at_default(trial: Any, name: str, default: dict[str, Any]) -> bool:
-    return all(trial.params.get(k) == v for k, v in default.items() if k != name)
+def _matches(trial: Any, knobs: dict[str, Any]) -> bool:
+    return all(trial.params.get(k) == v for k, v in knobs.items())
 
 
-def _effect_row(trial: Any, name: str, base_value: float | None) -> dict[str, Any]:
+def _others_at(trial: Any, name: str, ref: dict[str, Any]) -> bool:
+    return all(trial.params.get(k) == v for k, v in ref.items() if k != name)
+
+
+def _effect_row(trial: Any, name: str, base_value: float | None, base_trial: int) -> dict[str, Any]:
     value = screening_value(trial)
     attrs = trial.user_attrs
     note = attrs.get("reason") or ("stopped early as clearly slow" if attrs.get("status") == "pruned" else "")
@@ -103,6 +115,7 @@ def _effect_row(trial: Any, name: str, base_value: float | None) -> dict[str, An
         "status": attrs.get("status", trial.state.name.lower()),
         "value": value,
         "relative": value / base_value if value is not None and base_value else None,
+        "base_trial": base_trial,
         "throughput_samples_per_s": attrs.get("throughput_samples_per_s"),
         "note": str(note),
     }

@@ -75,7 +75,8 @@ def importances(values: dict[str, float]) -> bytes:
 
 
 def knob_effects(effects: dict[str, Any]) -> bytes:
-    """Each screened choice's objective over the default config's, one bar per choice,
+    """Each screened choice's objective over the config it was screened around (the
+    default, or for a two-stage screening the base for the knobs after the first), one bar per choice,
     grouped and coloured by knob; a choice without a measurement is marked on the axis."""
     labels, values, colours, notes = [], [], [], []
     for k, (name, rows) in enumerate(effects["knobs"].items()):
@@ -95,7 +96,8 @@ def knob_effects(effects: dict[str, Any]) -> bytes:
         ax.text(v or 0.0, y, text, va="center", fontsize=8, color="black" if v is not None else RED)
     ax.axvline(1.0, color="black", linewidth=1, linestyle="--")
     ax.set_xlim(0, top * 1.25)
-    ax.set_xlabel("objective relative to the default config (1.0 = default, higher is better)")
+    ref = "the default config" if not effects.get("lead") else "the config screened around (default or base)"
+    ax.set_xlabel(f"objective relative to {ref} (1.0 = it, higher is better)")
     ax.grid(True, axis="x", alpha=0.3)
     return to_png(fig)
 

@@ -88,13 +88,22 @@ def effects_table(search: dict[str, Any]) -> Table | None:
     rows = []
     for name, choices in eff["knobs"].items():
         for r in choices:
-            is_default = r["trial"] == eff.get("default_trial")
-            rows.append([name, fmt(r["choice"]) + (" (default)" if is_default else ""), r["trial"], r.get("value"),
+            is_ref = r["trial"] == r.get("base_trial", eff.get("default_trial"))
+            label = " (default)" if r["trial"] == eff.get("default_trial") else " (base)" if is_ref else ""
+            rows.append([name, fmt(r["choice"]) + label, r["trial"], r.get("value"),
                          ratio(r.get("relative")), r.get("throughput_samples_per_s"), r.get("note") or ""])
     objective = search.get("objective") or "objective"
-    intro = (f"The screening trials measured each choice of each knob with every other knob at its default "
-             f"(trial {eff.get('default_trial')}): the {objective} (samples/s) of each, and its ratio to the default's.")
-    header = ["knob", "choice", "trial", objective, "vs default", "samples/s", "note"]
+    if eff.get("lead"):
+        base = eff.get("base") or {}
+        intro = (f"The screening trials measured each choice of `{eff['lead']}` with every other knob at its default "
+                 f"(trial {eff.get('default_trial')}), then each choice of the other knobs with every other knob at the "
+                 f"base: the default with {eff['lead']} = {fmt(base.get(eff['lead']))} (trial {eff.get('base_trial')}). "
+                 f"The {objective} (samples/s) of each, and its ratio to the trial it was screened around.")
+        header = ["knob", "choice", "trial", objective, "vs default or base", "samples/s", "note"]
+    else:
+        intro = (f"The screening trials measured each choice of each knob with every other knob at its default "
+                 f"(trial {eff.get('default_trial')}): the {objective} (samples/s) of each, and its ratio to the default's.")
+        header = ["knob", "choice", "trial", objective, "vs default", "samples/s", "note"]
     return Table(intro, header, rows)
 
 

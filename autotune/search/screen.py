@@ -1,23 +1,29 @@
 """Screening: a new study first tries every searched choice once, then their best together.
 
 After the default config, each other choice of each searched knob is measured with every
-other knob at its default (one factor at a time): 1 + sum(choices - 1) trials that give
-each knob's main effect. On real hardware the main effects (a batch size, a dtype, a
-memory layout, a thread count) decide most of the speed, and a sampler started from a
-dozen random configs over six or more knobs often never tries the best value of one of
-them. Then the config that takes, for every knob, the choice that scored best in its
-screening trial (by at least 5% over the default's: less is noise) is measured, and then
-the single-knob neighbours of the best config so
-far (adjacent choices of an ordered knob, every other choice of the rest): a knob's best
-choice can change with the others (more threads help a small batch, not a large one).
-They are measured one at a time, and as soon as one is better, the neighbours of that one
-follow instead (a local search one knob at a time, first improvement), until the best
-config's neighbours are all measured.
+other knob at a base config (one factor at a time), which gives each knob's main effect.
+On real hardware the main effects (a batch size, a dtype, a memory layout, a thread count)
+decide most of the speed, and a sampler started from a dozen random configs over six or
+more knobs often never tries the best value of one of them.
+
+The micro-batch is screened first, around the default; the other knobs then around the
+default with the best screened micro-batch (the base). How much a dtype, a thread count or
+a DataLoader worker gains depends most on how much work a step holds: bf16 matmuls that
+lose at 32 samples can win at 256. Then the config that takes, for every knob, the choice
+that scored best in its screening trial (by at least 5% over the base's: less is noise) is
+measured, and then the single-knob neighbours of the best config so far (adjacent choices
+of an ordered knob, every other choice of the rest): a knob's best choice can still change
+with the others. They are measured one at a time, and as soon as one is better by at least
+3%, the neighbours of that one follow instead (a local search one knob at a time, first
+improvement; a smaller lead is noise and would only send the climb sideways), until the
+current config's neighbours are all measured.
 The sampler (TPE) goes on from all of these.
 
 Range knobs (``low``/``high``) are not screened. Configs ruled out unrun (too big for the
 memory limit, too few optimizer steps) cost nothing; a pruned trial counts as the value
-it had reached; a knob whose alternatives all failed keeps its default in the combination.
+it had reached; a knob whose alternatives all failed keeps its base choice in the
+combination. A study screened by an older version (no ``screening_rest``) screened every
+knob around the default at once, and is read that way.
 """
 
 from __future__ import annotations
@@ -33,12 +39,17 @@ SCREENING, COMBINATION, REFINE = "screening", "combination", "refine"
 # Two trials of one config differ by a few percent on a quiet machine (5-10% on a busy
 # one): a screened gain below this keeps the default in the combination.
 MIN_GAIN = 1.05
+# A neighbour must beat the climb's current config by this much to move the climb there.
+MIN_MOVE = 1.03
+# Screened first; the other knobs are screened at its best choice.
+LEAD = "micro_batch_size"
 
 
-def screening_configs(space: SearchSpace, default: dict[str, Any]) -> list[dict[str, Any]]:
-    """The one-factor-at-a-time configs around ``default`` (the searched knobs' values)."""
+def screening_configs(space: SearchSpace, default: dict[str, Any], knobs: list[str] | None = None) -> list[dict[str, Any]]:
+    """The one-factor-at-a-time configs around ``default`` (the searched knobs' values),
+    for ``knobs`` (default: every screened knob)."""
     out = []
-    for name in _screened_knobs(space):
+    for name in _screened_knobs(space) if knobs is None else knobs:
         out += [{**default, name: c} for c in space.params[name].choices if c != default.get(name)]
     return out
 
@@ -48,11 +59,61 @@ def _screened_knobs(space: SearchSpace) -> list[str]:
 
 
 def enqueue_screening(study: optuna.Study, space: SearchSpace, default: dict[str, Any]) -> int:
-    """Queue the screening trials after whatever is queued already; returns how many."""
-    configs = screening_configs(space, default)
+    """Queue the first screening trials after whatever is queued already (the micro-batch's
+    choices when it is searched with other knobs, else every knob's); returns how many.
+    The rest follow from ``enqueue_second_stage`` once these have finished."""
+    screened = _screened_knobs(space)
+    first = [LEAD] if LEAD in screened and len(screened) > 1 else screened
+    configs = screening_configs(space, default, first)
     for knobs in configs:
         study.enqueue_trial(knobs, user_attrs={"role": SCREENING})
     study.set_user_attr("screening_default", default)
+    study.set_user_attr("screening_rest", [n for n in screened if n not in first])
+    return len(configs)
+
+
+def _screened_done(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial] | None:
+    """The default and screening trials, or None while one of them is still to run."""
+    screened = [t for t in trials if t.user_attrs.get("role") in (SCREENING, "default")]
+    if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in screened):
+        return None
+    return screened
+
+
+def _best_choice(screened: list[optuna.trial.FrozenTrial], name: str, ref: dict[str, Any],
+                 min_gain: float) -> tuple[Any, float] | None:
+    """The choice of ``name`` that scored best with every other knob as in ``ref``, and
+    its gain over ``ref``'s own choice; None when none beat it by ``min_gain``."""
+    scores = {}
+    for t in screened:
+        if all(t.params.get(k) == v for k, v in ref.items() if k != name):
+            value = _score(t)
+            if value is not None:
+                scores[t.params.get(name)] = value
+    if not scores or max(scores, key=scores.get) == ref[name]:
+        return None
+    choice = max(scores, key=scores.get)
+    base = scores.get(ref[name])
+    gain = scores[choice] / base if base else float("inf")
+    return (choice, gain) if gain >= min_gain else None
+
+
+def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: float = MIN_GAIN) -> int:
+    """Once the micro-batch's screening trials have finished, queue the other knobs'
+    choices around the base: the default with the best screened micro-batch (when it beat
+    the default's by ``min_gain``). Returns how many were queued; 0 when not due."""
+    default, rest = study.user_attrs.get("screening_default"), study.user_attrs.get("screening_rest")
+    if default is None or not rest or "screening_base" in study.user_attrs:
+        return 0
+    screened = _screened_done(study.get_trials(deepcopy=False))
+    if screened is None:
+        return 0
+    best = _best_choice(screened, LEAD, default, min_gain)
+    base = {**default, LEAD: best[0]} if best else dict(default)
+    study.set_user_attr("screening_base", base)
+    configs = screening_configs(space, base, [n for n in rest if n in space.params])
+    for knobs in configs:
+        study.enqueue_trial(knobs, user_attrs={"role": SCREENING})
     return len(configs)
 
 
@@ -60,8 +121,9 @@ def combination(study: optuna.Study, space: SearchSpace,
                 feasible: Callable[[dict[str, Any]], bool] = lambda knobs: True, min_gain: float = MIN_GAIN) -> dict[str, Any] | None:
     """Each knob's best screened choice, once every screening trial has finished; None
     before that, when the study was not screened, or once the combination was queued. A
-    choice must beat the default's value by ``min_gain`` (a ratio) to be taken: a smaller
-    gain is within the noise of one trial, and the refinement still tries it.
+    choice must beat its base's value (the default's for the micro-batch, the base's for
+    the rest) by ``min_gain`` (a ratio) to be taken: a smaller gain is within the noise of
+    one trial, and the refinement still tries it.
 
     When the combination is not ``feasible`` (two changes that each fit may not together:
     a bigger micro-batch and more accumulation leave too few optimizer steps), the change
@@ -70,23 +132,20 @@ def combination(study: optuna.Study, space: SearchSpace,
     trials = study.get_trials(deepcopy=False)
     if default is None or any(t.user_attrs.get("role") == COMBINATION for t in trials):
         return None
-    screened = [t for t in trials if t.user_attrs.get("role") in (SCREENING, "default")]
-    if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in screened):
+    staged = study.user_attrs.get("screening_rest")
+    if staged and "screening_base" not in study.user_attrs:
+        return None  # the second stage has not been queued yet
+    screened = _screened_done(trials)
+    if screened is None:
         return None
+    base = study.user_attrs.get("screening_base", default)
     best, gains = dict(default), {}
     for name in _screened_knobs(space):
-        scores = {}
-        for t in screened:
-            if all(t.params.get(k) == v for k, v in default.items() if k != name):
-                value = _score(t)
-                if value is not None:
-                    scores[t.params.get(name)] = value
-        if scores and max(scores, key=scores.get) != default[name]:
-            choice = max(scores, key=scores.get)
-            base = scores.get(default[name])
-            gain = scores[choice] / base if base else float("inf")
-            if gain >= min_gain:
-                best[name], gains[name] = choice, gain
+        # The micro-batch was screened around the default, the rest around the base.
+        ref = default if (staged and name == LEAD) or name not in base else base
+        found = _best_choice(screened, name, ref, min_gain)
+        if found:
+            best[name], gains[name] = found
     while gains and not feasible(best):
         weakest = min(gains, key=gains.get)
         best[weakest] = default[weakest]
@@ -132,13 +191,16 @@ def neighbours(space: SearchSpace, incumbent: dict[str, Any]) -> list[dict[str, 
     return out
 
 
-def enqueue_refinement(study: optuna.Study, space: SearchSpace) -> int:
-    """Once the combination has finished, queue the next unmeasured neighbour of the best
-    completed trial, one at a time (first improvement: when a neighbour turns out better,
-    the next ones are its neighbours); returns how many were queued (0 or 1). Nothing is
-    queued while a refinement trial is pending, nor once every neighbour of the best is
-    measured: the sampler goes on from there, and should it find a better config, the
-    climb starts again around it."""
+def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float = MIN_MOVE) -> int:
+    """Once the combination has finished, queue the next unmeasured neighbour of the
+    climb's current config, one at a time; returns how many were queued (0 or 1).
+
+    The current config is the best completed trial's, unless the config the climb is at
+    already scored within ``min_move`` of it: then the climb stays (first improvement by a
+    margin: when a neighbour turns out clearly better, the next ones are its neighbours).
+    Nothing is queued while a refinement trial is pending, nor once every neighbour of
+    the current config is measured: the sampler goes on from there, and should it find a
+    clearly better config, the climb starts again around it."""
     default = study.user_attrs.get("screening_default")
     trials = study.get_trials(deepcopy=False)
     combined = [t for t in trials if t.user_attrs.get("role") == COMBINATION]
@@ -149,11 +211,20 @@ def enqueue_refinement(study: optuna.Study, space: SearchSpace) -> int:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
         return 0
-    incumbent = {k: max(complete, key=lambda t: t.value).params.get(k, v) for k, v in default.items()}
+
+    def knobs_of(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return {k: t.params.get(k, v) for k, v in default.items()}
+
+    best = max(complete, key=lambda t: t.value)
     around = study.user_attrs.get("refined_around", [])
+    incumbent = knobs_of(best)
+    if around:
+        at = [t.value for t in complete if knobs_of(t) == around[-1]]
+        if at and best.value < min_move * max(at):
+            incumbent = around[-1]
     if not around or around[-1] != incumbent:
         study.set_user_attr("refined_around", around + [incumbent])
-    tried = [{k: t.params.get(k) for k in incumbent} for t in trials if t.state.is_finished()]
+    tried = [knobs_of(t) for t in trials if t.state.is_finished()]
     for knobs in neighbours(space, incumbent):
         if knobs not in tried:
             study.enqueue_trial(knobs, user_attrs={"role": REFINE})

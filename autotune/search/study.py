@@ -23,7 +23,7 @@ from autotune.config import TrainConfig
 from autotune.errors import ConfigError
 from autotune.search.objective import Scorer
 from autotune.search.prune import Reporting, SlowTrialPruner, best_completed
-from autotune.search.screen import enqueue_combination, enqueue_refinement, enqueue_screening
+from autotune.search.screen import enqueue_combination, enqueue_refinement, enqueue_screening, enqueue_second_stage
 from autotune.search.space import SearchSpace, parse_space
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
@@ -211,7 +211,9 @@ def run_search(
         if budget.timeout_s is not None and time.perf_counter() - start >= budget.timeout_s:
             bar.write(f"search timeout of {budget.timeout_s:.0f} s reached")
             break
-        # Due once the screening trials have finished.
+        # Each is due once the trials before it have finished: the micro-batch's screening,
+        # then the other knobs' at its best choice, then the combination.
+        enqueue_second_stage(study, space)
         enqueue_combination(study, space, lambda knobs: space.infeasible(TrainConfig.from_base(task.base, **knobs), train_size) is None)
         enqueue_refinement(study, space)  # due once the combination has finished
         frozen = _one_trial(study, task, space, budget, train_size)
