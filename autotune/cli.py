@@ -21,6 +21,7 @@ examples:
   autotune profile
   autotune compare profiles/a.yaml profiles/b.yaml --format markdown
   autotune report runs/digits_cnn
+  autotune export runs/digits_cnn/tuned.yaml --to lightning
 """
 
 
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_train(sub)
     _add_report(sub)
+    _add_export(sub)
     c = sub.add_parser(
         "compare",
         help="compare saved hardware profiles side by side",
@@ -141,7 +143,31 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by `autotune run` or `autotune train`")
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from autotune.exports import SUFFIX, TARGETS
+
+    p = sub.add_parser(
+        "export",
+        help="write a tuned.yaml as the config file of Lightning, Hugging Face, Accelerate or DeepSpeed",
+        description="Map every knob of a tuned config to the target's own names and write the file it reads: "
+        + "; ".join(f"{t} -> {SUFFIX[t]}" for t in TARGETS)
+        + ". Knobs the target cannot express are listed in the file's header comment (YAML targets) and "
+        "printed as warnings.",
+    )
+    p.add_argument("tuned", type=Path, help="a tuned.yaml written by `autotune run`")
+    p.add_argument("--to", required=True, choices=TARGETS, help="the tool to export for")
+    p.add_argument("--out", type=Path, help="the file to write (default: next to the tuned.yaml, named for the target)")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "export":
+        from autotune.exports import write_export
+
+        path, result = write_export(args.tuned, args.to, args.out)
+        for note in result.notes:
+            print(f"autotune: warning: not in the {args.to} file: {note}", file=sys.stderr)
+        print(f"wrote {path}")
+        return 0
     if args.command == "report":
         from autotune.report import rerender
 

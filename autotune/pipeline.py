@@ -90,8 +90,24 @@ class Tuning:
     path: Path
 
 
+@dataclass
+class RunResult:
+    """What ``run`` and ``train`` produced: the paths written, the final run's result, and
+    for ``run`` the search that chose the config."""
+
+    paths: dict[str, Path]
+    result: TrainResult
+    config: TrainConfig
+    tuning: Tuning | None = None
+
+
 def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str, Path]:
     """Tune, train and report for one model file; returns the paths written."""
+    return run_all(model_path, opts, log).paths
+
+
+def run_all(model_path: str | Path, opts: RunOptions, log: Any = print) -> RunResult:
+    """``run``, returning the search, the final run's result and the paths."""
     t = tune(model_path, opts, log)
     paths = {"tuned": t.path}
     result = final_run(t.task, t.tuned.train, opts.out, opts.progress, log, opts.final, t.profile.gpus)
@@ -104,7 +120,7 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
     if opts.profiles is not None:
         paths["profile"] = results.record(opts.profiles, t.profile, _result_entry(t.task, t.space, t.study, t.tuned))
         log(f"autotune: recorded the result in {paths['profile']}")
-    return paths
+    return RunResult(paths, result, t.tuned.train, t)
 
 
 def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
@@ -201,20 +217,28 @@ def _result_entry(task: Task, space: SearchSpace, study: Any, tuned: TunedConfig
     return results.make_entry(task.name, task.sha256, space.name, tuned.measured.get("device", ""), best, top)
 
 
-def train(model_path: str | Path, config_path: str | Path, out: Path, epochs: int | None = None, progress: bool = True,
-          log: Any = print, final: FinalOptions = FinalOptions()) -> dict[str, Path]:
+def train(model_path: str | Path, config_path: str | Path | TunedConfig, out: Path, epochs: int | None = None,
+          progress: bool = True, log: Any = print, final: FinalOptions = FinalOptions()) -> dict[str, Path]:
     """Train with a saved tuned config and write the weights and the report."""
+    return train_all(model_path, config_path, out, epochs, progress, log, final).paths
+
+
+def train_all(model_path: str | Path, config: str | Path | TunedConfig, out: Path, epochs: int | None = None,
+              progress: bool = True, log: Any = print, final: FinalOptions = FinalOptions()) -> RunResult:
+    """``train``, returning the final run's result with the paths; ``config`` is a tuned
+    YAML's path or a ``TunedConfig``."""
     task = load_task(model_path)
-    tuned = load_tuned(config_path)
+    tuned = config if isinstance(config, TunedConfig) else load_tuned(config)
     cfg = tuned.train if epochs is None else TrainConfig.from_dict({**tuned.train.to_dict(), "epochs": epochs})
     out.mkdir(parents=True, exist_ok=True)
-    log(f"autotune: training {task.path.name} with {config_path}")
+    source = "the given config" if isinstance(config, TunedConfig) else str(config)
+    log(f"autotune: training {task.path.name} with {source}")
     gpus = collect_profile(measure=False).gpus if final.nproc > 1 else []
     result = final_run(task, cfg, out, progress, log, final, gpus)
     paths = write_report(_report_data(task, cfg, result, None, final, tuned.measured), out)
     paths["weights"] = out / WEIGHTS_FILE
     log(f"autotune: report {paths['markdown']} and {paths['html']}")
-    return paths
+    return RunResult(paths, result, cfg)
 
 
 def _override_base(task: Task, opts: RunOptions) -> Task:
@@ -279,6 +303,8 @@ def _tuned_config(task: Task, space: SearchSpace, profile: HardwareProfile, stud
         "command": " ".join(sys.argv),
         "model_file": str(task.path),
         "model_sha256": task.sha256,
+        # Exports need it to count optimizer steps (a DeepSpeed scheduler's total).
+        "train_samples": len(task.datasets()[0]),
         "seeds": {"train": sel.config.seed, "sampler": task.base.seed},
         "versions": versions(),
         "hardware": {"fingerprint": profile.fingerprint, "device": profile.device,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -88,6 +89,10 @@ def open_study(
     }
     for key, value in attrs.items():
         study.set_user_attr(key, value)
+    # The objective's name and unit, for optuna-dashboard and Optuna's plots.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.set_metric_names([f"{attrs['objective']}_samples_per_s"])
     return study, space
 
 
