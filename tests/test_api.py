@@ -184,3 +184,19 @@ def test_import_autotune_is_light():
     code = "import sys, autotune; print('torch' in sys.modules, callable(autotune.tune))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]
+
+
+@pytest.mark.slow
+def test_the_api_example_runs_as_a_script(tmp_path):
+    # Its functions live in the script's __main__: the trial processes must find them.
+    example = Path(__file__).parents[1] / "examples" / "api" / "tune_in_python.py"
+    out = tmp_path / "wine"
+    done = subprocess.run([sys.executable, str(example), "--trials", "3", "--epochs", "2", "--out", str(out),
+                           "--space", str(ASSETS / "tiny_space.yaml")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "validation accuracy: " in done.stdout
+    assert (out / "wine.py").is_file() and (out / "lightning.yaml").is_file() and (out / "report.html").is_file()
+    import optuna
+
+    study = optuna.load_study(study_name="wine", storage=f"sqlite:///{out / 'study.db'}")
+    assert sum(t.user_attrs.get("status") == "ok" for t in study.trials) >= 2
