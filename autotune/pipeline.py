@@ -127,6 +127,7 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
     """Profile, probe, search and select for one model file; writes hardware.yaml, the
     study and tuned.yaml into ``opts.out``. Resumes the study found there."""
     task = load_task(model_path)
+    raw = load_space(opts.space)  # before any slow work or any file: a bad YAML fails at once
     worker.preload_for(task.path)
     task = _override_base(task, opts)
     out = opts.out
@@ -135,7 +136,6 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
     profile = collect_profile()
     profile.save(out / HARDWARE_FILE)
     log(f"autotune: hardware {profile.fingerprint} (training on {profile.device})")
-    raw = load_space(opts.space)
     space = gate(raw, _facts(profile, task))
     storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
     probe = scorer = None
