@@ -126,7 +126,7 @@ def save_result(result: TrainResult, path: Path) -> Path:
 
 
 def load_result(path: Path) -> TrainResult:
-    data = torch.load(path, weights_only=False)
+    data = torch.load(path, weights_only=True)  # plain values and tensors; nothing can run code
     data["evaluation"] = EvalResult(**data["evaluation"])
     return TrainResult(**data)
 

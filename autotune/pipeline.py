@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from autotune.config import TrainConfig, TunedConfig, load_tuned
+from autotune.errors import AutotuneError
 from autotune.engine.loop import TrainResult
 from autotune.final import WEIGHTS_FILE, FinalOptions, final_run
 from autotune.hardware import HardwareProfile, collect_profile
@@ -169,9 +170,31 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
     else:
         selection = select(study, task, opts.budget.trial, progress=opts.progress)
     tuned = _tuned_config(task, space, profile, study, selection, storage)
+    _keep_previous(out / TUNED_FILE, tuned, log)
     path = tuned.save(out / TUNED_FILE)
     log(f"autotune: wrote {path}")
     return Tuning(task, profile, study, space, selection, tuned, path)
+
+
+def _keep_previous(path: Path, tuned: TunedConfig, log: Any) -> Path | None:
+    """An existing tuned YAML with another config (or one that cannot be read) is renamed
+    to ``tuned.previous-<time>.yaml`` before the new one is written, never overwritten;
+    returns where it went. One with the same config is rewritten (its measurements may be
+    newer), and the log says so."""
+    if not path.exists():
+        return None
+    try:
+        same = load_tuned(path).train == tuned.train
+    except AutotuneError:
+        same = False
+    if same:
+        log(f"autotune: {path} holds the same config; rewriting it with the latest measurements")
+        return None
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    kept = path.with_name(f"{path.stem}.previous-{stamp}{path.suffix}")
+    path.replace(kept)
+    log(f"autotune: {path} held another config; kept it as {kept}")
+    return kept
 
 
 def _probe_memory(task: Task, space: SearchSpace, profile: HardwareProfile, opts: RunOptions, log: Any) -> tuple[SearchSpace, dict[str, Any]]:

@@ -134,7 +134,8 @@ def save_atomic(obj: Any, path: Path) -> Path:
 
 def load(path: Path) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain Python values only; nothing in the file can run code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise AutotuneError(f"Cannot read the checkpoint {path}: {type(exc).__name__}: {exc}",
                             hint="Delete it to start the run afresh.") from exc
@@ -145,9 +146,11 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def rng_state() -> dict[str, Any]:
+    # numpy's state as plain Python values, so a checkpoint loads with weights_only=True.
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -155,7 +158,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -159,11 +159,19 @@ def _check_same(attrs: dict[str, Any], task: Task, raw: SearchSpace, fingerprint
 
 
 def fail_stale_trials(study: optuna.Study) -> int:
-    """Mark trials left RUNNING by a tuner that was stopped as failed; return how many."""
+    """Mark trials left RUNNING by a tuner that was stopped (killed, or the machine went
+    down) as failed, with the reason, and queue each one's config again, once: a trial
+    that was itself such a retry is not queued a third time. Returns how many."""
     stale = [t for t in study.trials if t.state == TrialState.RUNNING]
     for t in stale:
+        live = optuna.trial.Trial(study, t._trial_id)
+        live.set_user_attr("status", "stale")
+        live.set_user_attr("reason", "the tuner stopped while this trial ran")
         study.tell(t.number, state=TrialState.FAIL)
         study.set_user_attr(f"stale_trial_{t.number}", "the tuner stopped while it ran")
+        if t.params and t.user_attrs.get("retry_of") is None:
+            attrs = {k: v for k, v in t.user_attrs.items() if k == "role"}
+            study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number})
     return len(stale)
 
 
@@ -236,8 +244,9 @@ def run_search(
 
 def _counts(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial counts against the budget: finished, and measured by itself
-    (not ruled out unrun, not answered from an earlier trial of the same config)."""
-    return trial.state in FINISHED and trial.user_attrs.get("status") not in ("infeasible", "duplicate")
+    (not ruled out unrun, not answered from an earlier trial of the same config, not cut
+    short by a stopped tuner: that one is queued again)."""
+    return trial.state in FINISHED and trial.user_attrs.get("status") not in ("infeasible", "duplicate", "stale")
 
 
 def _measured_before(study: optuna.Study, cfg: TrainConfig) -> optuna.trial.FrozenTrial | None:
