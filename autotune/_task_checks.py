@@ -125,10 +125,13 @@ def check_hooks(module: Any, path: Path) -> None:
                 hint=f"Add {_signature(name)}.{_did_you_mean(name, module)}",
             )
         value = getattr(module, name)
-        if not callable(value):
+        # A model object is callable too, but calling it runs its forward pass.
+        if not callable(value) or isinstance(value, nn.Module):
             raise ModelFileError(
                 f"`{name}` in {path} must be a function, but got {type_name(value)}.",
-                hint=f"Define it as {_signature(name)}.",
+                hint=f"Define it as {_signature(name)}"
+                + (f", e.g. `def {name}(): return {type_name(value)}(...)`."
+                   if isinstance(value, nn.Module) else "."),
             )
     for name in OPTIONAL_HOOKS:
         value = getattr(module, name, None)

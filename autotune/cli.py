@@ -30,7 +30,7 @@ def _number(kind: type, low: float, high: float = float("inf"), open_low: bool =
     noun = "a whole number" if kind is int else "a number"
     bounds = f"> {low}" if open_low else f">= {low}"
     if high != float("inf"):
-        bounds = f"in [{low}, {high})"
+        bounds = f"in {'(' if open_low else '['}{low}, {high})"
 
     def parse(text: str) -> Any:
         try:
@@ -182,12 +182,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "profile":
         from autotune.hardware import collect_profile
 
+        _check_out_file(args.out, "--out")
         profile = collect_profile(measure=not args.no_bench)
         print(profile.summary())
         from autotune.results import save_profile
 
         out = args.out or Path("profiles") / f"{profile.fingerprint}.yaml"
-        print(f"wrote {save_profile(out, profile)}")
+        try:
+            print(f"wrote {save_profile(out, profile)}")
+        except OSError as exc:
+            raise AutotuneError(f"Cannot write the profile to {out}: {exc.strerror or exc}.") from exc
         return 0
     from autotune import pipeline
     from autotune.search import SearchBudget, TrialBudget
@@ -216,6 +220,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{args.model.stem}-train"
     pipeline.train(args.model, args.config, out, epochs=args.epochs, progress=not args.no_progress, final=_final_options(args))
     return 0
+
+
+def _check_out_file(out: Path | None, option: str) -> None:
+    """``out`` (a file to write) must not be a folder: say so before any slow work."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise AutotuneError(
+            f"{option} {out} is a folder; it must name the YAML file to write.",
+            hint=f"Name a file, e.g. {option} {out / 'profile.yaml'}.",
+        )
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise AutotuneError(f"{option} {out} cannot be written: {blocker} is a file, not a folder.")
 
 
 def _final_options(args: argparse.Namespace) -> Any:

@@ -314,6 +314,13 @@ def load_tuned(path: str | os.PathLike[str]) -> TunedConfig:
             f"{source}: unknown top-level key {unknown[0]!r}; allowed keys: {', '.join(allowed)}."
         )
     version = data.get("schema_version")
+    if "schema_version" not in data:
+        raise ConfigError(
+            f"{source}: missing the key `schema_version`; this autotune reads schema_version "
+            f"{SCHEMA_VERSION}.",
+            hint=f"Add `schema_version: {SCHEMA_VERSION}` if the file was written for this "
+            "version, or re-run `autotune run` to write it again.",
+        )
     if version != SCHEMA_VERSION:
         raise ConfigError(
             f"{source}: schema_version {version!r} is not supported; this autotune reads "
@@ -342,7 +349,22 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
     try:
         return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}".rstrip(".") + ".") from exc
+        hint = "YAML indents with spaces: replace the tab." if "'\\t'" in str(exc) else None
+        raise ConfigError(f"{p}: not valid YAML: {_yaml_problem(exc)}.", hint=hint) from exc
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: where, what, and where the construct
+    it was reading began (lines and columns counted from 1)."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if not problem or mark is None:
+        return " ".join(str(exc).split()).rstrip(".")
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem.rstrip('.')}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None:
+        text += f" ({context} started at line {start.line + 1}, column {start.column + 1})"
+    return text
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> Path:

@@ -116,7 +116,11 @@ def _check_profile_data(data: Any, source: str) -> None:
     optional = {"tuned"}  # added after schema 1 was first written; absent means none
     missing = [name for name in known if name not in data and name not in optional]
     if missing:
-        raise ConfigError(f"{source}: hardware profile is missing the key {missing[0]!r}.")
+        keys = ", ".join(repr(name) for name in missing)
+        raise ConfigError(
+            f"{source}: hardware profile is missing the key{'s' if len(missing) > 1 else ''} {keys}.",
+            hint="Collect the profile again with `autotune profile`.",
+        )
     _check_profile_parts(data, source)
 
 

@@ -59,6 +59,8 @@ def rerender(run_dir: str | Path) -> dict[str, Path]:
     """Write report.md and report.html again from ``run_dir``/report.json (no training)."""
     path = Path(run_dir) / JSON_FILE
     hint = "Give the run directory that `autotune run` or `autotune train` wrote (it holds report.json)."
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory.", hint=hint)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file.", hint=hint)
     try:

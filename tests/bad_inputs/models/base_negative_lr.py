@@ -1,0 +1,16 @@
+# BASE's learning rate is negative.
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+BASE = {"lr": -0.001, "batch_size": 32}
+
+
+def build_model():
+    return nn.Linear(4, 3)
+
+
+def build_datasets():
+    x = torch.randn(8, 4)
+    y = torch.randint(0, 3, (8,))
+    return TensorDataset(x, y), TensorDataset(x, y)

@@ -1,0 +1,16 @@
+# build_model returns one global model on every call.
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+MODEL = nn.Linear(4, 3)
+
+
+def build_model():
+    return MODEL
+
+
+def build_datasets():
+    x = torch.randn(8, 4)
+    y = torch.randint(0, 3, (8,))
+    return TensorDataset(x, y), TensorDataset(x, y)

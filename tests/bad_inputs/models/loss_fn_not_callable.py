@@ -1,0 +1,16 @@
+# loss_fn names the loss instead of being a function.
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+def build_model():
+    return nn.Linear(4, 3)
+
+
+def build_datasets():
+    x = torch.randn(8, 4)
+    y = torch.randint(0, 3, (8,))
+    return TensorDataset(x, y), TensorDataset(x, y)
+
+loss_fn = "cross_entropy"

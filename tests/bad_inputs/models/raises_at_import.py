@@ -1,0 +1,16 @@
+# Top-level code reads a data file that is not there.
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+LABELS = open("labels_that_do_not_exist.txt").read().split()
+
+
+def build_model():
+    return nn.Linear(4, 3)
+
+
+def build_datasets():
+    x = torch.randn(8, 4)
+    y = torch.randint(0, 3, (8,))
+    return TensorDataset(x, y), TensorDataset(x, y)
