@@ -114,6 +114,11 @@ def _common_notes(cfg: TrainConfig, skip: tuple[str, ...] = ()) -> list[str]:
     return notes
 
 
+def _device(tuned: TunedConfig) -> str:
+    """Where the config was tuned: cpu or cuda."""
+    return str(tuned.measured.get("device") or (tuned.provenance.get("hardware") or {}).get("device") or "cpu")
+
+
 # Lightning -----------------------------------------------------------------------------
 
 _LIGHTNING_PRECISION = {"off": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
@@ -158,6 +163,9 @@ def _lightning(tuned: TunedConfig) -> Export:
 # Hugging Face --------------------------------------------------------------------------
 
 def _hf(tuned: TunedConfig) -> Export:
+    """Keys as transformers 5 names them (4.x: ``gradient_checkpointing`` and
+    ``warmup_ratio`` instead of ``activation_checkpointing`` and a fractional
+    ``warmup_steps``)."""
     cfg = tuned.train
     args: dict[str, Any] = {
         "output_dir": "hf_output",
@@ -171,7 +179,9 @@ def _hf(tuned: TunedConfig) -> Export:
         "data_seed": cfg.seed,
         "bf16": cfg.amp == "bf16",
         "fp16": cfg.amp == "fp16",
-        "gradient_checkpointing": cfg.checkpointing,
+        "activation_checkpointing": cfg.checkpointing,
+        # Tuned on the CPU: train there (TrainingArguments refuses bf16 without a GPU otherwise).
+        "use_cpu": _device(tuned) == "cpu",
         "dataloader_num_workers": cfg.num_workers,
         "dataloader_pin_memory": cfg.pin_memory,
         "dataloader_persistent_workers": cfg.persistent_workers,
@@ -181,7 +191,7 @@ def _hf(tuned: TunedConfig) -> Export:
     notes = _common_notes(cfg)
     mapped = {"micro_batch_size": "per_device_train_batch_size", "accumulation_steps": "gradient_accumulation_steps",
               "lr": "learning_rate", "weight_decay": "weight_decay", "epochs": "num_train_epochs",
-              "grad_clip": "max_grad_norm", "seed": "seed", "amp": "bf16/fp16", "checkpointing": "gradient_checkpointing",
+              "grad_clip": "max_grad_norm", "seed": "seed", "amp": "bf16/fp16", "checkpointing": "activation_checkpointing",
               "num_workers": "dataloader_num_workers", "pin_memory": "dataloader_pin_memory",
               "persistent_workers": "dataloader_persistent_workers", "compile": "torch_compile"}
     if cfg.schedule == "cosine":
@@ -200,7 +210,7 @@ def _hf(tuned: TunedConfig) -> Export:
 
 def _accelerate(tuned: TunedConfig) -> Export:
     cfg = tuned.train
-    device = tuned.measured.get("device") or (tuned.provenance.get("hardware") or {}).get("device", "cpu")
+    device = _device(tuned)
     doc: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": "NO",

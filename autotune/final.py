@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from autotune.config import TrainConfig, scaled_lr
+from autotune.config import TrainConfig, scaled_lr, write_atomic
 from autotune.engine import distributed
 from autotune.engine.checkpoint import LAST, Checkpointer, save_atomic
 from autotune.engine.distributed import SINGLE, Dist
@@ -108,7 +108,7 @@ def per_rank_config(cfg: TrainConfig, nproc: int, gpus: list[dict[str, Any]], lo
 def _torchrun(task: Task, cfg: TrainConfig, out: Path, progress: bool, log: Any, final: FinalOptions) -> TrainResult:
     (out / RESULT_FILE).unlink(missing_ok=True)
     config = out / CONFIG_FILE
-    config.write_text(json.dumps({"config": cfg.to_dict(), "final": dataclasses.asdict(final)}, indent=2) + "\n")
+    write_atomic(config, json.dumps({"config": cfg.to_dict(), "final": dataclasses.asdict(final)}, indent=2) + "\n")
     args = ["--model", str(task.path), "--config", str(config), "--out", str(out)] + ([] if progress else ["--no-progress"])
     log(f"autotune: starting {final.nproc} processes with torchrun ({'nccl' if torch.cuda.is_available() else 'gloo'})")
     code = distributed.launch(final.nproc, args)

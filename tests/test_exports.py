@@ -71,9 +71,11 @@ def test_hf_export_parses_as_real_training_arguments(tmp_path):
     assert args.gradient_accumulation_steps == 3
     assert args.learning_rate == pytest.approx(0.018)
     assert args.num_train_epochs == 7 and args.seed == 11 and args.max_grad_norm == 0.5
-    assert args.bf16 and not args.fp16 and args.gradient_checkpointing
-    assert (args.dataloader_num_workers, args.dataloader_pin_memory, args.dataloader_persistent_workers) == (2, True, True)
-    assert str(args.lr_scheduler_type).endswith("cosine")
+    assert args.bf16 and not args.fp16 and args.activation_checkpointing and args.use_cpu
+    assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (2, True)
+    # Exported as tuned; TrainingArguments itself turns pinning off with use_cpu.
+    assert json.loads(path.read_text())["dataloader_pin_memory"] is True
+    assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine"
     assert args.torch_compile
     # The warmup fraction: 10% of 1,000 steps is 100.
     assert args.get_warmup_steps(1000) == 100
@@ -109,7 +111,9 @@ def test_deepspeed_export_is_read_by_deepspeeds_config_class_or_uses_its_documen
     assert cfg.gradient_accumulation_steps == 3
     assert cfg.train_batch_size == 48 * 3  # one process
     assert cfg.gradient_clipping == 0.5
-    assert cfg.bfloat16_enabled and not cfg.fp16_enabled
+    assert cfg.bfloat16_config.enabled and not cfg.float16_config.enabled
+    assert cfg.optimizer_name == "adamw" and cfg.optimizer_params["lr"] == pytest.approx(0.018)
+    assert cfg.scheduler_name == "WarmupCosineLR" and cfg.scheduler_params["total_num_steps"] == 7 * steps_per_epoch
 
 
 def test_json_export_round_trips_the_tuned_config(tmp_path):

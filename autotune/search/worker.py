@@ -83,13 +83,29 @@ def _child(conn: Any, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any],
     mp.set_start_method(start_method, force=True)
 
     try:
-        conn.send(Outcome("ok", value=fn(**kwargs)))
+        outcome = Outcome("ok", value=fn(**kwargs))
     except BaseException as exc:  # report everything to the parent, then exit
         status = "oom" if is_oom(exc) else "error"
-        reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:500]
-        conn.send(Outcome(status, reason=reason, detail=traceback.format_exc()))
+        outcome = Outcome(status, reason=_one_line(exc), detail=traceback.format_exc())
+    try:
+        conn.send(outcome)
+    except OSError:
+        pass  # the parent stopped waiting (interrupted, or gone): nobody to tell
     finally:
         conn.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception as one line. An error re-raised from a DataLoader worker carries the
+    worker's traceback in its message: its first line only says "Caught ValueError in
+    DataLoader worker process 0", so the original error's own last line is added."""
+    lines = [line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if len(lines) > 1 and "Caught" in text:
+        text = f"{text} {lines[-1]}"
+    return text[:500]
 
 
 def run_isolated(fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], timeout_s: float) -> Outcome:
@@ -106,6 +122,9 @@ def run_isolated(fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], time
     sender.close()
     try:
         outcome = _wait(receiver, proc, timeout_s)
+    except BaseException:  # Ctrl-C in the tuner: the call's process goes too, at once
+        proc.kill()
+        raise
     finally:
         receiver.close()
         _reap(proc)
