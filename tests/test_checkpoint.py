@@ -138,3 +138,39 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
     done = _cli(tmp_path / "fresh", "--resume")
     assert done.returncode == 1
     assert "--resume: there is no checkpoint to resume from in" in done.stderr
+
+
+class _RunsCode:
+    """An object whose unpickling would run a command: what weights_only=True refuses."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "last.pt"
+    torch.save({"format": 1, "payload": _RunsCode(marker)}, path)
+    with pytest.raises(AutotuneError, match="Cannot read the checkpoint"):
+        load(path)
+    assert not marker.exists()
+
+
+def test_an_existing_tuned_yaml_with_another_config_is_kept_aside(tmp_path):
+    from autotune.config import load_tuned
+    from autotune.pipeline import _keep_previous
+
+    logs: list[str] = []
+    path = tmp_path / "tuned.yaml"
+    first = TunedConfig(train=TrainConfig(micro_batch_size=16))
+    assert _keep_previous(path, first, logs.append) is None  # nothing there yet
+    first.save(path)
+    assert _keep_previous(path, first, logs.append) is None and path.exists()  # same config: rewritten
+    assert "holds the same config" in logs[-1]
+    kept = _keep_previous(path, TunedConfig(train=TrainConfig(micro_batch_size=64)), logs.append)
+    assert kept is not None and kept.name.startswith("tuned.previous-") and not path.exists()
+    assert load_tuned(kept).train == first.train
+    assert str(kept) in logs[-1]
