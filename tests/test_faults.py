@@ -118,9 +118,11 @@ def test_ctrl_c_and_sigkill_lose_no_trial_and_the_same_command_resumes(tmp_path)
     db = out / "study.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-    # Ctrl-C (SIGINT) while a trial runs: a clean stop that says how to resume.
+    # Ctrl-C (SIGINT) while a trial runs: a clean stop that says how to resume. (A shell
+    # starts background jobs with SIGINT ignored, and Python keeps it so: give the tuner
+    # the default disposition a terminal would.)
     proc = subprocess.Popen(_cli(out, profiles), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(db, proc, 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
