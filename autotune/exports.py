@@ -68,10 +68,6 @@ def write_export(tuned_path: str | Path, target: str, out: str | Path | None = N
     return write_atomic(path, result.text), result
 
 
-def _precision_note(cfg: TrainConfig) -> str:
-    return {"off": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with a GradScaler"}[cfg.amp]
-
-
 def _schedule_text(cfg: TrainConfig) -> str:
     if cfg.schedule == "onecycle":
         return "one-cycle (rise from lr/25 over the first 30% of steps, then fall)"
