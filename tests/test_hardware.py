@@ -465,3 +465,16 @@ def test_an_older_profile_without_the_new_keys_still_loads() -> None:
     assert "torch_bf16_supported" not in profile.software
     text = profile.summary()  # the summary shows what an older profile has, no more
     assert "  CPU matmul:  fp32 " in text and "Memory copy" not in text and "Took:" not in text
+
+
+def test_a_busy_moment_on_one_side_does_not_flip_the_bf16_speedup():
+    from autotune.hardware.bench import cpu_bf16_speedup
+
+    # fp32 takes 2 s and bf16 1 s a round, except one round where another process made
+    # the bf16 matmul take 20 s: one timing each would have read 0.1x and ruled bf16 out.
+    bf16_times = iter([20.0, 1.0, 1.0])
+
+    def timer(device, dtype, size, autocast_dtype=None):
+        return next(bf16_times) if autocast_dtype is not None else 2.0
+
+    assert cpu_bf16_speedup(rounds=3, timer=timer) == pytest.approx(2.0)
