@@ -256,6 +256,7 @@ def main() -> None:
     for model in args.models:  # one fork server serves every model: preload all their imports
         worker.preload_for(load_task(model).path)
     work = Path(tempfile.mkdtemp(prefix="autotune-grid-"))
+    print(f"studies and runs go to {work} (kept, to look into afterwards)")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     out = args.out or ROOT / "benchmarks" / "results" / f"search_vs_grid-{dt.date.today()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
