@@ -149,12 +149,16 @@ def test_ctrl_c_and_sigkill_lose_no_trial_and_the_same_command_resumes(tmp_path)
         for n, state in before.items():
             if state != "RUNNING":
                 assert trials[n].state.name == state
-    # Each trial cut short is failed as stale and its config was queued again, once.
+    # Each trial cut short is failed as stale and its config was queued again, once (a
+    # trial stopped between Optuna's ask and drawing its knobs had no config to retry).
     stale = [t for t in trials if t.user_attrs.get("status") == "stale"]
     assert len(stale) == 2
     for t in stale:
+        config = t.params or t.system_attrs.get("fixed_params")
         retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
-        assert len(retries) == 1 and retries[0].params == t.params and retries[0].state.is_finished()
+        assert len(retries) == (1 if config else 0), (t.number, config)
+        if config:
+            assert retries[0].params == config and retries[0].state.is_finished()
     assert all(t.state.is_finished() or t.state == TrialState.WAITING for t in trials)
     measured = [t for t in trials if t.state.is_finished() and t.user_attrs.get("status") not in ("infeasible", "duplicate", "stale")]
     assert len(measured) == 8  # the budget, with no trial lost to the stops

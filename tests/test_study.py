@@ -207,3 +207,26 @@ def test_the_sqlite_study_is_in_write_ahead_log_mode(tiny_task, tmp_path):
     study.set_user_attr("x", 1)
     with sqlite3.connect(tmp_path / "study.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_stale_trial_is_queued_again_once_with_its_config(tiny_task, tmp_path):
+    space = _space([8, 16])
+    study, _ = _open(tmp_path, tiny_task, space)
+    study.enqueue_trial({"micro_batch_size": 16, "amp": "off"}, user_attrs={"role": "screening"})
+    study.ask()  # queued, stopped before drawing its knobs: the queued config is retried
+    drawn = study.ask()
+    drawn.suggest_categorical("micro_batch_size", [8, 16])  # drew part of its config, then stopped
+    study.ask()  # asked, nothing drawn: nothing to retry
+    reopened, _ = _open(tmp_path, tiny_task, space)
+    assert fail_stale_trials(reopened) == 3
+    retries = [t for t in reopened.trials if t.user_attrs.get("retry_of") is not None]
+    assert [(t.user_attrs["retry_of"], t.system_attrs["fixed_params"]) for t in retries] == [
+        (0, {"micro_batch_size": 16, "amp": "off"}), (1, drawn.params)]
+    assert retries[0].user_attrs["role"] == "screening"
+    assert all(reopened.trials[n].user_attrs["status"] == "stale" for n in range(3))
+    # A retry stopped in turn is not queued a third time.
+    again = reopened.ask()
+    assert again.number == retries[0].number
+    third, _ = _open(tmp_path, tiny_task, space)
+    assert fail_stale_trials(third) == 1
+    assert not [t for t in third.trials if t.user_attrs.get("retry_of") == again.number]

@@ -161,7 +161,9 @@ def _check_same(attrs: dict[str, Any], task: Task, raw: SearchSpace, fingerprint
 def fail_stale_trials(study: optuna.Study) -> int:
     """Mark trials left RUNNING by a tuner that was stopped (killed, or the machine went
     down) as failed, with the reason, and queue each one's config again, once: a trial
-    that was itself such a retry is not queued a third time. Returns how many."""
+    that was itself such a retry is not queued a third time, and one stopped before it
+    had a config (between Optuna's ask and the draw) has nothing to retry. Returns how
+    many."""
     stale = [t for t in study.trials if t.state == TrialState.RUNNING]
     for t in stale:
         live = optuna.trial.Trial(study, t._trial_id)
@@ -169,9 +171,12 @@ def fail_stale_trials(study: optuna.Study) -> int:
         live.set_user_attr("reason", "the tuner stopped while this trial ran")
         study.tell(t.number, state=TrialState.FAIL)
         study.set_user_attr(f"stale_trial_{t.number}", "the tuner stopped while it ran")
-        if t.params and t.user_attrs.get("retry_of") is None:
+        # Its config: the knobs it had drawn, or for a queued trial stopped before drawing
+        # them, the ones it was queued with; a trial stopped before either had none.
+        knobs = t.params or t.system_attrs.get("fixed_params")
+        if knobs and t.user_attrs.get("retry_of") is None:
             attrs = {k: v for k, v in t.user_attrs.items() if k == "role"}
-            study.enqueue_trial(t.params, user_attrs={**attrs, "retry_of": t.number})
+            study.enqueue_trial(knobs, user_attrs={**attrs, "retry_of": t.number})
     return len(stale)
 
 
