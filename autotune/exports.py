@@ -97,9 +97,16 @@ def _header(tuned: TunedConfig, target: str, notes: list[str], extra: list[str] 
     return "".join(f"# {line}\n" if line else "#\n" for line in lines)
 
 
-def _common_notes(cfg: TrainConfig, skip: tuple[str, ...] = ()) -> list[str]:
-    """Knobs that no target's config file holds, with what to do instead."""
+def _common_notes(cfg: TrainConfig, skip: tuple[str, ...] = (), checkpointing: str | None = None,
+                  compile: str | None = None) -> list[str]:
+    """Knobs that no target's config file holds, with what to do instead; with
+    ``checkpointing`` / ``compile``, how to do those in code where the target's file has
+    no key for them."""
     notes = []
+    if checkpointing and cfg.checkpointing:
+        notes.append(f"checkpointing = true: {checkpointing}")
+    if compile and cfg.compile:
+        notes.append(f"compile = true: {compile}")
     if "cpu_threads" not in skip and cfg.cpu_threads:
         notes.append(f"cpu_threads = {cfg.cpu_threads}: call torch.set_num_threads({cfg.cpu_threads}) before training "
                      "(CPU training only)")
@@ -133,13 +140,11 @@ def _lightning(tuned: TunedConfig) -> Export:
     data = {"batch_size": cfg.micro_batch_size, "num_workers": cfg.num_workers, "pin_memory": cfg.pin_memory,
             "persistent_workers": cfg.persistent_workers}
     model = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "warmup": cfg.warmup, "schedule": cfg.schedule}
-    notes = _common_notes(cfg, skip=("cudnn_benchmark",))
-    if cfg.checkpointing:
-        notes.append("checkpointing = true: wrap the model's repeated blocks in "
-                     "torch.utils.checkpoint.checkpoint inside your LightningModule (no Trainer flag does it "
-                     "outside FSDP)")
-    if cfg.compile:
-        notes.append("compile = true: model = torch.compile(model) before trainer.fit")
+    notes = _common_notes(
+        cfg, skip=("cudnn_benchmark",),
+        checkpointing="wrap the model's repeated blocks in torch.utils.checkpoint.checkpoint inside your "
+                      "LightningModule (no Trainer flag does it outside FSDP)",
+        compile="model = torch.compile(model) before trainer.fit")
     mapped = {"amp": "trainer.precision", "accumulation_steps": "trainer.accumulate_grad_batches",
               "epochs": "trainer.max_epochs", "cudnn_benchmark": "trainer.benchmark",
               "grad_clip": "trainer.gradient_clip_val", "seed": "seed_everything",
@@ -225,7 +230,7 @@ def _accelerate(tuned: TunedConfig) -> Export:
     if cfg.compile:
         doc["dynamo_config"] = {"dynamo_backend": "INDUCTOR"}
         mapped["compile"] = "dynamo_config.dynamo_backend"
-    notes = _common_notes(cfg)
+    notes = _common_notes(cfg, checkpointing="wrap the model's repeated blocks in torch.utils.checkpoint.checkpoint")
     notes += [
         f"accumulation_steps = {cfg.accumulation_steps}: Accelerator(gradient_accumulation_steps="
         f"{cfg.accumulation_steps}) and `with accelerator.accumulate(model):`",
@@ -238,8 +243,6 @@ def _accelerate(tuned: TunedConfig) -> Export:
         if cfg.grad_clip > 0 else "grad_clip = 0: no clipping",
         f"epochs = {cfg.epochs}, seed = {cfg.seed}: your loop's epochs; accelerate.utils.set_seed({cfg.seed})",
     ]
-    if cfg.checkpointing:
-        notes.append("checkpointing = true: wrap the model's repeated blocks in torch.utils.checkpoint.checkpoint")
     text = _header(tuned, "accelerate", notes) + yaml.safe_dump(doc, sort_keys=False)
     return Export("accelerate", text, notes, mapped)
 
@@ -259,7 +262,10 @@ def _deepspeed(tuned: TunedConfig) -> Export:
     mapped = {"micro_batch_size": "train_micro_batch_size_per_gpu", "accumulation_steps": "gradient_accumulation_steps",
               "grad_clip": "gradient_clipping", "amp": "bf16.enabled / fp16.enabled", "lr": "optimizer.params.lr",
               "weight_decay": "optimizer.params.weight_decay"}
-    notes = _common_notes(cfg)
+    notes = _common_notes(
+        cfg, checkpointing="call deepspeed.checkpointing.checkpoint (or torch.utils.checkpoint) around the model's "
+                           "repeated blocks; the config's activation_checkpointing section only tunes that call",
+        compile="engine.compile() after deepspeed.initialize")
     total = _total_steps(tuned)
     if total is not None and cfg.schedule == "cosine":
         doc["scheduler"] = {"type": "WarmupCosineLR", "params": {
@@ -282,12 +288,6 @@ def _deepspeed(tuned: TunedConfig) -> Export:
                  f"set_random_seed({cfg.seed}) (DeepSpeed's config has neither)")
     notes.append(f"num_workers = {cfg.num_workers}, pin_memory = {str(cfg.pin_memory).lower()}, persistent_workers = "
                  f"{str(cfg.persistent_workers).lower()}: your DataLoader's arguments")
-    if cfg.checkpointing:
-        notes.append("checkpointing = true: call deepspeed.checkpointing.checkpoint (or torch.utils.checkpoint) "
-                     "around the model's repeated blocks; the config's activation_checkpointing section only "
-                     "tunes that call")
-    if cfg.compile:
-        notes.append("compile = true: engine.compile() after deepspeed.initialize")
     text = json.dumps(doc, indent=2) + "\n"
     return Export("deepspeed", text, notes, mapped)
 

@@ -118,24 +118,23 @@ def _main_file() -> str | None:
 
 def _check_importable(name: str, value: Any) -> None:
     """Refuse functions a fresh process could not import, with the reason."""
-    targets = [value] if callable(value) and not isinstance(value, _ReturnDatasets) else []
-    if not hasattr(value, "__qualname__") and callable(value) and not isinstance(value, _ReturnDatasets):
-        targets = [type(value)]  # a callable object: its class must be importable
-    for obj in targets:
-        qual, module = getattr(obj, "__qualname__", ""), getattr(obj, "__module__", None)
-        if "<lambda>" in qual or "<locals>" in qual:
-            raise ConfigError(
-                f"`{name}` ({qual}) is a lambda or a function defined inside another function; trials run in "
-                "fresh processes, which can only import functions defined at the top level of a module.",
-                hint=f"Define `{name}` with `def` at the top level of a .py file.",
-            )
-        if module == "__main__" and _main_file() is None:
-            raise ConfigError(
-                f"`{name}` ({qual}) is defined in an interactive session (a notebook or the REPL); trials run in "
-                "fresh processes, which cannot see it.",
-                hint=f"Move `{name}` into a .py file next to the notebook and import it from there, "
-                     "or pass that file's path as the model.",
-            )
+    if not callable(value) or isinstance(value, _ReturnDatasets):
+        return  # BASE, CLASS_NAMES and the datasets given as objects are pickled by value
+    obj = value if hasattr(value, "__qualname__") else type(value)  # a callable object: its class
+    qual, module = getattr(obj, "__qualname__", ""), getattr(obj, "__module__", None)
+    if "<lambda>" in qual or "<locals>" in qual:
+        raise ConfigError(
+            f"`{name}` ({qual}) is a lambda or a function defined inside another function; trials run in "
+            "fresh processes, which can only import functions defined at the top level of a module.",
+            hint=f"Define `{name}` with `def` at the top level of a .py file.",
+        )
+    if module == "__main__" and _main_file() is None:
+        raise ConfigError(
+            f"`{name}` ({qual}) is defined in an interactive session (a notebook or the REPL); trials run in "
+            "fresh processes, which cannot see it.",
+            hint=f"Move `{name}` into a .py file next to the notebook and import it from there, "
+                 "or pass that file's path as the model.",
+        )
 
 
 class _Unpickler(pickle.Unpickler):

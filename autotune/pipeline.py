@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import platform
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from autotune.config import TrainConfig, TunedConfig, load_tuned
 from autotune.errors import AutotuneError
@@ -24,7 +20,7 @@ from autotune.engine.loop import TrainResult
 from autotune.final import WEIGHTS_FILE, FinalOptions, final_run
 from autotune.hardware import HardwareProfile, collect_profile
 from autotune import results
-from autotune.report import evaluation_metrics, knob_effects, param_importances, write_report
+from autotune.report import write_report
 from autotune.search import (
     Facts,
     SearchBudget,
@@ -43,7 +39,7 @@ from autotune.search.objective import Scorer
 from autotune.search.limits import apply_limits, default_limit_bytes, probe_limits
 from autotune.search.study import scorer_of, study_exists
 from autotune.search.select import Selection
-from autotune.search.screen import LEAD
+from autotune.run_data import report_data, search_data, selection_data, versions
 from autotune.search.space import SearchSpace
 from autotune.task import Task, load_task
 
@@ -112,9 +108,9 @@ def run_all(model_path: str | Path, opts: RunOptions, log: Any = print) -> RunRe
     t = tune(model_path, opts, log)
     paths = {"tuned": t.path}
     result = final_run(t.task, t.tuned.train, opts.out, opts.progress, log, opts.final, t.profile.gpus)
-    data = _report_data(t.task, t.tuned.train, result, t.profile, opts.final, t.tuned.measured)
-    data["search"] = _search_data(t.study, t.space, opts.budget)
-    data["selection"] = _selection_data(t.selection, t.tuned)
+    data = report_data(t.task, t.tuned.train, result, t.profile, opts.final, t.tuned.measured)
+    data["search"] = search_data(t.study, t.space, opts.budget)
+    data["selection"] = selection_data(t.selection, t.tuned)
     paths.update(write_report(data, opts.out))
     paths["weights"] = opts.out / WEIGHTS_FILE
     log(f"autotune: report {paths['markdown']} and {paths['html']}")
@@ -258,7 +254,7 @@ def train_all(model_path: str | Path, config: str | Path | TunedConfig, out: Pat
     log(f"autotune: training {task.path.name} with {source}")
     gpus = collect_profile(measure=False).gpus if final.nproc > 1 else []
     result = final_run(task, cfg, out, progress, log, final, gpus)
-    paths = write_report(_report_data(task, cfg, result, None, final, tuned.measured), out)
+    paths = write_report(report_data(task, cfg, result, None, final, tuned.measured), out)
     paths["weights"] = out / WEIGHTS_FILE
     log(f"autotune: report {paths['markdown']} and {paths['html']}")
     return RunResult(paths, result, cfg)
@@ -281,17 +277,6 @@ def _facts(profile: HardwareProfile, task: Task) -> Facts:
         train_size=len(task.datasets()[0]),
         has_conv=has_conv2d(model),
     )
-
-
-def versions() -> dict[str, str]:
-    """Versions of python and the packages a result depends on."""
-    out = {"python": platform.python_version(), "torch": str(torch.__version__)}
-    for dist in ("autotune", "optuna", "scikit-learn", "numpy", "nvidia-ml-py", "pyyaml", "tqdm", "matplotlib"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -339,85 +324,6 @@ def _tuned_config(task: Task, space: SearchSpace, profile: HardwareProfile, stud
                   "trials": len(study.trials)},
     }
     return TunedConfig(train=sel.config, provenance=provenance, measured=measured)
-
-
-def _report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: HardwareProfile | None,
-                 final: FinalOptions = FinalOptions(), measured: dict[str, Any] | None = None) -> dict[str, Any]:
-    ev = result.evaluation
-    data: dict[str, Any] = {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"file": str(task.path), "sha256": task.sha256},
-        "config": result.config or cfg.to_dict(),
-        "final": {
-            "epochs_run": len(result.history),
-            "history": result.history,
-            "seconds": result.seconds,
-            "samples_per_s": result.samples / result.seconds if result.seconds else None,
-            "peak_memory_bytes": result.peak_memory_bytes,
-            "val_loss": ev.loss,
-            "val_accuracy": ev.accuracy,
-            "mfu": _final_mfu(result, measured or {}),
-            "processes": result.processes,
-            "resumed_at": result.resumed_at,
-        },
-        "versions": versions(),
-    }
-    if final.target_accuracy is not None:
-        data["final"]["time_to_target"] = {"target": final.target_accuracy, "metric": "val_accuracy",
-                                           "seconds": result.time_to_target_s, "epoch": result.target_epoch}
-    evaluation = evaluation_metrics(ev.y_true, ev.y_pred, task.class_names)
-    if evaluation is not None:
-        data["evaluation"] = evaluation
-    if profile is not None:
-        data["hardware"] = {
-            "fingerprint": profile.fingerprint,
-            "device": profile.device,
-            "cpu_model": profile.host.get("cpu_model"),
-            "logical_cores": profile.host.get("logical_cores"),
-            "memory_total_bytes": profile.host.get("memory_total_bytes"),
-            "gpus": [str(g.get("name")) for g in profile.gpus],
-            "nvml": profile.nvml.get("message") or "",
-        }
-    return data
-
-
-def _final_mfu(result: TrainResult, measured: dict[str, Any]) -> float | None:
-    """The final run's MFU per device: its training samples/s (evaluations excluded) over
-    the tuned trial's, times the MFU measured with it (same FLOPs a sample, same peak)."""
-    seconds = sum(row.get("seconds") or 0.0 for row in result.history)
-    samples = sum(row.get("samples") or 0 for row in result.history)
-    tps, mfu = measured.get("throughput_samples_per_s"), measured.get("mfu")
-    if not (seconds > 0 and samples and tps and mfu is not None):
-        return None
-    return mfu * (samples / seconds / max(result.processes, 1)) / tps
-
-
-def _search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[str, Any]:
-    trials = []
-    for t in study.trials:
-        row = {"number": t.number, "state": t.state.name.lower(), "value": t.value, **t.user_attrs}
-        row.pop("traceback", None)
-        trials.append(row)
-    choices = {n: list(space.params[n].choices) for n in space.searched() if space.params[n].choices is not None}
-    return {
-        "space": space.to_dict(),
-        "gated": space.gated,
-        "warm_start": study.user_attrs.get("warm_start"),
-        "memory_probe": study.user_attrs.get("memory_probe"),
-        "budget": {"n_trials": budget.n_trials, "timeout_s": budget.timeout_s, "prune_below": budget.prune_below,
-                   "trial": budget.trial.to_dict()},
-        "objective": study.user_attrs.get("objective", "throughput"),
-        "trials": trials,
-        "param_importances": param_importances(study),
-        "knob_effects": knob_effects(study.get_trials(deepcopy=False), study.user_attrs.get("screening_default"), choices,
-                                     study.user_attrs.get("screening_base"), LEAD),
-    }
-
-
-def _selection_data(sel: Selection, tuned: TunedConfig) -> dict[str, Any]:
-    keys = ("throughput_samples_per_s", "goodput_samples_per_s", "statistical_efficiency", "mfu",
-            "default_throughput_samples_per_s", "speedup_vs_default", "goodput_vs_default", "gradient_noise_scale")
-    return {**sel.to_dict(), **{k: tuned.measured.get(k) for k in keys}}
 
 
 __all__ = ["FinalOptions", "RunOptions", "default_out", "final_run", "run", "train", "versions"]

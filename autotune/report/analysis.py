@@ -78,7 +78,7 @@ def knob_effects(trials: Sequence[Any], default: dict[str, Any] | None, choices:
     if first is None:
         return {"reason": "the default trial has not finished", "knobs": {}}
     base = base or default
-    base_trial = next((t for t in screened if t.state.is_finished() and _matches(t, base)), first)
+    base_trial = next((t for t in screened if _matches(t, base)), first)
     knobs = {}
     for name, options in choices.items():
         if name not in default or len(options) < 2:

@@ -1,0 +1,115 @@
+"""What report.json holds of a run, built from the task, the final run's result, the
+study and the selection (``pipeline`` calls these; ``report/`` renders the result).
+
+Kept apart from ``pipeline`` so that module only wires the stages together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from importlib import metadata
+from typing import Any
+
+import torch
+
+from autotune.config import TrainConfig, TunedConfig
+from autotune.engine.loop import TrainResult
+from autotune.final import FinalOptions
+from autotune.hardware import HardwareProfile
+from autotune.report import evaluation_metrics, knob_effects, param_importances
+from autotune.search import SearchBudget
+from autotune.search.screen import LEAD
+from autotune.search.select import Selection
+from autotune.search.space import SearchSpace
+from autotune.task import Task
+
+
+def versions() -> dict[str, str]:
+    """Versions of python and the packages a result depends on."""
+    out = {"python": platform.python_version(), "torch": str(torch.__version__)}
+    for dist in ("autotune", "optuna", "scikit-learn", "numpy", "nvidia-ml-py", "pyyaml", "tqdm", "matplotlib"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: HardwareProfile | None,
+                 final: FinalOptions = FinalOptions(), measured: dict[str, Any] | None = None) -> dict[str, Any]:
+    ev = result.evaluation
+    data: dict[str, Any] = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"file": str(task.path), "sha256": task.sha256},
+        "config": result.config or cfg.to_dict(),
+        "final": {
+            "epochs_run": len(result.history),
+            "history": result.history,
+            "seconds": result.seconds,
+            "samples_per_s": result.samples / result.seconds if result.seconds else None,
+            "peak_memory_bytes": result.peak_memory_bytes,
+            "val_loss": ev.loss,
+            "val_accuracy": ev.accuracy,
+            "mfu": _final_mfu(result, measured or {}),
+            "processes": result.processes,
+            "resumed_at": result.resumed_at,
+        },
+        "versions": versions(),
+    }
+    if final.target_accuracy is not None:
+        data["final"]["time_to_target"] = {"target": final.target_accuracy, "metric": "val_accuracy",
+                                           "seconds": result.time_to_target_s, "epoch": result.target_epoch}
+    evaluation = evaluation_metrics(ev.y_true, ev.y_pred, task.class_names)
+    if evaluation is not None:
+        data["evaluation"] = evaluation
+    if profile is not None:
+        data["hardware"] = {
+            "fingerprint": profile.fingerprint,
+            "device": profile.device,
+            "cpu_model": profile.host.get("cpu_model"),
+            "logical_cores": profile.host.get("logical_cores"),
+            "memory_total_bytes": profile.host.get("memory_total_bytes"),
+            "gpus": [str(g.get("name")) for g in profile.gpus],
+            "nvml": profile.nvml.get("message") or "",
+        }
+    return data
+
+
+def _final_mfu(result: TrainResult, measured: dict[str, Any]) -> float | None:
+    """The final run's MFU per device: its training samples/s (evaluations excluded) over
+    the tuned trial's, times the MFU measured with it (same FLOPs a sample, same peak)."""
+    seconds = sum(row.get("seconds") or 0.0 for row in result.history)
+    samples = sum(row.get("samples") or 0 for row in result.history)
+    tps, mfu = measured.get("throughput_samples_per_s"), measured.get("mfu")
+    if not (seconds > 0 and samples and tps and mfu is not None):
+        return None
+    return mfu * (samples / seconds / max(result.processes, 1)) / tps
+
+
+def search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[str, Any]:
+    trials = []
+    for t in study.trials:
+        row = {"number": t.number, "state": t.state.name.lower(), "value": t.value, **t.user_attrs}
+        row.pop("traceback", None)
+        trials.append(row)
+    choices = {n: list(space.params[n].choices) for n in space.searched() if space.params[n].choices is not None}
+    return {
+        "space": space.to_dict(),
+        "gated": space.gated,
+        "warm_start": study.user_attrs.get("warm_start"),
+        "memory_probe": study.user_attrs.get("memory_probe"),
+        "budget": {"n_trials": budget.n_trials, "timeout_s": budget.timeout_s, "prune_below": budget.prune_below,
+                   "trial": budget.trial.to_dict()},
+        "objective": study.user_attrs.get("objective", "throughput"),
+        "trials": trials,
+        "param_importances": param_importances(study),
+        "knob_effects": knob_effects(study.get_trials(deepcopy=False), study.user_attrs.get("screening_default"), choices,
+                                     study.user_attrs.get("screening_base"), LEAD),
+    }
+
+
+def selection_data(sel: Selection, tuned: TunedConfig) -> dict[str, Any]:
+    keys = ("throughput_samples_per_s", "goodput_samples_per_s", "statistical_efficiency", "mfu",
+            "default_throughput_samples_per_s", "speedup_vs_default", "goodput_vs_default", "gradient_noise_scale")
+    return {**sel.to_dict(), **{k: tuned.measured.get(k) for k in keys}}
