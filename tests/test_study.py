@@ -174,6 +174,29 @@ def test_contenders_are_the_runs_within_the_margin_of_the_best_median_or_reachin
     assert contenders([lead, close, behind, wide], 0.04) == [lead, wide]
 
 
+def test_configs_rank_by_the_mean_of_their_measurements_not_their_luckiest():
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from autotune.search.select import ranked_trials
+
+    study = optuna.create_study(direction="maximize")
+    dists = {"micro_batch_size": CategoricalDistribution([8, 16, 32])}
+
+    def add(mb, value, status="ok"):
+        study.add_trial(create_trial(params={"micro_batch_size": mb}, distributions=dists, value=value,
+                                     user_attrs={"config": {"micro_batch_size": mb}, "status": status}))
+
+    add(8, 150.0)  # lucky once ...
+    add(16, 120.0)
+    add(8, 70.0)  # ... and measured again: mean 110
+    add(16, 120.0, status="duplicate")  # a repeat copies trial 1's value: not a second measurement
+    add(32, 100.0)
+    ranked = ranked_trials(study)
+    assert [(t.params["micro_batch_size"], t.number) for t in ranked] == [(16, 1), (8, 0), (32, 4)]
+
+
 @pytest.mark.parametrize("limit, feasible", [(2**40, True), (2**20, False)])
 def test_memory_over_the_budget_is_an_optuna_constraint(tiny_task, tmp_path, limit, feasible):
     space = _space([8])

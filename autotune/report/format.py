@@ -69,7 +69,8 @@ TRIAL_HEADER = ["#", "state", "micro-batch", "accum", "workers", "amp", "ckpt", 
 
 def trial_note(t: dict[str, Any], chars: int | None = 120) -> str:
     """Why a trial ended as it did, or what it was for; cut to ``chars`` (None: whole)."""
-    roles = {"default": "default config", "warm_start": f"warm start from {t.get('warm_start_from')}"}
+    roles = {"default": "default config", "recheck": "the same config measured again",
+             "warm_start": f"warm start from {t.get('warm_start_from')}"}
     note = t.get("reason") or roles.get(t.get("role"), "")
     if t.get("duplicate_of") is not None:
         note = f"same config as trial {t['duplicate_of']}; not run again"

@@ -17,7 +17,15 @@ with the others. They are measured one at a time, and as soon as one is better b
 3%, the neighbours of that one follow instead (a local search one knob at a time, first
 improvement; a smaller lead is noise and would only send the climb sideways), until the
 current config's neighbours are all measured.
-The sampler (TPE) goes on from all of these.
+
+One trial of a config can be lucky by 10-20% on a busy machine, and every gain above is a
+ratio to a reference config: a lucky reference hides every real gain, and a lucky
+incumbent stops the climb. So the references are measured twice (the default after the
+micro-batch's screening, the base before the other knobs' screening), a config's score is
+the mean of its measurements, and when every neighbour of the climb's config has been
+measured, that config is measured once more (a recheck) before the climb is done with
+it: if its mean falls behind another config's, the climb moves there. The sampler (TPE)
+goes on from all of these.
 
 Range knobs (``low``/``high``) are not screened. Configs ruled out unrun (too big for the
 memory limit, too few optimizer steps) cost nothing; a pruned trial counts as the value
@@ -35,7 +43,7 @@ from optuna.trial import TrialState
 
 from autotune.search.space import SearchSpace
 
-SCREENING, COMBINATION, REFINE = "screening", "combination", "refine"
+SCREENING, COMBINATION, REFINE, RECHECK = "screening", "combination", "refine", "recheck"
 # Two trials of one config differ by a few percent on a quiet machine (5-10% on a busy
 # one): a screened gain below this keeps the default in the combination.
 MIN_GAIN = 1.05
@@ -67,14 +75,22 @@ def enqueue_screening(study: optuna.Study, space: SearchSpace, default: dict[str
     configs = screening_configs(space, default, first)
     for knobs in configs:
         study.enqueue_trial(knobs, user_attrs={"role": SCREENING})
+    if configs:  # the default's second measurement, after the others: less alike in noise
+        enqueue_recheck(study, default)
     study.set_user_attr("screening_default", default)
     study.set_user_attr("screening_rest", [n for n in screened if n not in first])
-    return len(configs)
+    return len(configs) + bool(configs)
+
+
+def enqueue_recheck(study: optuna.Study, knobs: dict[str, Any]) -> None:
+    """Queue one more measurement of ``knobs``: it runs even though the config was
+    measured before (any other repeated proposal is answered from the earlier trial)."""
+    study.enqueue_trial(knobs, user_attrs={"role": RECHECK, "recheck": True})
 
 
 def _screened_done(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial] | None:
-    """The default and screening trials, or None while one of them is still to run."""
-    screened = [t for t in trials if t.user_attrs.get("role") in (SCREENING, "default")]
+    """The default, screening and recheck trials, or None while one is still to run."""
+    screened = [t for t in trials if t.user_attrs.get("role") in (SCREENING, "default", RECHECK)]
     if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in screened):
         return None
     return screened
@@ -84,12 +100,13 @@ def _best_choice(screened: list[optuna.trial.FrozenTrial], name: str, ref: dict[
                  min_gain: float) -> tuple[Any, float] | None:
     """The choice of ``name`` that scored best with every other knob as in ``ref``, and
     its gain over ``ref``'s own choice; None when none beat it by ``min_gain``."""
-    scores = {}
+    measured: dict[Any, list[float]] = {}
     for t in screened:
         if all(t.params.get(k) == v for k, v in ref.items() if k != name):
             value = _score(t)
             if value is not None:
-                scores[t.params.get(name)] = value
+                measured.setdefault(t.params.get(name), []).append(value)
+    scores = {choice: sum(values) / len(values) for choice, values in measured.items()}
     if not scores or max(scores, key=scores.get) == ref[name]:
         return None
     choice = max(scores, key=scores.get)
@@ -112,9 +129,11 @@ def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: floa
     base = {**default, LEAD: best[0]} if best else dict(default)
     study.set_user_attr("screening_base", base)
     configs = screening_configs(space, base, [n for n in rest if n in space.params])
+    if best and configs:  # the default was measured twice already; a new base is too
+        enqueue_recheck(study, base)
     for knobs in configs:
         study.enqueue_trial(knobs, user_attrs={"role": SCREENING})
-    return len(configs)
+    return len(configs) + bool(best and configs)
 
 
 def combination(study: optuna.Study, space: SearchSpace,
@@ -191,42 +210,58 @@ def neighbours(space: SearchSpace, incumbent: dict[str, Any]) -> list[dict[str, 
     return out
 
 
+def config_scores(trials: list[optuna.trial.FrozenTrial], default: dict[str, Any]) -> dict[str, tuple[dict[str, Any], list[float]]]:
+    """Each measured config's knobs and objective values (its completed trials; a repeated
+    proposal answered from an earlier trial is not a measurement), by ``repr`` of its knobs."""
+    out: dict[str, tuple[dict[str, Any], list[float]]] = {}
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.value is not None and t.user_attrs.get("status") != "duplicate":
+            knobs = {k: t.params.get(k, v) for k, v in default.items()}
+            out.setdefault(repr(knobs), (knobs, []))[1].append(t.value)
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float = MIN_MOVE) -> int:
     """Once the combination has finished, queue the next unmeasured neighbour of the
     climb's current config, one at a time; returns how many were queued (0 or 1).
 
-    The current config is the best completed trial's, unless the config the climb is at
-    already scored within ``min_move`` of it: then the climb stays (first improvement by a
-    margin: when a neighbour turns out clearly better, the next ones are its neighbours).
-    Nothing is queued while a refinement trial is pending, nor once every neighbour of
-    the current config is measured: the sampler goes on from there, and should it find a
-    clearly better config, the climb starts again around it."""
+    Configs are compared by the mean of their measurements. The current config is the
+    best one, unless the config the climb is at already scored within ``min_move`` of it:
+    then the climb stays (first improvement by a margin: when a neighbour turns out
+    clearly better, the next ones are its neighbours). Once every neighbour of the current
+    config is measured, the config itself is measured once more (``RECHECK``) if it was
+    measured only once. Nothing is queued while a refinement or recheck is pending, nor
+    once the current config is measured twice with all its neighbours: the sampler goes
+    on from there, and should it find a clearly better config, the climb starts again
+    around it."""
     default = study.user_attrs.get("screening_default")
     trials = study.get_trials(deepcopy=False)
     combined = [t for t in trials if t.user_attrs.get("role") == COMBINATION]
     if default is None or not combined or not combined[0].state.is_finished():
         return 0
-    if any(t.user_attrs.get("role") == REFINE and not t.state.is_finished() for t in trials):
+    if any(t.user_attrs.get("role") in (REFINE, RECHECK) and not t.state.is_finished() for t in trials):
         return 0
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    if not complete:
+    scores = config_scores(trials, default)
+    if not scores:
         return 0
-
-    def knobs_of(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-        return {k: t.params.get(k, v) for k, v in default.items()}
-
-    best = max(complete, key=lambda t: t.value)
+    best = max(scores.values(), key=lambda s: _mean(s[1]))
     around = study.user_attrs.get("refined_around", [])
-    incumbent = knobs_of(best)
-    if around:
-        at = [t.value for t in complete if knobs_of(t) == around[-1]]
-        if at and best.value < min_move * max(at):
+    incumbent = best[0]
+    if around and repr(around[-1]) in scores:
+        if _mean(best[1]) < min_move * _mean(scores[repr(around[-1])][1]):
             incumbent = around[-1]
     if not around or around[-1] != incumbent:
         study.set_user_attr("refined_around", around + [incumbent])
-    tried = [knobs_of(t) for t in trials if t.state.is_finished()]
+    tried = [{k: t.params.get(k, v) for k, v in default.items()} for t in trials if t.state.is_finished()]
     for knobs in neighbours(space, incumbent):
         if knobs not in tried:
             study.enqueue_trial(knobs, user_attrs={"role": REFINE})
             return 1
+    if len(scores[repr(incumbent)][1]) < 2:
+        enqueue_recheck(study, incumbent)
+        return 1
     return 0

@@ -96,7 +96,9 @@ class Selection:
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials with a value, best first, one per distinct config."""
+    """Completed trials with a value, one per distinct config (its best trial), the config
+    with the best mean of its measurements first (a config measured twice by the search,
+    ``screen.RECHECK``, is ranked by both, not by its luckier one)."""
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
         reasons = sorted({str(t.user_attrs.get("reason", t.state.name)) for t in study.trials})
@@ -105,13 +107,17 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             f"Reasons seen: {'; '.join(reasons) or 'none'}.",
             hint="Run with --debug, or look at the trials' `reason` in the study.",
         )
-    seen: list[dict[str, Any]] = []
-    ranked = []
-    for t in sorted(complete, key=lambda t: t.value, reverse=True):
-        if t.user_attrs.get("config") not in seen:
-            seen.append(t.user_attrs.get("config"))
-            ranked.append(t)
-    return ranked
+    groups: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in complete:
+        groups.setdefault(repr(t.user_attrs.get("config")), []).append(t)
+
+    def mean(trials: list[optuna.trial.FrozenTrial]) -> float:
+        # A repeat answered from an earlier trial copies its value: not a measurement.
+        measured = [t.value for t in trials if t.user_attrs.get("status") != "duplicate"] or [trials[0].value]
+        return statistics.fmean(measured)
+
+    ranked = sorted(groups.values(), key=mean, reverse=True)
+    return [max(trials, key=lambda t: t.value) for trials in ranked]
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:

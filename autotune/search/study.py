@@ -272,7 +272,8 @@ def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: Sear
         trial.set_user_attr("status", "infeasible")
         trial.set_user_attr("reason", reason)
         return study.tell(trial, state=TrialState.PRUNED)
-    earlier = _measured_before(study, cfg)
+    # A recheck (``screen.enqueue_recheck``) measures a config again on purpose.
+    earlier = None if trial.user_attrs.get("recheck") else _measured_before(study, cfg)
     if earlier is not None:
         # The sampler proposed a config it already has: answer from the earlier
         # measurement instead of spending a trial on it (re-measuring is selection's job).
