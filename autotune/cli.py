@@ -1,4 +1,4 @@
-"""The command line: ``autotune run | train | report | profile | compare``.
+"""The command line: ``autotune run | worker | finalize | train | report | export | profile | compare``.
 
 Every error a user can cause is an ``AutotuneError``; it is caught once here, printed as
 one line (plus a hint), and the exit status is 1. ``--debug`` shows the traceback.
@@ -22,7 +22,13 @@ examples:
   autotune compare profiles/a.yaml profiles/b.yaml --format markdown
   autotune report runs/digits_cnn
   autotune export runs/digits_cnn/tuned.yaml --to lightning
+  autotune run examples/digits_cnn.py --workers 2
+  autotune run examples/digits_cnn.py --storage postgresql://autotune:pw@db-host/studies --study digits
+  autotune worker examples/digits_cnn.py --storage postgresql://autotune:pw@db-host/studies --study digits
 """
+
+STORAGE_HELP = ("where the study lives: sqlite:///PATH (one machine), postgresql://USER:PASSWORD@HOST:PORT/DB "
+                "(many machines; needs the `postgres` extra) or journal:PATH (a file on a filesystem all workers share)")
 
 
 def _number(kind: type, low: float, high: float = float("inf"), open_low: bool = False) -> Callable[[str], Any]:
@@ -71,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_run(sub)
+    _add_worker(sub)
     _add_train(sub)
     _add_report(sub)
     _add_export(sub)
@@ -108,8 +115,57 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headroom", type=_number(float, 0.0, 0.9), default=0.1, metavar="FRACTION", help="share of the memory limit the probed micro-batch leaves free (default: 0.1)")
     p.add_argument("--objective", choices=("goodput", "throughput"), default="goodput", help="what trials are scored on: goodput (samples/s weighted by how much each sample is worth at that effective batch, from the model's gradient noise scale) or raw throughput (samples/s) (default: goodput)")
     p.add_argument("--no-warm-start", action="store_true", help="start the study from scratch even when saved results exist")
+    p.add_argument("--storage", metavar="URL", help=STORAGE_HELP + " (default: sqlite:///OUT/study.db)")
+    p.add_argument("--study", metavar="NAME", help="the study's name in the storage (default: the model file's name)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="run trials in N worker processes at once: one per GPU, or on the CPU each on its share of the cores; more workers elsewhere can join with `autotune worker` (default: 1, trials one at a time in this process)")
     _add_final_run_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_worker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="join a study on a shared storage and run its trials",
+        description="Join a study created by `autotune run --storage URL` (waiting while its creator sets it up) "
+        "and run trials until the study's budget is spent. The worker that tells the last trial then selects, "
+        "writes tuned.yaml, trains and reports into its --out, unless --no-finalize.",
+    )
+    p.add_argument("model", type=Path, help="the model file: the same file the study was made for")
+    _add_study_args(p)
+    p.add_argument("--trials", type=_positive_int, default=24, help="the study's budget in measured trials, used only when this worker creates the study (it does where there is none; default: 24)")
+    p.add_argument("--space", default="default", help="the search space, used only when this worker creates the study (default: default)")
+    p.add_argument("--no-finalize", action="store_true", help="only run trials; leave the selection and the final run to another process or `autotune finalize`")
+    p.add_argument("--cpus", type=_cpu_list, metavar="LIST", help="run trials on these CPUs only, e.g. 0-3 or 0,2 (`autotune run --workers` sets it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p = sub.add_parser(
+        "finalize",
+        help="select, write tuned.yaml, train and report from a study whose trials are done",
+        description="What a study's last worker does once the budget is spent, by hand: re-measure the best "
+        "few configs side by side, write tuned.yaml, train with it and write the report.",
+    )
+    p.add_argument("model", type=Path, help="the model file the study was made for")
+    _add_study_args(p)
+    p.add_argument("--epochs", type=_positive_int, help="epochs of the final run (default: the model file's BASE['epochs'])")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", metavar="URL", required=True, help=STORAGE_HELP)
+    p.add_argument("--study", metavar="NAME", help="the study's name in the storage (default: the model file's name)")
+    p.add_argument("--out", type=Path, help="run directory for tuned.yaml, the report and the weights (default: runs/<model name>)")
+
+
+def _cpu_list(text: str) -> list[int]:
+    cpus: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            cpus += list(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be CPU numbers like 0-3 or 0,2, but got {text!r}") from None
+    if not cpus or min(cpus) < 0:
+        raise argparse.ArgumentTypeError(f"must be CPU numbers like 0-3 or 0,2, but got {text!r}")
+    return sorted(set(cpus))
 
 
 def _add_final_run_args(p: argparse.ArgumentParser) -> None:
@@ -196,6 +252,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     from autotune import pipeline
     from autotune.search import SearchBudget, TrialBudget
 
+    if args.command in ("worker", "finalize"):
+        from autotune import parallel
+
+        name = args.study or args.model.stem
+        out = args.out or pipeline.default_out(args.model)
+        if args.command == "worker":
+            create = pipeline.RunOptions(out=out, space=args.space, budget=SearchBudget(n_trials=args.trials), storage=args.storage,
+                                         study=name, progress=not args.no_progress, profiles=None)
+            parallel.work(args.model, args.storage, name, out, finalize=not args.no_finalize, progress=not args.no_progress,
+                          cpus=args.cpus, create=create)
+        else:
+            parallel.finalize_study(args.model, args.storage, name, out, progress=not args.no_progress, epochs=args.epochs)
+        return 0
     if args.command == "run":
         opts = pipeline.RunOptions(
             out=args.out or pipeline.default_out(args.model),
@@ -214,6 +283,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             profiles=args.profiles,
             warm_start=not args.no_warm_start,
             final=_final_options(args),
+            storage=args.storage,
+            study=args.study,
+            workers=args.workers,
         )
         pipeline.run(args.model, opts)
         return 0

@@ -19,7 +19,7 @@ from autotune.errors import AutotuneError
 from autotune.engine.loop import TrainResult
 from autotune.final import WEIGHTS_FILE, FinalOptions, final_run
 from autotune.hardware import HardwareProfile, collect_profile
-from autotune import results
+from autotune import parallel, results
 from autotune.report import write_report
 from autotune.search import (
     Facts,
@@ -37,6 +37,7 @@ from autotune.engine.memory import format_size
 from autotune.search import model_stats, warmstart, worker
 from autotune.search.objective import Scorer
 from autotune.search.limits import apply_limits, default_limit_bytes, probe_limits
+from autotune.search.storage import redact, sqlite_url
 from autotune.search.study import scorer_of, study_exists
 from autotune.search.select import Selection
 from autotune.run_data import report_data, search_data, selection_data, versions
@@ -66,6 +67,13 @@ class RunOptions:
     headroom: float = 0.1  # fraction of the limit the probed micro-batch leaves free
     objective: str = "goodput"  # what trials are scored on: goodput or throughput
     final: FinalOptions = FinalOptions()
+    # Where the study lives (a storage URL, see search/storage.py) and its name. None:
+    # OUT/study.db, and the model file's name.
+    storage: str | None = None
+    study: str | None = None
+    # Worker processes running trials at once (one per GPU; on the CPU, each on its share
+    # of the cores); 1 runs them in this process.
+    workers: int = 1
 
 
 def default_out(model_path: str | Path) -> Path:
@@ -105,11 +113,15 @@ def run(model_path: str | Path, opts: RunOptions, log: Any = print) -> dict[str,
 
 def run_all(model_path: str | Path, opts: RunOptions, log: Any = print) -> RunResult:
     """``run``, returning the search, the final run's result and the paths."""
-    t = tune(model_path, opts, log)
+    return finish(tune(model_path, opts, log), opts, log)
+
+
+def finish(t: Tuning, opts: RunOptions, log: Any = print) -> RunResult:
+    """The final run with the tuned config, the report, and the recorded result."""
     paths = {"tuned": t.path}
     result = final_run(t.task, t.tuned.train, opts.out, opts.progress, log, opts.final, t.profile.gpus)
     data = report_data(t.task, t.tuned.train, result, t.profile, opts.final, t.tuned.measured)
-    data["search"] = search_data(t.study, t.space, opts.budget)
+    data["search"] = search_data(t.study, t.space, study_budget(t.study, opts.budget))
     data["selection"] = selection_data(t.selection, t.tuned)
     paths.update(write_report(data, opts.out))
     paths["weights"] = opts.out / WEIGHTS_FILE
@@ -120,9 +132,47 @@ def run_all(model_path: str | Path, opts: RunOptions, log: Any = print) -> RunRe
     return RunResult(paths, result, t.tuned.train, t)
 
 
+def storage_of(opts: RunOptions) -> str:
+    return opts.storage or sqlite_url(opts.out / STUDY_FILE)
+
+
+def study_budget(study: Any, fallback: SearchBudget) -> SearchBudget:
+    """The budget the study was last run with (``autotune run`` stores it for workers)."""
+    data = study.user_attrs.get("budget")
+    return SearchBudget.from_dict(data) if data else fallback
+
+
+@dataclass
+class Setup:
+    """A study ready for trials: created (profiled, probed, first trials queued) or joined."""
+
+    task: Task
+    profile: HardwareProfile
+    study: Any
+    space: SearchSpace
+    storage: str
+
+
 def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
     """Profile, probe, search and select for one model file; writes hardware.yaml, the
-    study and tuned.yaml into ``opts.out``. Resumes the study found there."""
+    study and tuned.yaml into ``opts.out``. Resumes the study found there (or joins the
+    one at ``opts.storage``). With ``opts.workers`` > 1 the trials run in that many
+    worker processes (``parallel``), and this process selects once they are done."""
+    plans = parallel.plan_workers(opts.workers) if opts.workers > 1 else []
+    s = setup_study(model_path, opts, log, plans)
+    before = len(s.study.get_trials(deepcopy=False))
+    if plans:
+        parallel.run_workers(s.study, opts.budget, s.task.path, s.storage, opts.out, plans, opts.progress, log)
+    # With workers: whatever budget a stopped worker left.
+    run_search(s.study, s.task, s.space, opts.budget, progress=opts.progress and not plans)
+    ran = len(s.study.get_trials(deepcopy=False)) - before
+    return select_and_save(s.task, s.profile, s.study, s.space, s.storage, opts, ran, log)
+
+
+def setup_study(model_path: str | Path, opts: RunOptions, log: Any = print, plans: list[Any] | None = None) -> Setup:
+    """Profile this machine and create the study (memory probe, model statistics, the
+    first trials queued), or resume or join it; stores ``opts.budget`` in it for workers.
+    Of several processes creating one study at once, one does and the others join."""
     task = load_task(model_path)
     raw = load_space(opts.space)  # before any slow work or any file: a bad YAML fails at once
     worker.preload_for(task.path)
@@ -133,21 +183,16 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
     profile = collect_profile()
     profile.save(out / HARDWARE_FILE)
     log(f"autotune: hardware {profile.fingerprint} (training on {profile.device})")
-    space = gate(raw, _facts(profile, task))
-    storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
-    probe = scorer = None
-    if not study_exists(storage, task.name):
+    space = gate(raw, _facts(profile, task, plans))
+    storage = storage_of(opts)
+
+    def prepare(study: Any, space: SearchSpace) -> tuple[SearchSpace, Scorer]:
         space, probe = _probe_memory(task, space, profile, opts, log)
         scorer = _scorer(task, profile, opts, log)
-    study, space = open_study(storage, task.name, task, raw, space, profile.fingerprint, task.base.seed,
-                              scorer or Scorer(opts.objective))
-    stale = fail_stale_trials(study)
-    if stale:
-        log(f"autotune: marked {stale} trial(s) left running by an earlier stopped run as failed")
-    if study.trials:
-        log(f"autotune: resuming the study in {out / STUDY_FILE} ({len(study.trials)} trials so far)")
-    else:
         study.set_user_attr("memory_probe", probe)
+        study.set_user_attr("hardware_profile", profile.to_dict())
+        study.set_user_attr("trial_device", parallel.trial_device(profile))
+        study.set_user_attr("budget", opts.budget.to_dict())
         warm = _warm_plan(space, profile, task, opts)
         # A warm start seeds the study with another machine's best; a cold one screens
         # every knob's choices first (search/screen.py).
@@ -156,7 +201,24 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
             n = warmstart.apply(study, warm)
             log(f"autotune: warm start: {n} config(s) from {warm['source_fingerprint']} "
                 f"(micro-batch scaled by memory ratio {warm['memory_ratio']:.2f})")
-    ran = run_search(study, task, space, opts.budget, progress=opts.progress)
+        return space, scorer
+
+    existed = study_exists(storage, opts.study or task.name)
+    study, space = open_study(storage, opts.study or task.name, task, raw, space, profile.fingerprint, task.base.seed,
+                              Scorer(opts.objective), prepare=prepare, log=log)
+    study.set_user_attr("budget", opts.budget.to_dict())
+    stale = fail_stale_trials(study)
+    if stale:
+        log(f"autotune: marked {stale} trial(s) left running by a stopped tuner as failed")
+    if existed:
+        log(f"autotune: resuming the study in {redact(storage)} ({len(study.trials)} trials so far)")
+    return Setup(task, profile, study, space, storage)
+
+
+def select_and_save(task: Task, profile: HardwareProfile, study: Any, space: SearchSpace, storage: str, opts: RunOptions,
+                    ran: int, log: Any = print) -> Tuning:
+    """Re-measure the best few (``select``) and write tuned.yaml into ``opts.out``."""
+    budget = study_budget(study, opts.budget)
     if ran == 0 and study.user_attrs.get("remeasured"):
         # Nothing new was measured: the selection made before still holds (and a resumed
         # final run must train the config it started with).
@@ -164,10 +226,10 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
         selection.picked.config = dataclasses.replace(selection.picked.config, epochs=task.base.epochs)
         log("autotune: the study was complete; using its earlier selection")
     else:
-        selection = select(study, task, opts.budget.trial, progress=opts.progress)
+        selection = select(study, task, budget.trial, progress=opts.progress)
     tuned = _tuned_config(task, space, profile, study, selection, storage)
-    _keep_previous(out / TUNED_FILE, tuned, log)
-    path = tuned.save(out / TUNED_FILE)
+    _keep_previous(opts.out / TUNED_FILE, tuned, log)
+    path = tuned.save(opts.out / TUNED_FILE)
     log(f"autotune: wrote {path}")
     return Tuning(task, profile, study, space, selection, tuned, path)
 
@@ -267,12 +329,14 @@ def _override_base(task: Task, opts: RunOptions) -> Task:
     return dataclasses.replace(task, base=dataclasses.replace(task.base, **changes))
 
 
-def _facts(profile: HardwareProfile, task: Task) -> Facts:
+def _facts(profile: HardwareProfile, task: Task, plans: list[Any] | None = None) -> Facts:
     model = task.build_model()
+    cores = int(profile.host.get("logical_cores") or 1)
     return Facts(
         device_type=profile.device,
         amp_blocked=profile.allowed_amp(),
-        logical_cores=int(profile.host.get("logical_cores") or 1),
+        # CPU workers each get their share of the cores: thread counts above it are gated out.
+        logical_cores=min(len(p.cpus) for p in plans) if plans and plans[0].cpus else cores,
         has_blocks=bool(task.blocks(model)),
         train_size=len(task.datasets()[0]),
         has_conv=has_conv2d(model),

@@ -26,3 +26,32 @@ def tiny_task(tiny_model_file: Path):
     from autotune.task import load_task
 
     return load_task(tiny_model_file)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on loopback: the one AUTOTUNE_TEST_POSTGRES names (.ci/run
+    starts one), else one started here for the session (tests/pg_server.py), else skip."""
+    import os
+    import tempfile
+
+    url = os.environ.get("AUTOTUNE_TEST_POSTGRES")
+    if url:
+        yield url
+        return
+    import pg_server
+
+    folder = tempfile.mkdtemp(prefix="autotune-pg-")
+    try:
+        url = pg_server.start(folder)
+    except (pg_server.ServerError, OSError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"no PostgreSQL server could be started: {exc}")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pg_server.stop(folder)
+        pytest.skip('PostgreSQL runs, but its driver is not installed: pip install -e ".[postgres]"')
+    yield url
+    pg_server.stop(folder)
+    shutil.rmtree(folder, ignore_errors=True)

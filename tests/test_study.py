@@ -85,10 +85,21 @@ def test_default_config_is_queued_first_only_in_a_new_study(tiny_task, tmp_path)
     assert not enqueue_default(study, space)
 
 
+def _abandon(trial) -> None:
+    """Make ``trial`` look like one whose tuner, on this machine, was killed."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+
+
 def test_stale_running_trials_are_marked_failed(tiny_task, tmp_path):
     space = _space([8])
     study, _ = _open(tmp_path, tiny_task, space)
-    study.ask()  # left running, as by a tuner that was killed
+    _abandon(study.ask())  # left running, as by a tuner that was killed
     reopened, _ = _open(tmp_path, tiny_task, space)
     assert fail_stale_trials(reopened) == 1
     assert reopened.trials[0].state == TrialState.FAIL
@@ -236,10 +247,11 @@ def test_a_stale_trial_is_queued_again_once_with_its_config(tiny_task, tmp_path)
     space = _space([8, 16])
     study, _ = _open(tmp_path, tiny_task, space)
     study.enqueue_trial({"micro_batch_size": 16, "amp": "off"}, user_attrs={"role": "screening"})
-    study.ask()  # queued, stopped before drawing its knobs: the queued config is retried
+    _abandon(study.ask())  # queued, stopped before drawing its knobs: the queued config is retried
     drawn = study.ask()
     drawn.suggest_categorical("micro_batch_size", [8, 16])  # drew part of its config, then stopped
-    study.ask()  # asked, nothing drawn: nothing to retry
+    _abandon(drawn)
+    _abandon(study.ask())  # asked, nothing drawn: nothing to retry
     reopened, _ = _open(tmp_path, tiny_task, space)
     assert fail_stale_trials(reopened) == 3
     retries = [t for t in reopened.trials if t.user_attrs.get("retry_of") is not None]
@@ -249,6 +261,7 @@ def test_a_stale_trial_is_queued_again_once_with_its_config(tiny_task, tmp_path)
     assert all(reopened.trials[n].user_attrs["status"] == "stale" for n in range(3))
     # A retry stopped in turn is not queued a third time.
     again = reopened.ask()
+    _abandon(again)
     assert again.number == retries[0].number
     third, _ = _open(tmp_path, tiny_task, space)
     assert fail_stale_trials(third) == 1

@@ -115,15 +115,32 @@ def _best_choice(screened: list[optuna.trial.FrozenTrial], name: str, ref: dict[
     return (choice, gain) if gain >= min_gain else None
 
 
-def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: float = MIN_GAIN) -> int:
+Claim = Callable[[str], bool]
+
+
+def _alone(key: str) -> bool:
+    return True
+
+
+def in_stages(study: optuna.Study) -> bool:
+    """Whether the study is still screening: what it queues next depends on the trials
+    running now, so a process with nothing queued should wait for them."""
+    if study.user_attrs.get("screening_default") is None:
+        return False
+    combined = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") == COMBINATION]
+    return not combined or not combined[0].state.is_finished()
+
+
+def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: float = MIN_GAIN, claim: Claim = _alone) -> int:
     """Once the micro-batch's screening trials have finished, queue the other knobs'
     choices around the base: the default with the best screened micro-batch (when it beat
-    the default's by ``min_gain``). Returns how many were queued; 0 when not due."""
+    the default's by ``min_gain``). Returns how many were queued; 0 when not due, or when
+    another process sharing the study got ``claim("second-stage")`` first."""
     default, rest = study.user_attrs.get("screening_default"), study.user_attrs.get("screening_rest")
     if default is None or not rest or "screening_base" in study.user_attrs:
         return 0
     screened = _screened_done(study.get_trials(deepcopy=False))
-    if screened is None:
+    if screened is None or not claim("second-stage"):
         return 0
     best = _best_choice(screened, LEAD, default, min_gain)
     base = {**default, LEAD: best[0]} if best else dict(default)
@@ -182,11 +199,11 @@ def _score(trial: optuna.trial.FrozenTrial) -> float | None:
 
 
 def enqueue_combination(study: optuna.Study, space: SearchSpace,
-                        feasible: Callable[[dict[str, Any]], bool] = lambda knobs: True) -> bool:
-    """Queue the combination when it is due. One equal to a config already measured is
-    answered from that trial, as any repeated proposal is."""
+                        feasible: Callable[[dict[str, Any]], bool] = lambda knobs: True, claim: Claim = _alone) -> bool:
+    """Queue the combination when it is due (and this process got its claim). One equal
+    to a config already measured is answered from that trial, as any repeated proposal is."""
     best = combination(study, space, feasible)
-    if best is None:
+    if best is None or not claim("combination"):
         return False
     study.enqueue_trial(best, user_attrs={"role": COMBINATION})
     return True
@@ -225,7 +242,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float = MIN_MOVE) -> int:
+def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float = MIN_MOVE, claim: Claim = _alone) -> int:
     """Once the combination has finished, queue the next unmeasured neighbour of the
     climb's current config, one at a time; returns how many were queued (0 or 1).
 
@@ -237,7 +254,8 @@ def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float 
     measured only once. Nothing is queued while a refinement or recheck is pending, nor
     once the current config is measured twice with all its neighbours: the sampler goes
     on from there, and should it find a clearly better config, the climb starts again
-    around it."""
+    around it. Of several processes sharing the study, the one that gets the claim for
+    this step of the climb queues it."""
     default = study.user_attrs.get("screening_default")
     trials = study.get_trials(deepcopy=False)
     combined = [t for t in trials if t.user_attrs.get("role") == COMBINATION]
@@ -257,11 +275,14 @@ def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float 
     if not around or around[-1] != incumbent:
         study.set_user_attr("refined_around", around + [incumbent])
     tried = [{k: t.params.get(k, v) for k, v in default.items()} for t in trials if t.state.is_finished()]
+    step = f"climb-{sum(t.user_attrs.get('role') in (REFINE, RECHECK) for t in trials)}"
     for knobs in neighbours(space, incumbent):
         if knobs not in tried:
+            if not claim(step):
+                return 0
             study.enqueue_trial(knobs, user_attrs={"role": REFINE})
             return 1
-    if len(scores[repr(incumbent)][1]) < 2:
+    if len(scores[repr(incumbent)][1]) < 2 and claim(step):
         enqueue_recheck(study, incumbent)
         return 1
     return 0

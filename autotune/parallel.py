@@ -1,0 +1,229 @@
+"""Many processes on one study: ``autotune worker``, ``autotune run --workers N`` and
+``autotune finalize``.
+
+A worker joins a study that ``autotune run`` (or another worker) created on a shared
+storage (``search/storage.py``), runs trials until the study's budget is spent, and then,
+if it told the study's last trial, selects, writes tuned.yaml, trains and reports: once,
+from whichever process finished last. ``autotune finalize`` does that last part by hand.
+
+``autotune run --workers N`` starts N workers itself: on a machine with GPUs one per GPU
+(``CUDA_VISIBLE_DEVICES``), so every trial has a device to itself; on the CPU, each on its
+own share of the cores (CPU affinity), with thread counts above the share gated out of the
+space. Shared between parallel trials, and so not isolated by this: on a GPU machine the
+host CPU, the disk and the PCIe links (a DataLoader-heavy trial can slow its neighbour);
+on the CPU, memory bandwidth and the last-level cache.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotune.errors import AutotuneError, ConfigError
+
+WORKER_LOG = "worker-{i}.log"  # in the run directory
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """One worker process: the GPU it may see, or the CPUs it may run on."""
+
+    index: int
+    gpu: int | None = None
+    cpus: list[int] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
+        return env
+
+    def describe(self) -> str:
+        return f"GPU {self.gpu}" if self.gpu is not None else f"CPUs {_ranges(self.cpus)}"
+
+
+def plan_workers(n: int, gpu_count: int | None = None, cpus: list[int] | None = None) -> list[WorkerPlan]:
+    """``n`` workers: one per GPU where there are GPUs, else each with an equal share of
+    this process's CPUs (the first ones get one more where they do not divide evenly)."""
+    if gpu_count is None:
+        import torch
+
+        gpu_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpu_count:
+        if n > gpu_count:
+            raise ConfigError(f"--workers {n} asks for more workers than this machine has GPUs ({gpu_count}); "
+                              "each worker runs its trials on a GPU of its own.", hint=f"Use --workers {gpu_count} or fewer.")
+        return [WorkerPlan(i, gpu=i) for i in range(n)]
+    cpus = sorted(os.sched_getaffinity(0)) if cpus is None and hasattr(os, "sched_getaffinity") else cpus
+    cpus = cpus or list(range(os.cpu_count() or 1))
+    if n > len(cpus):
+        raise ConfigError(f"--workers {n} asks for more workers than this process has CPUs ({len(cpus)}); "
+                          "each CPU worker needs at least one core of its own.", hint=f"Use --workers {len(cpus)} or fewer.")
+    share, extra = divmod(len(cpus), n)
+    plans, start = [], 0
+    for i in range(n):
+        size = share + (1 if i < extra else 0)
+        plans.append(WorkerPlan(i, cpus=cpus[start:start + size]))
+        start += size
+    return plans
+
+
+def trial_device(profile: Any) -> str:
+    """What a trial runs on, which every worker of a study must have alike: the GPU
+    model (memory, SMs, driver major version), or the CPU model and memory."""
+    if profile.gpus:
+        g = profile.gpus[0]
+        driver = str(profile.nvml.get("driver_version", "")).split(".")[0]
+        return f"GPU {g.get('name')}, {round((g.get('memory_total_bytes') or 0) / 2**30)} GiB, " \
+               f"{g.get('sm_count')} SMs, driver {driver}"
+    host = profile.host
+    return f"CPU {host.get('cpu_model')}, {round((host.get('memory_total_bytes') or 0) / 2**30)} GiB"
+
+
+def _ranges(cpus: list[int]) -> str:
+    return ",".join(str(c) for c in cpus)
+
+
+def worker_command(model: Path, storage: str, study: str, out: Path, plan: WorkerPlan) -> list[str]:
+    cmd = [sys.executable, "-m", "autotune", "worker", str(model), "--storage", storage, "--study", study,
+           "--out", str(out), "--no-finalize", "--no-progress"]
+    if plan.cpus:
+        cmd += ["--cpus", _ranges(plan.cpus)]
+    return cmd
+
+
+def run_workers(study: Any, budget: Any, model: Path, storage: str, out: Path, plans: list[WorkerPlan], progress: bool,
+                log: Any = print) -> None:
+    """Start one ``autotune worker`` per plan, show the study's trials as they finish, wait
+    for all, and say how each worker ended (their output goes to OUT/worker-<i>.log). A
+    worker that fails does not stop the others; whatever budget it leaves, the caller
+    runs itself."""
+    from tqdm.auto import tqdm
+
+    from autotune.search.study import counts
+
+    procs = []
+    for plan in plans:
+        path = out / WORKER_LOG.format(i=plan.index)
+        with open(path, "w") as logfile:
+            cmd = worker_command(model, storage, study.study_name, out, plan)
+            procs.append((plan, path, subprocess.Popen(cmd, env=plan.env(), stdout=logfile, stderr=subprocess.STDOUT)))
+        log(f"autotune: worker {plan.index} on {plan.describe()} (log {path})")
+    bar = tqdm(total=budget.n_trials, desc="trials", unit="trial", disable=not progress)
+    try:
+        while any(proc.poll() is None for _, _, proc in procs):
+            bar.n = min(sum(counts(t) for t in study.get_trials(deepcopy=False)), budget.n_trials)
+            bar.refresh()
+            time.sleep(0.5)
+    except BaseException:
+        # As a Ctrl-C would: each worker fails its running trial as stale and queues it again.
+        for _, _, proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for _, _, proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raise
+    finally:
+        bar.close()
+    for plan, path, proc in procs:
+        if proc.returncode != 0:
+            tail = path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            log(f"autotune: worker {plan.index} ended with exit status {proc.returncode}: {tail[0]}")
+
+
+def work(model_path: str | Path, storage: str, name: str, out: Path, finalize: bool = True, progress: bool = True,
+         cpus: list[int] | None = None, create: Any = None, log: Any = print) -> bool:
+    """``autotune worker``: join the study, run trials until its budget is spent, and
+    finalize when this process told its last trial (and ``finalize``). Where there is no
+    such study, it is created as ``autotune run`` would with ``create`` (``RunOptions``:
+    the space and budget); several workers may try that at once, and one does it.
+    Returns whether it finalized."""
+    from autotune import pipeline
+    from autotune.hardware import collect_profile
+    from autotune.search import run_search
+    from autotune.search import worker as trial_worker
+    from autotune.search.storage import redact
+    from autotune.search.study import join_study, study_exists
+    from autotune.task import load_task
+
+    if cpus:
+        # First: the trial processes fork from a server that ``preload_for`` starts, and
+        # inherit its CPUs.
+        os.sched_setaffinity(0, cpus)
+    task = load_task(model_path)
+    if create is not None and not study_exists(storage, name):
+        pipeline.setup_study(model_path, create, log)
+    trial_worker.preload_for(task.path)
+    profile = collect_profile(measure=False)
+    study, space = join_study(storage, name, task, trial_device(profile), log)
+    budget = pipeline.study_budget(study, None)
+    if budget is None:
+        raise ConfigError(f"The study {name!r} in {redact(storage)} has no budget: it was not made by `autotune run`.")
+    log(f"autotune: worker joined study {name!r} in {redact(storage)} ({len(study.trials)} trials so far)")
+    run_search(study, task, space, budget, progress=progress)
+    if not finalize:
+        return False
+    if not is_last(study):
+        log("autotune: the study's budget is spent; another worker tells the last trial and finalizes")
+        return False
+    finalize_study(model_path, storage, name, out, progress=progress, log=log)
+    return True
+
+
+def is_last(study: Any) -> bool:
+    """Whether this process should finalize the study: no trial runs any more, and the
+    last trial to finish was this process's. (Trials still queued when the budget ran out,
+    such as screening trials of a small budget, stay queued.)"""
+    from optuna.trial import TrialState
+
+    from autotune.search.study import owner
+
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.RUNNING for t in trials):
+        return False
+    ours = [t for t in trials if t.datetime_complete is not None and t.user_attrs.get("worker")
+            and t.user_attrs.get("status") != "stale"]
+    if not ours:
+        return False
+    last = max(ours, key=lambda t: (t.datetime_complete, t.number))
+    return last.user_attrs.get("worker") == owner()
+
+
+def finalize_study(model_path: str | Path, storage: str, name: str, out: Path, progress: bool = True,
+                   epochs: int | None = None, log: Any = print) -> Any:
+    """``autotune finalize``: select from the study, write tuned.yaml into ``out``, train
+    and report, as ``autotune run`` does after its search. The hardware profile is the one
+    the study was created with."""
+    import dataclasses
+
+    from optuna.trial import TrialState
+
+    from autotune import pipeline
+    from autotune.hardware import HardwareProfile, collect_profile
+    from autotune.search.study import fail_stale_trials, join_study
+    from autotune.task import load_task
+
+    task = load_task(model_path)
+    if epochs is not None:
+        task = dataclasses.replace(task, base=dataclasses.replace(task.base, epochs=epochs))
+    study, space = join_study(storage, name, task, trial_device(collect_profile(measure=False)), log)
+    fail_stale_trials(study)
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if running:
+        raise AutotuneError(f"Trials {running} of study {name!r} are still running; finalize once they have finished.",
+                            hint="Workers that are still running finalize by themselves when the budget is spent.")
+    data = study.user_attrs.get("hardware_profile")
+    profile = HardwareProfile.from_dict(data, source=f"study {name!r}") if data else collect_profile()
+    out.mkdir(parents=True, exist_ok=True)
+    opts = pipeline.RunOptions(out=out, storage=storage, study=name, progress=progress, profiles=None)
+    tuning = pipeline.select_and_save(task, profile, study, space, storage, opts, 1, log)
+    return pipeline.finish(tuning, opts, log)

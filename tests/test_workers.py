@@ -1,0 +1,205 @@
+"""Many processes on one study: real worker processes on a real PostgreSQL server, on
+Optuna's journal file and on SQLite; claims, stale trials and the worker plan."""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from autotune.errors import ConfigError
+from autotune.parallel import plan_workers
+from autotune.search.storage import claim, is_claim, open_storage, redact
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).parent / "assets"
+COUNTED = ("infeasible", "duplicate", "stale")
+
+
+def _storage(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        # A database of its own for each test, so that names never clash across tests.
+        import psycopg2
+
+        db = f"t{os.getpid()}_{int(time.time() * 1000) % 10**9}"
+        con = psycopg2.connect(url)
+        con.autocommit = True
+        con.cursor().execute(f"CREATE DATABASE {db}")
+        con.close()
+        return url.rsplit("/", 1)[0] + "/" + db
+    if kind == "journal":
+        return f"journal:{tmp_path / 'study.log'}"
+    return f"sqlite:///{tmp_path / 'study.db'}"
+
+
+def _check_study(storage: str, name: str, trials_budget: int) -> list[optuna.trial.FrozenTrial]:
+    """What every shared study must show when its workers are done; returns its trials."""
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
+    trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) == len(trials)  # every trial number once
+    assert sorted(numbers) == list(range(len(trials)))
+    # No trial lost: none left running (a queued one the budget did not reach may stay
+    # queued), and the budget is held in measured trials.
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    measured = [t for t in trials if t.user_attrs.get("status") not in COUNTED]
+    assert len(measured) >= trials_budget
+    # None run twice: every measured config is measured once, but for a recheck on purpose.
+    first = Counter(repr(t.user_attrs["config"]) for t in measured if not t.user_attrs.get("recheck"))
+    assert max(first.values()) == 1, first.most_common(3)
+    # Each queued stage once: one default, one combination.
+    roles = Counter(t.user_attrs.get("role") for t in trials)
+    assert roles["default"] == 1 and roles["combination"] <= 1
+    # The combined best is the best of all the workers' trials.
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    assert study.best_value == max(t.value for t in complete)
+    return trials
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "autotune", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["postgresql", "journal"])
+def test_run_with_two_workers_fills_one_study(kind, tmp_path, request):
+    storage = _storage(kind, tmp_path, request)
+    out = tmp_path / "run"
+    done = subprocess.run(_cli("run", str(ASSETS / "tiny_mlp.py"), "--out", str(out), "--trials", "8", "--workers", "2",
+                               "--storage", storage, "--study", "tiny", "--space", str(ASSETS / "tiny_space.yaml"),
+                               "--profiles", str(tmp_path / "profiles"), "--no-progress", "--epochs", "1"),
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = _check_study(storage, "tiny", 8)
+    # Both workers ran trials, each on its own share of the CPUs.
+    workers = Counter(t.user_attrs.get("worker") for t in trials if t.user_attrs.get("status") == "ok")
+    assert len(workers) == 2, workers
+    assert "worker 0 on CPUs" in done.stdout and "worker 1 on CPUs" in done.stdout
+    tuned = yaml.safe_load((out / "tuned.yaml").read_text())
+    assert tuned["provenance"]["study"]["name"] == "tiny"
+    assert (out / "report.json").is_file() and (out / "worker-0.log").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_workers_started_at_once_create_the_study_once_and_finalize_once(kind, tmp_path, request):
+    storage = _storage(kind, tmp_path, request)
+    procs = [subprocess.Popen(_cli("worker", str(ASSETS / "tiny_mlp.py"), "--storage", storage, "--study", "race",
+                                   "--trials", "7", "--space", str(ASSETS / "tiny_space.yaml"), "--out", str(tmp_path / f"w{i}"),
+                                   "--no-progress"),
+                              cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
+    assert [n for n in names if not is_claim(n)] == ["race"]
+    _check_study(storage, "race", 7)
+    finalized = [i for i in range(2) if (tmp_path / f"w{i}" / "tuned.yaml").exists()]
+    assert len(finalized) == 1, outputs
+
+
+def _claim_in_process(url: str, name: str, key: str, queue) -> None:
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    queue.put(claim(study, key))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_claim_goes_to_exactly_one_of_many_processes(kind, tmp_path, request):
+    storage = _storage(kind, tmp_path, request)
+    optuna.create_study(study_name="s", storage=open_storage(storage))
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_claim_in_process, args=(storage, "s", "second-stage", queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    results = sorted(queue.get(timeout=5) for _ in procs)
+    assert results == [False, False, False, True]
+    study = optuna.load_study(study_name="s", storage=open_storage(storage))
+    assert claim(study, "combination") and not claim(study, "combination")
+
+
+def test_stale_is_a_dead_process_here_or_a_silent_heartbeat_anywhere(tiny_task, tmp_path):
+    from autotune.search import open_study, parse_space
+    from autotune.search.study import fail_stale_trials
+
+    space = parse_space({"name": "t", "params": {"micro_batch_size": {"choices": [8, 16]}}}, source="test")
+    study, _ = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", tiny_task, space, space, "fp", 0)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    cases = {
+        "dead here": {"worker": f"{host}:{gone.pid}", "heartbeat": time.time()},
+        "alive here": {"worker": f"{host}:{os.getpid() + 0}", "heartbeat": time.time()},
+        "silent elsewhere": {"worker": "other-host:1", "heartbeat": time.time() - 3600},
+        "beating elsewhere": {"worker": "other-host:1", "heartbeat": time.time()},
+    }
+    numbers = {}
+    for name, attrs in cases.items():
+        trial = study.ask()
+        trial.suggest_categorical("micro_batch_size", [8, 16])
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        numbers[name] = trial.number
+    # This process's own running trial is never stale to itself; the others are judged.
+    assert fail_stale_trials(study) == 2
+    states = {name: study.trials[n].state for name, n in numbers.items()}
+    assert states == {"dead here": TrialState.FAIL, "alive here": TrialState.RUNNING,
+                      "silent elsewhere": TrialState.FAIL, "beating elsewhere": TrialState.RUNNING}
+    assert fail_stale_trials(study) == 0  # failed once, queued again once
+
+
+def test_workers_split_the_cpus_or_take_one_gpu_each():
+    assert [p.cpus for p in plan_workers(2, gpu_count=0, cpus=[0, 1, 2])] == [[0, 1], [2]]
+    assert [p.gpu for p in plan_workers(2, gpu_count=4)] == [0, 1]
+    assert plan_workers(2, gpu_count=4)[1].env()["CUDA_VISIBLE_DEVICES"] == "1"
+    with pytest.raises(ConfigError, match="more workers than this machine has GPUs"):
+        plan_workers(3, gpu_count=2)
+    with pytest.raises(ConfigError, match="more workers than this process has CPUs"):
+        plan_workers(3, gpu_count=0, cpus=[0, 1])
+
+
+def test_bad_storage_urls_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not a storage URL"):
+        open_storage("mongodb://localhost/x")
+    with pytest.raises(ConfigError, match="is a folder"):
+        open_storage(f"journal:{tmp_path}")
+    # Nothing listens on this port: the error names the server, without the password.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://user:secret@127.0.0.1:{port}/db"
+    if importlib.util.find_spec("psycopg2") is None:
+        with pytest.raises(ConfigError, match="driver"):
+            open_storage(url)
+        return
+    with pytest.raises(ConfigError) as err:
+        open_storage(url)
+    assert "Cannot open the study storage" in err.value.message and "secret" not in err.value.message
+    assert redact(url) == f"postgresql://user:***@127.0.0.1:{port}/db"
+
+
+def test_a_worker_without_a_study_to_join_says_what_the_storage_holds(tiny_model_file, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="other", storage=open_storage(storage))
+    done = subprocess.run(_cli("finalize", str(tiny_model_file), "--storage", storage, "--study", "missing"),
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "There is no study 'missing'" in done.stderr and "other" in done.stderr
