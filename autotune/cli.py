@@ -127,7 +127,7 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
         "worker",
         help="join a study on a shared storage and run its trials",
         description="Join a study created by `autotune run --storage URL` (waiting while its creator sets it up) "
-        "and run trials until the study's budget is spent. The worker that tells the last trial then selects, "
+        "and run trials until the study's budget is spent. The first worker to find no trial running then selects, "
         "writes tuned.yaml, trains and reports into its --out, unless --no-finalize.",
     )
     p.add_argument("model", type=Path, help="the model file: the same file the study was made for")

@@ -3,8 +3,8 @@
 
 A worker joins a study that ``autotune run`` (or another worker) created on a shared
 storage (``search/storage.py``), runs trials until the study's budget is spent, and then,
-if it told the study's last trial, selects, writes tuned.yaml, trains and reports: once,
-from whichever process finished last. ``autotune finalize`` does that last part by hand.
+if no trial runs any more and it claims the finalization first, selects, writes
+tuned.yaml, trains and reports: once, from whichever process finished last. ``autotune finalize`` does that last part by hand.
 
 ``autotune run --workers N`` starts N workers itself: on a machine with GPUs one per GPU
 (``CUDA_VISIBLE_DEVICES``), so every trial has a device to itself; on the CPU, each on its
@@ -143,7 +143,7 @@ def run_workers(study: Any, budget: Any, model: Path, storage: str, out: Path, p
 def work(model_path: str | Path, storage: str, name: str, out: Path, finalize: bool = True, progress: bool = True,
          cpus: list[int] | None = None, create: Any = None, log: Any = print) -> bool:
     """``autotune worker``: join the study, run trials until its budget is spent, and
-    finalize when this process told its last trial (and ``finalize``). Where there is no
+    finalize when this process is the first to find every trial done (and ``finalize``). Where there is no
     such study, it is created as ``autotune run`` would with ``create`` (``RunOptions``:
     the space and budget); several workers may try that at once, and one does it.
     Returns whether it finalized."""
@@ -161,7 +161,7 @@ def work(model_path: str | Path, storage: str, name: str, out: Path, finalize: b
         os.sched_setaffinity(0, cpus)
     task = load_task(model_path)
     if create is not None and not study_exists(storage, name):
-        pipeline.setup_study(model_path, create, log)
+        pipeline.setup_study(model_path, create, log, own_budget=False)
     trial_worker.preload_for(task.path)
     profile = collect_profile(measure=False)
     study, space = join_study(storage, name, task, trial_device(profile), log)
@@ -173,29 +173,26 @@ def work(model_path: str | Path, storage: str, name: str, out: Path, finalize: b
     if not finalize:
         return False
     if not is_last(study):
-        log("autotune: the study's budget is spent; another worker tells the last trial and finalizes")
+        log("autotune: the study's budget is spent; another worker finalizes once its trials are done")
         return False
     finalize_study(model_path, storage, name, out, progress=progress, log=log)
     return True
 
 
 def is_last(study: Any) -> bool:
-    """Whether this process should finalize the study: no trial runs any more, and the
-    last trial to finish was this process's. (Trials still queued when the budget ran out,
-    such as screening trials of a small budget, stay queued.)"""
+    """Whether this process should finalize the study: no trial runs any more, and of
+    the processes that find so, this one claims it first (a claim on the storage, for the
+    study as it stands: a study given more budget later is finalized again). Trials
+    still queued when the budget ran out, such as screening trials of a small budget,
+    stay queued."""
     from optuna.trial import TrialState
 
-    from autotune.search.study import owner
+    from autotune.search.storage import claim
 
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.RUNNING for t in trials):
         return False
-    ours = [t for t in trials if t.datetime_complete is not None and t.user_attrs.get("worker")
-            and t.user_attrs.get("status") != "stale"]
-    if not ours:
-        return False
-    last = max(ours, key=lambda t: (t.datetime_complete, t.number))
-    return last.user_attrs.get("worker") == owner()
+    return claim(study, f"finalize-{len(trials)}")
 
 
 def finalize_study(model_path: str | Path, storage: str, name: str, out: Path, progress: bool = True,

@@ -169,10 +169,13 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
     return select_and_save(s.task, s.profile, s.study, s.space, s.storage, opts, ran, log)
 
 
-def setup_study(model_path: str | Path, opts: RunOptions, log: Any = print, plans: list[Any] | None = None) -> Setup:
+def setup_study(model_path: str | Path, opts: RunOptions, log: Any = print, plans: list[Any] | None = None,
+                own_budget: bool = True) -> Setup:
     """Profile this machine and create the study (memory probe, model statistics, the
-    first trials queued), or resume or join it; stores ``opts.budget`` in it for workers.
-    Of several processes creating one study at once, one does and the others join."""
+    first trials queued), or resume or join it. Of several processes creating one study
+    at once, one does and the others join. ``opts.budget`` is stored in the study for
+    its workers when it is created, and with ``own_budget`` (``autotune run``) also when
+    it is resumed."""
     task = load_task(model_path)
     raw = load_space(opts.space)  # before any slow work or any file: a bad YAML fails at once
     worker.preload_for(task.path)
@@ -206,7 +209,8 @@ def setup_study(model_path: str | Path, opts: RunOptions, log: Any = print, plan
     existed = study_exists(storage, opts.study or task.name)
     study, space = open_study(storage, opts.study or task.name, task, raw, space, profile.fingerprint, task.base.seed,
                               Scorer(opts.objective), prepare=prepare, log=log)
-    study.set_user_attr("budget", opts.budget.to_dict())
+    if own_budget:
+        study.set_user_attr("budget", opts.budget.to_dict())
     stale = fail_stale_trials(study)
     if stale:
         log(f"autotune: marked {stale} trial(s) left running by a stopped tuner as failed")

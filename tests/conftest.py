@@ -48,7 +48,7 @@ def postgres_url():
         shutil.rmtree(folder, ignore_errors=True)
         pytest.skip(f"no PostgreSQL server could be started: {exc}")
     try:
-        import psycopg2  # noqa: F401
+        import psycopg  # noqa: F401  (the driver SQLAlchemy uses for postgresql:// URLs)
     except ImportError:
         pg_server.stop(folder)
         pytest.skip('PostgreSQL runs, but its driver is not installed: pip install -e ".[postgres]"')

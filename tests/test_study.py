@@ -87,13 +87,14 @@ def test_default_config_is_queued_first_only_in_a_new_study(tiny_task, tmp_path)
 
 def _abandon(trial) -> None:
     """Make ``trial`` look like one whose tuner, on this machine, was killed."""
-    import socket
     import subprocess
     import sys
 
+    from autotune.search.study import _here
+
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    trial.set_user_attr("worker", f"{_here()}:{gone.pid}")
 
 
 def test_stale_running_trials_are_marked_failed(tiny_task, tmp_path):

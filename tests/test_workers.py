@@ -31,13 +31,11 @@ def _storage(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "postgresql":
         url = request.getfixturevalue("postgres_url")
         # A database of its own for each test, so that names never clash across tests.
-        import psycopg2
+        import psycopg
 
-        db = f"t{os.getpid()}_{int(time.time() * 1000) % 10**9}"
-        con = psycopg2.connect(url)
-        con.autocommit = True
-        con.cursor().execute(f"CREATE DATABASE {db}")
-        con.close()
+        db = f"t{os.getpid()}_{time.time_ns() % 10**12}"
+        with psycopg.connect(url, autocommit=True) as con:
+            con.execute(f"CREATE DATABASE {db}")
         return url.rsplit("/", 1)[0] + "/" + db
     if kind == "journal":
         return f"journal:{tmp_path / 'study.log'}"
@@ -54,17 +52,24 @@ def _check_study(storage: str, name: str, trials_budget: int) -> list[optuna.tri
     # No trial lost: none left running (a queued one the budget did not reach may stay
     # queued), and the budget is held in measured trials.
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
-    measured = [t for t in trials if t.user_attrs.get("status") not in COUNTED]
+    measured = [t for t in trials if t.state.is_finished() and t.user_attrs.get("status") not in COUNTED]
     assert len(measured) >= trials_budget
     # None run twice: every measured config is measured once, but for a recheck on purpose.
     first = Counter(repr(t.user_attrs["config"]) for t in measured if not t.user_attrs.get("recheck"))
     assert max(first.values()) == 1, first.most_common(3)
-    # Each queued stage once: one default, one combination.
+    # Each queued stage once, and only once the trials it depends on had finished.
     roles = Counter(t.user_attrs.get("role") for t in trials)
     assert roles["default"] == 1 and roles["combination"] <= 1
-    # The combined best is the best of all the workers' trials.
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    assert study.best_value == max(t.value for t in complete)
+    staged = [t for t in trials if t.user_attrs.get("role") in ("default", "screening", "recheck") and t.datetime_complete]
+    for t in trials:
+        if t.user_attrs.get("role") == "combination" and t.datetime_start is not None:
+            assert t.datetime_start >= max(u.datetime_complete for u in staged if u.number < t.number)
+    # The combined best is the best of the workers' own bests.
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and t.user_attrs.get("worker")]
+    bests: dict[str, float] = {}
+    for t in complete:
+        bests[t.user_attrs["worker"]] = max(bests.get(t.user_attrs["worker"], t.value), t.value)
+    assert study.best_value == max(bests.values())
     return trials
 
 
@@ -136,33 +141,35 @@ def test_a_claim_goes_to_exactly_one_of_many_processes(kind, tmp_path, request):
     assert claim(study, "combination") and not claim(study, "combination")
 
 
-def test_stale_is_a_dead_process_here_or_a_silent_heartbeat_anywhere(tiny_task, tmp_path):
+def test_stale_is_a_dead_process_here_or_a_heartbeat_that_stands_still(tiny_task, tmp_path, monkeypatch):
     from autotune.search import open_study, parse_space
-    from autotune.search.study import fail_stale_trials
+    from autotune.search.study import _here, fail_stale_trials
 
+    monkeypatch.setenv("AUTOTUNE_STALE_AFTER_S", "0.5")
     space = parse_space({"name": "t", "params": {"micro_batch_size": {"choices": [8, 16]}}}, source="test")
     study, _ = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", tiny_task, space, space, "fp", 0)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    host = socket.gethostname()
-    cases = {
-        "dead here": {"worker": f"{host}:{gone.pid}", "heartbeat": time.time()},
-        "alive here": {"worker": f"{host}:{os.getpid() + 0}", "heartbeat": time.time()},
-        "silent elsewhere": {"worker": "other-host:1", "heartbeat": time.time() - 3600},
-        "beating elsewhere": {"worker": "other-host:1", "heartbeat": time.time()},
-    }
-    numbers = {}
-    for name, attrs in cases.items():
+    # Heartbeats from another machine's clock, an hour apart from ours: only change counts.
+    cases = {"dead here": f"{_here()}:{gone.pid}", "alive here": f"{_here()}:{os.getpid()}",
+             "silent elsewhere": "other-host:1", "beating elsewhere": "other-host:2"}
+    trials = {}
+    for name, worker in cases.items():
         trial = study.ask()
         trial.suggest_categorical("micro_batch_size", [8, 16])
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        numbers[name] = trial.number
-    # This process's own running trial is never stale to itself; the others are judged.
-    assert fail_stale_trials(study) == 2
-    states = {name: study.trials[n].state for name, n in numbers.items()}
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("heartbeat", time.time() - 3600)
+        trials[name] = trial
+    assert fail_stale_trials(study) == 1  # the dead pid at once; the others are being watched
+    time.sleep(0.7)
+    trials["beating elsewhere"].set_user_attr("heartbeat", time.time() - 3590)
+    trials["alive here"].set_user_attr("heartbeat", time.time() - 3590)
+    assert fail_stale_trials(study) == 1  # the heartbeat that stood still for 0.7 s
+    states = {name: study.trials[t.number].state for name, t in trials.items()}
     assert states == {"dead here": TrialState.FAIL, "alive here": TrialState.RUNNING,
                       "silent elsewhere": TrialState.FAIL, "beating elsewhere": TrialState.RUNNING}
+    retries = [t.user_attrs.get("retry_of") for t in study.trials if t.state == TrialState.WAITING]
+    assert sorted(retries) == sorted([trials["dead here"].number, trials["silent elsewhere"].number])
     assert fail_stale_trials(study) == 0  # failed once, queued again once
 
 
@@ -186,7 +193,7 @@ def test_bad_storage_urls_are_clear_errors(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"postgresql://user:secret@127.0.0.1:{port}/db"
-    if importlib.util.find_spec("psycopg2") is None:
+    if importlib.util.find_spec("psycopg") is None:
         with pytest.raises(ConfigError, match="driver"):
             open_storage(url)
         return

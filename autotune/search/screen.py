@@ -144,12 +144,13 @@ def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: floa
         return 0
     best = _best_choice(screened, LEAD, default, min_gain)
     base = {**default, LEAD: best[0]} if best else dict(default)
-    study.set_user_attr("screening_base", base)
     configs = screening_configs(space, base, [n for n in rest if n in space.params])
     if best and configs:  # the default was measured twice already; a new base is too
         enqueue_recheck(study, base)
     for knobs in configs:
         study.enqueue_trial(knobs, user_attrs={"role": SCREENING})
+    # Last: the combination is due once this is set and every queued screening trial ran.
+    study.set_user_attr("screening_base", base)
     return len(configs) + bool(best and configs)
 
 

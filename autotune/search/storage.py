@@ -4,8 +4,9 @@ Three kinds of URL are accepted, for three ways of sharing a study:
 
 - ``sqlite:///PATH``: one machine (the default, ``OUT/study.db``); any number of worker
   processes on that machine.
-- ``postgresql://USER:PASSWORD@HOST:PORT/DB`` (``postgresql+psycopg2://`` too; MySQL URLs
-  work the same way): many machines sharing one database server.
+- ``postgresql://USER:PASSWORD@HOST:PORT/DB`` (driver psycopg 3, the ``postgres`` extra;
+  ``postgresql+psycopg2://`` for psycopg2; MySQL URLs work the same way): many machines
+  sharing one database server.
 - ``journal:PATH``: Optuna's journal file, an append-only log that workers on a shared
   filesystem (NFS) lock and append to, for when there is no database server.
 
@@ -18,6 +19,7 @@ could both retry the same stale trial.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +71,24 @@ def open_storage(url: str) -> Any:
 def _rdb(url: str) -> optuna.storages.RDBStorage:
     if url.startswith("postgres://"):  # the scheme libpq accepts, which SQLAlchemy does not
         url = "postgresql://" + url[len("postgres://"):]
+    # pool_pre_ping: a connection the server closed while a long trial ran is replaced
+    # instead of failing the next write.
+    kwargs = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        # pool_pre_ping: a connection the server closed while a long trial ran is replaced
-        # instead of failing the next write.
-        kwargs = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except ModuleNotFoundError as exc:
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError):
+            # Two processes making the tables of a new database at once: one of them finds
+            # them half made. Once more, when they are there.
+            time.sleep(1.0)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except ImportError as exc:  # Optuna's, raised from the driver's ModuleNotFoundError
+        missing = getattr(exc.__cause__, "name", None) or getattr(exc, "name", None) or "its driver"
         raise ConfigError(
-            f"Opening {redact(url)} needs the database driver {exc.name!r}, which is not installed.",
-            hint='For PostgreSQL: pip install "autotune[postgres]" (psycopg2-binary).',
+            f"Opening {redact(url)} needs the database driver {missing!r}, which is not installed.",
+            hint='For PostgreSQL: pip install "autotune[postgres]" (psycopg 3).',
         ) from exc
-    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ArgumentError) as exc:
+    except sqlalchemy.exc.SQLAlchemyError as exc:
         first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         raise ConfigError(f"Cannot open the study storage {redact(url)}: {first}",
                           hint="Check that the server runs, and the host, port, user, password and database.") from exc

@@ -99,6 +99,7 @@ def open_study(
     if created:
         study = _load(backend, name, seed)
         study.set_user_attr("setup", "pending")
+        study.set_user_attr("setup_by", owner())
         try:
             if prepare is not None:
                 space, scorer = prepare(study, space)
@@ -188,11 +189,17 @@ def _wait_set_up(backend: Any, name: str, storage: str, log: Callable[[str], Non
     has set it up; waits up to SETUP_WAIT_S."""
     deadline, said = time.monotonic() + SETUP_WAIT_S, False
     while True:
-        study = optuna.load_study(study_name=name, storage=backend)
+        try:
+            study = optuna.load_study(study_name=name, storage=backend)
+        except KeyError:
+            raise ConfigError(f"The process creating study {name!r} in {redact(storage)} failed, and deleted it.",
+                              hint="Its own output says why; run again to create it.") from None
         attrs = study.user_attrs
         if _is_set_up(attrs):
             return {**attrs, "_n_trials": len(study.get_trials(deepcopy=False))}
-        if time.monotonic() > deadline:
+        where, _, pid = str(attrs.get("setup_by", "")).rpartition(":")
+        gone = where == _here() and pid.isdigit() and not _pid_alive(int(pid))
+        if gone or time.monotonic() > deadline:
             raise ConfigError(
                 f"The study {name!r} in {redact(storage)} exists but was never set up: the process that created "
                 "it (profile, memory probe) stopped before it finished.",
@@ -243,25 +250,43 @@ def _check_same(attrs: dict[str, Any], task: Task, raw: SearchSpace, fingerprint
         )
 
 
+def _here() -> str:
+    """This machine, as far as process ids mean anything: the host name, and on Linux the
+    process-id namespace (containers that share a host name do not share pids)."""
+    try:
+        return f"{socket.gethostname()}:{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return socket.gethostname()
+
+
 def owner() -> str:
-    """This process, as a trial's ``worker`` attribute names it: host:pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process, as a trial's ``worker`` attribute names it: host[:pid namespace]:pid."""
+    return f"{_here()}:{os.getpid()}"
 
 
 def _stale_after() -> float:
     return float(os.environ.get("AUTOTUNE_STALE_AFTER_S", STALE_AFTER_S))
 
 
-def _is_stale(trial: optuna.trial.FrozenTrial, now: float) -> bool:
+# What this process saw of each running trial's heartbeat, and since when (its own
+# monotonic clock): a heartbeat is judged by whether it changes, so the clocks of two
+# machines never need to agree.
+_seen: dict[tuple[int, int], tuple[Any, float]] = {}
+
+
+def _is_stale(trial: optuna.trial.FrozenTrial, study_id: int) -> bool:
     """A running trial whose process is gone: on this machine, its pid no longer runs; on
-    any, its heartbeat (or, before the first, its start) is older than STALE_AFTER_S."""
-    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+    any, its heartbeat (or, for one with no heartbeat yet, anything about it) has not
+    changed for STALE_AFTER_S while this process watched."""
+    where, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    if where == _here() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
         return True
-    beat = trial.user_attrs.get("heartbeat")
-    if beat is None and trial.datetime_start is not None:
-        beat = trial.datetime_start.timestamp()
-    return beat is not None and now - float(beat) > _stale_after()
+    key, beat, now = (study_id, trial._trial_id), trial.user_attrs.get("heartbeat"), time.monotonic()
+    seen = _seen.get(key)
+    if seen is None or seen[0] != beat:
+        _seen[key] = (beat, now)
+        return False
+    return now - seen[1] > _stale_after()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -279,8 +304,8 @@ def fail_stale_trials(study: optuna.Study, everyone: bool = False) -> int:
     down) with the reason, and queue each one's config again, once. With ``everyone``,
     every running trial counts as stale (only for a study no other process uses); else
     only those ``_is_stale`` finds. Returns how many this process failed."""
-    now = time.time()
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if everyone or _is_stale(t, now)]
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stale = [t for t in running if everyone or _is_stale(t, study._study_id)]
     return sum(mark_stale(study, t, "the tuner stopped while this trial ran") for t in stale)
 
 
@@ -450,13 +475,18 @@ def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: Sear
     """Ask, measure and tell one trial; None when another process failed it as stale
     while it ran. A stop (Ctrl-C) fails it as stale at once, and queues it again."""
     trial = study.ask()
-    trial.set_user_attr("worker", owner())
-    trial.set_user_attr("heartbeat", time.time())
     try:
+        trial.set_user_attr("worker", owner())
+        trial.set_user_attr("heartbeat", time.time())
         with Heartbeat(study, trial):
             return _measure_and_tell(study, trial, task, space, budget, train_size)
     except optuna.exceptions.UpdateFinishedTrialError:
         return None
+    except Exception:
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            return None  # failed as stale by another process meanwhile (tell says ValueError)
+        mark_stale(study, study._storage.get_trial(trial._trial_id), "the tuner failed while this trial ran")
+        raise
     except BaseException:
         mark_stale(study, study._storage.get_trial(trial._trial_id), "the tuner was stopped while this trial ran")
         raise
@@ -474,11 +504,17 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
     # A recheck (``screen.enqueue_recheck``) measures a config again on purpose.
     recheck = trial.user_attrs.get("recheck")
     busy = None if recheck else _running_elsewhere(study, cfg, trial.number)
-    if busy is not None:
+    if busy is not None and trial.user_attrs.get("role") is None:
         trial.set_user_attr("status", "duplicate")
         trial.set_user_attr("duplicate_of", busy.number)
         trial.set_user_attr("reason", "another worker was measuring the same config")
         return study.tell(trial, state=TrialState.PRUNED)
+    if busy is not None:
+        # A queued trial (a screening choice, a step of the climb) needs the value: wait
+        # for the other worker's measurement and answer from it, as from any earlier one.
+        deadline = time.monotonic() + budget.trial.timeout_s + 2 * _stale_after()
+        while not study._storage.get_trial(busy._trial_id).state.is_finished() and time.monotonic() < deadline:
+            time.sleep(POLL_S)
     earlier = None if recheck else _measured_before(study, cfg)
     if earlier is not None:
         # The sampler proposed a config it already has: answer from the earlier
