@@ -7,6 +7,7 @@ one line (plus a hint), and the exit status is 1. ``--debug`` shows the tracebac
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -315,9 +316,27 @@ def _final_options(args: argparse.Namespace) -> Any:
                         nproc=args.nproc)
 
 
+def _on_ctrl_c(signum: int, frame: Any) -> None:
+    from autotune.search.study import STOP
+
+    STOP.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:  # not where SIGINT is ignored
+        signal.signal(signal.SIGINT, _on_ctrl_c)
+    try:
+        return _main(args)
+    finally:
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         return _dispatch(args)
     except AutotuneError as exc:

@@ -127,7 +127,11 @@ def test_ctrl_c_and_sigkill_lose_no_trial_and_the_same_command_resumes(tmp_path)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted; run the same command again to resume" in err and "Traceback" not in err
+    assert "interrupted; run the same command again to resume" in err
+    # No traceback of ours. (A Ctrl-C that lands in a garbage-collection callback is
+    # dropped by Python with an "Exception ignored" note; the tuner then stops at the next
+    # trial, which the exit status above shows.)
+    assert err.count("Traceback") == err.count("Exception ignored"), err
     after_int = {n: s for n, s in _rows(db)}
 
     # SIGKILL while a trial runs: nothing can be said or saved at that moment.
@@ -147,7 +151,7 @@ def test_ctrl_c_and_sigkill_lose_no_trial_and_the_same_command_resumes(tmp_path)
     # Every trial finished before a stop is there unchanged.
     for before in (after_int, after_kill):
         for n, state in before.items():
-            if state != "RUNNING":
+            if state not in ("RUNNING", "WAITING"):
                 assert trials[n].state.name == state
     # Each trial cut short is failed as stale and its config was queued again, once (a
     # trial stopped between Optuna's ask and drawing its knobs had no config to retry).

@@ -49,6 +49,10 @@ STALE_AFTER_S = 60.0
 # setting it up (profile, memory probe, model statistics), and how often it looks.
 SETUP_WAIT_S = 3600.0
 POLL_S = 0.5
+# Set by the CLI's Ctrl-C handler. Python drops a KeyboardInterrupt that lands inside a
+# garbage-collection callback (SQLAlchemy has some), so the search also stops on this
+# flag at the next trial.
+STOP = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -412,6 +416,8 @@ def run_search(
     done = sum(counts(t) for t in study.get_trials(deepcopy=False))
     bar = tqdm(total=budget.n_trials, initial=min(done, budget.n_trials), desc="trials", unit="trial", disable=not progress)
     while asks_left > 0:
+        if STOP.is_set():
+            raise KeyboardInterrupt
         if budget.timeout_s is not None and time.perf_counter() - start >= budget.timeout_s:
             bar.write(f"search timeout of {budget.timeout_s:.0f} s reached")
             break
