@@ -161,8 +161,10 @@ def test_ctrl_c_and_sigkill_lose_no_trial_and_the_same_command_resumes(tmp_path)
         config = t.params or t.system_attrs.get("fixed_params")
         retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
         assert len(retries) == (1 if config else 0), (t.number, config)
-        if config:
-            assert retries[0].params == config and retries[0].state.is_finished()
+        if config:  # run with the same knobs, or still queued when the budget ran out first
+            retry = retries[0]
+            assert retry.state == TrialState.WAITING or (
+                retry.state.is_finished() and {k: retry.params.get(k) for k in config} == config), (retry, config)
     assert all(t.state.is_finished() or t.state == TrialState.WAITING for t in trials)
     measured = [t for t in trials if t.state.is_finished() and t.user_attrs.get("status") not in ("infeasible", "duplicate", "stale")]
     assert len(measured) == 8  # the budget, with no trial lost to the stops

@@ -102,9 +102,8 @@ def test_run_with_two_workers_fills_one_study(kind, tmp_path, request):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
-def test_workers_started_at_once_create_the_study_once_and_finalize_once(kind, tmp_path, request):
-    storage = _storage(kind, tmp_path, request)
+def test_workers_started_at_once_create_the_study_once_and_finalize_once(tmp_path, request):
+    storage = _storage("postgresql", tmp_path, request)
     procs = [subprocess.Popen(_cli("worker", str(ASSETS / "tiny_mlp.py"), "--storage", storage, "--study", "race",
                                    "--trials", "7", "--space", str(ASSETS / "tiny_space.yaml"), "--out", str(tmp_path / f"w{i}"),
                                    "--no-progress"),
