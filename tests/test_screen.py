@@ -112,9 +112,12 @@ def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
     # the search was refined around, and none a config measured before.
     around = study.user_attrs.get("refined_around", [])
     assert around and around[0] in [t.params for t in study.trials[:combined.number + 1]]
+    def same_effective_batch(t, a):
+        return t.params["micro_batch_size"] * t.params["accumulation_steps"] == a["micro_batch_size"] * a["accumulation_steps"]
+
     for i, t in enumerate(study.trials):
         if t.user_attrs.get("role") == "refine":
-            assert any(sum(t.params[k] != a[k] for k in a) == 1 for a in around)
+            assert any(sum(t.params[k] != a[k] for k in a) == 1 or same_effective_batch(t, a) for a in around)
             assert t.params not in [u.params for u in study.trials[:i]]
 
 
@@ -263,6 +266,16 @@ def test_neighbours_are_adjacent_for_numbers_and_every_other_choice_otherwise():
     ]
     assert neighbours(space, {"micro_batch_size": 64, "amp": "off", "checkpointing": True})[:1] == [
         {"micro_batch_size": 32, "amp": "off", "checkpointing": True}]
+
+
+def test_neighbours_include_the_moves_that_keep_the_effective_batch():
+    space = _space({"micro_batch_size": {"choices": [64, 128, 256]}, "accumulation_steps": {"choices": [1, 2, 4]}})
+    got = neighbours(space, {"micro_batch_size": 256, "accumulation_steps": 1})
+    # 128 x 2: the same 256 samples per optimizer step; 512 x 1/2 is not in the space.
+    assert got[-1] == {"micro_batch_size": 128, "accumulation_steps": 2}
+    assert {"micro_batch_size": 128, "accumulation_steps": 2} not in got[:-1]
+    middle = neighbours(space, {"micro_batch_size": 128, "accumulation_steps": 2})
+    assert middle[-2:] == [{"micro_batch_size": 64, "accumulation_steps": 4}, {"micro_batch_size": 256, "accumulation_steps": 1}]
 
 
 def test_a_lucky_default_measured_twice_no_longer_hides_a_gain():

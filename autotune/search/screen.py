@@ -11,9 +11,10 @@ default with the best screened micro-batch (the base). How much a dtype, a threa
 a DataLoader worker gains depends most on how much work a step holds: bf16 matmuls that
 lose at 32 samples can win at 256. Then the config that takes, for every knob, the choice
 that scored best in its screening trial (by at least 5% over the base's: less is noise) is
-measured, and then the single-knob neighbours of the best config so far (adjacent choices
-of an ordered knob, every other choice of the rest): a knob's best choice can still change
-with the others. They are measured one at a time, and as soon as one is better by at least
+measured, and then the neighbours of the best config so far (adjacent choices of an
+ordered knob, every other choice of the rest, and the moves that keep the effective batch:
+half the micro-batch with twice the accumulation, or the reverse): a knob's best choice
+can still change with the others. They are measured one at a time, and as soon as one is better by at least
 3%, the neighbours of that one follow instead (a local search one knob at a time, first
 improvement; a smaller lead is noise and would only send the climb sideways), until the
 current config's neighbours are all measured.
@@ -212,7 +213,11 @@ def enqueue_combination(study: optuna.Study, space: SearchSpace,
 
 def neighbours(space: SearchSpace, incumbent: dict[str, Any]) -> list[dict[str, Any]]:
     """Configs one knob away from ``incumbent``: for numeric knobs the next smaller and
-    larger choice, for the others every other choice."""
+    larger choice, for the others every other choice. Then the moves that keep the
+    effective batch: half the micro-batch with twice the accumulation, and the reverse
+    (the same samples per optimizer step, so the same statistical efficiency, with another
+    trade of memory traffic against per-step overhead: one knob at a time never gets
+    there, since either change alone leaves the effective batch, or too few steps)."""
     out = []
     for name in _screened_knobs(space):
         choices, current = list(space.params[name].choices), incumbent.get(name)
@@ -225,6 +230,12 @@ def neighbours(space: SearchSpace, incumbent: dict[str, Any]) -> list[dict[str, 
         else:
             near = [c for c in choices if c != current]
         out += [{**incumbent, name: c} for c in near]
+    mb, acc = (space.params.get(n) for n in ("micro_batch_size", "accumulation_steps"))
+    if mb is not None and acc is not None and mb.choices and acc.choices and len(mb.choices) > 1 and len(acc.choices) > 1:
+        m, a = incumbent.get("micro_batch_size"), incumbent.get("accumulation_steps")
+        for m2, a2 in ((m // 2 if m else None, a * 2 if a else None), (m * 2 if m else None, a // 2 if a else None)):
+            if m2 in mb.choices and a2 in acc.choices:
+                out.append({**incumbent, "micro_batch_size": m2, "accumulation_steps": a2})
     return out
 
 

@@ -2,7 +2,7 @@
 
 A short trial on a busy machine can get lucky, and the best of many noisy measurements
 is biased upwards (the winner's curse). So the ``top`` best distinct configs are measured
-again in turns (A B C D, A B C D, ...) in fresh processes, with the default config among
+again in turns (A B C D, B C D A, ...) in fresh processes, with the default config among
 them, and the pick is the candidate with the best median of those re-measurements.
 
 After ``rounds`` rounds, the candidates still within ``margin`` of the leader's median, or
@@ -135,7 +135,7 @@ def contenders(runs: list[Candidate], margin: float) -> list[Candidate]:
     return [c for c in measured if (c.median() or 0.0) >= (1.0 - margin) * lead or max(c.values) >= lead]
 
 
-def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 2, top: int = 3, progress: bool = True,
+def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3, top: int = 3, progress: bool = True,
            max_rounds: int = 5, margin: float = 0.08) -> Selection:
     """Re-measure the ``top`` best configs and the default in turns; pick on the medians.
 
@@ -164,7 +164,10 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 2
                 break
             bar.total += len(batch)
             bar.refresh()
-        for c in batch:
+        # Each round starts one further along (A B C D, B C D A, ...): no run always
+        # follows the same one, or always comes first.
+        turn = done % len(batch)
+        for c in batch[turn:] + batch[:turn]:
             outcome = run_isolated(
                 measure,
                 {"model_path": str(task.path), "config": c.config.to_dict(), "budget": budget.to_dict()},
