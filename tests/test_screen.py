@@ -167,10 +167,12 @@ def test_refinement_climbs_one_knob_at_a_time_until_no_neighbour_is_better():
     # Around (16, off), 8 and 32 were measured: (16, bf16) is next and better, so its
     # neighbours follow at once ((16, fp16) is never tried); around (8, bf16), (16, bf16)
     # is known and (8, fp16) is worse: the climb ends there, once (8, bf16) is measured
-    # a second time.
+    # a second time. Then (16, bf16), within 10% of it, has its last neighbour measured:
+    # (16, fp16), which is worse, and nothing is left within 10%.
     assert climbed == [{"micro_batch_size": 16, "amp": "bf16"}, {"micro_batch_size": 8, "amp": "bf16"},
-                       {"micro_batch_size": 8, "amp": "fp16"}, {"micro_batch_size": 8, "amp": "bf16"}]
-    assert study.trials[-1].user_attrs["role"] == "recheck"
+                       {"micro_batch_size": 8, "amp": "fp16"}, {"micro_batch_size": 8, "amp": "bf16"},
+                       {"micro_batch_size": 16, "amp": "fp16"}]
+    assert [t.user_attrs["role"] for t in study.trials[-2:]] == ["recheck", "refine"]
     assert study.user_attrs["refined_around"] == [
         {"micro_batch_size": 16, "amp": "off"}, {"micro_batch_size": 16, "amp": "bf16"}, {"micro_batch_size": 8, "amp": "bf16"}]
 
@@ -224,7 +226,8 @@ def test_the_climb_stays_where_it_is_for_a_lead_within_the_noise():
     ], dists)
     # (8, off) leads (16, off) by 1%: the climb stays at (16, off) and measures all of its
     # neighbours; (16, fp16) leads by 10% and moves it.
-    values = {(8, "off"): 121.0, (16, "bf16"): 110.0, (16, "fp16"): 132.0, (8, "fp16"): 100.0, (32, "fp16"): 90.0}
+    values = {(8, "off"): 121.0, (16, "bf16"): 110.0, (16, "fp16"): 132.0, (8, "fp16"): 100.0, (32, "fp16"): 90.0,
+              (8, "bf16"): 80.0}
     climbed = []
     while enqueue_refinement(study, space):
         climbed += _finish_waiting(study, values, dists)

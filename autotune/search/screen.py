@@ -17,7 +17,8 @@ half the micro-batch with twice the accumulation, or the reverse): a knob's best
 can still change with the others. They are measured one at a time, and as soon as one is better by at least
 3%, the neighbours of that one follow instead (a local search one knob at a time, first
 improvement; a smaller lead is noise and would only send the climb sideways), until the
-current config's neighbours are all measured.
+current config's neighbours are all measured; then the neighbours of the configs within
+10% of it (a few trials cannot rank configs that close).
 
 One trial of a config can be lucky by 10-20% on a busy machine, and every gain above is a
 ratio to a reference config: a lucky reference hides every real gain, and a lucky
@@ -50,6 +51,9 @@ SCREENING, COMBINATION, REFINE, RECHECK = "screening", "combination", "refine", 
 MIN_GAIN = 1.05
 # A neighbour must beat the climb's current config by this much to move the climb there.
 MIN_MOVE = 1.03
+# Once the climb is done, the neighbours of configs within this share of its config's
+# score are measured too: a few trials cannot rank configs closer than this.
+NEAR = 0.10
 # Screened first; the other knobs are screened at its best choice.
 LEAD = "micro_batch_size"
 
@@ -263,10 +267,11 @@ def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float 
     then the climb stays (first improvement by a margin: when a neighbour turns out
     clearly better, the next ones are its neighbours). Once every neighbour of the current
     config is measured, the config itself is measured once more (``RECHECK``) if it was
-    measured only once. Nothing is queued while a refinement or recheck is pending, nor
-    once the current config is measured twice with all its neighbours: the sampler goes
-    on from there, and should it find a clearly better config, the climb starts again
-    around it. Of several processes sharing the study, the one that gets the claim for
+    measured only once. Then the unmeasured neighbours of the configs within ``NEAR`` of
+    it follow, best first (should one of them turn out clearly better, the climb moves
+    there). Nothing is queued while a refinement or recheck is pending, nor once all of
+    these are measured: the sampler goes on from there, and should it find a clearly
+    better config, the climb starts again around it. Of several processes sharing the study, the one that gets the claim for
     this step of the climb queues it."""
     default = study.user_attrs.get("screening_default")
     trials = study.get_trials(deepcopy=False)
@@ -294,7 +299,22 @@ def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float 
                 return 0
             study.enqueue_trial(knobs, user_attrs={"role": REFINE})
             return 1
-    if len(scores[repr(incumbent)][1]) < 2 and claim(step):
+    if len(scores[repr(incumbent)][1]) < 2:
+        if not claim(step):
+            return 0
         enqueue_recheck(study, incumbent)
         return 1
+    # The climb is done at its config. Configs within NEAR of the best are as good as it
+    # as far as a few noisy trials can tell: their unmeasured neighbours come next, the
+    # best first (a climb from a runner-up can reach what none from the incumbent does).
+    lead = _mean(scores[repr(incumbent)][1])
+    near = sorted((s for s in scores.values() if s[0] != incumbent and _mean(s[1]) >= (1 - NEAR) * lead),
+                  key=lambda s: -_mean(s[1]))
+    for knobs_, _ in near:
+        for knobs in neighbours(space, knobs_):
+            if knobs not in tried:
+                if not claim(step):
+                    return 0
+                study.enqueue_trial(knobs, user_attrs={"role": REFINE})
+                return 1
     return 0
