@@ -38,7 +38,7 @@ knob around the default at once, and is read that way.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import TrialState
@@ -293,28 +293,32 @@ def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float 
         study.set_user_attr("refined_around", around + [incumbent])
     tried = [{k: t.params.get(k, v) for k, v in default.items()} for t in trials if t.state.is_finished()]
     step = f"climb-{sum(t.user_attrs.get('role') in (REFINE, RECHECK) for t in trials)}"
+    role, knobs = next(_climb_steps(space, scores, incumbent, tried), (None, None))
+    if role is None or not claim(step):
+        return 0
+    if role == RECHECK:
+        enqueue_recheck(study, knobs)
+    else:
+        study.enqueue_trial(knobs, user_attrs={"role": REFINE})
+    return 1
+
+
+def _climb_steps(space: SearchSpace, scores: dict[str, tuple[dict[str, Any], list[float]]], incumbent: dict[str, Any],
+                 tried: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The climb's next trials, in order: the unmeasured neighbours of its config, that
+    config again if it was measured once, then the unmeasured neighbours of the configs
+    within NEAR of it, best first. (Those configs are as good as the climb's as far as a
+    few noisy trials can tell: a climb from one of them can reach what none from the
+    climb's config does.)"""
     for knobs in neighbours(space, incumbent):
         if knobs not in tried:
-            if not claim(step):
-                return 0
-            study.enqueue_trial(knobs, user_attrs={"role": REFINE})
-            return 1
+            yield REFINE, knobs
     if len(scores[repr(incumbent)][1]) < 2:
-        if not claim(step):
-            return 0
-        enqueue_recheck(study, incumbent)
-        return 1
-    # The climb is done at its config. Configs within NEAR of the best are as good as it
-    # as far as a few noisy trials can tell: their unmeasured neighbours come next, the
-    # best first (a climb from a runner-up can reach what none from the incumbent does).
+        yield RECHECK, incumbent
     lead = _mean(scores[repr(incumbent)][1])
     near = sorted((s for s in scores.values() if s[0] != incumbent and _mean(s[1]) >= (1 - NEAR) * lead),
                   key=lambda s: -_mean(s[1]))
-    for knobs_, _ in near:
-        for knobs in neighbours(space, knobs_):
+    for config, _ in near:
+        for knobs in neighbours(space, config):
             if knobs not in tried:
-                if not claim(step):
-                    return 0
-                study.enqueue_trial(knobs, user_attrs={"role": REFINE})
-                return 1
-    return 0
+                yield REFINE, knobs
