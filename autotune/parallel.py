@@ -152,7 +152,7 @@ def work(model_path: str | Path, storage: str, name: str, out: Path, finalize: b
     from autotune.search import run_search
     from autotune.search import worker as trial_worker
     from autotune.search.storage import redact
-    from autotune.search.study import join_study, study_exists
+    from autotune.search.opening import join_study, study_exists
     from autotune.task import load_task
 
     if cpus:
@@ -206,7 +206,8 @@ def finalize_study(model_path: str | Path, storage: str, name: str, out: Path, p
 
     from autotune import pipeline
     from autotune.hardware import HardwareProfile, collect_profile
-    from autotune.search.study import fail_stale_trials, join_study
+    from autotune.search.opening import join_study
+    from autotune.search.stale import fail_stale_trials
     from autotune.task import load_task
 
     task = load_task(model_path)

@@ -38,7 +38,8 @@ from autotune.search import model_stats, warmstart, worker
 from autotune.search.objective import Scorer
 from autotune.search.limits import apply_limits, default_limit_bytes, probe_limits
 from autotune.search.storage import redact, sqlite_url
-from autotune.search.study import scorer_of, study_exists
+from autotune.search.opening import study_exists
+from autotune.search.study import scorer_of
 from autotune.search.select import Selection
 from autotune.run_data import report_data, search_data, selection_data, versions
 from autotune.search.space import SearchSpace

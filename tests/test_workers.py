@@ -142,7 +142,7 @@ def test_a_claim_goes_to_exactly_one_of_many_processes(kind, tmp_path, request):
 
 def test_stale_is_a_dead_process_here_or_a_heartbeat_that_stands_still(tiny_task, tmp_path, monkeypatch):
     from autotune.search import open_study, parse_space
-    from autotune.search.study import _here, fail_stale_trials
+    from autotune.search.stale import _here, fail_stale_trials
 
     monkeypatch.setenv("AUTOTUNE_STALE_AFTER_S", "0.5")
     space = parse_space({"name": "t", "params": {"micro_batch_size": {"choices": [8, 16]}}}, source="test")

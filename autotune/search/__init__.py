@@ -3,7 +3,9 @@
 from autotune.search.gate import Facts, gate, has_conv2d
 from autotune.search.select import Selection, best_trial, select
 from autotune.search.space import SearchSpace, load_space, parse_space
-from autotune.search.study import SearchBudget, enqueue_default, fail_stale_trials, open_study, run_search
+from autotune.search.opening import open_study
+from autotune.search.stale import fail_stale_trials
+from autotune.search.study import SearchBudget, enqueue_default, run_search
 from autotune.search.trial import TrialBudget
 
 __all__ = [

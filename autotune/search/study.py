@@ -14,11 +14,7 @@ and the search's own bookkeeping (queueing the next stage) is claimed atomically
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
-import socket
 import threading
-import warnings
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -29,25 +25,18 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from autotune.config import TrainConfig
-from autotune.errors import ConfigError
 from autotune.search.objective import Scorer
-from autotune.search.prune import Reporting, SlowTrialPruner, best_completed
+from autotune.search.prune import Reporting, best_completed
 from autotune.search.screen import enqueue_combination, enqueue_refinement, enqueue_screening, enqueue_second_stage, in_stages
-from autotune.search.space import SearchSpace, parse_space
-from autotune.search.storage import claim, is_claim, open_storage, redact
+from autotune.search.space import SearchSpace
+from autotune.search.stale import Heartbeat, _stale_after, fail_stale_trials, mark_stale, owner
+from autotune.search.storage import claim
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
 from autotune.task import Task
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-# A running trial's process writes a heartbeat this often (seconds); a trial whose
-# heartbeat is older than STALE_AFTER_S (and whose process, on this machine, is gone) is
-# failed as stale and its config queued again. AUTOTUNE_STALE_AFTER_S overrides it.
-HEARTBEAT_S = 10.0
-STALE_AFTER_S = 60.0
-# How long a process that joins a study waits for the process that created it to finish
-# setting it up (profile, memory probe, model statistics), and how often it looks.
-SETUP_WAIT_S = 3600.0
+# How often a process waiting on others' trials (or on a study's set-up) looks again.
 POLL_S = 0.5
 # Set by the CLI's Ctrl-C handler. Python drops a KeyboardInterrupt that lands inside a
 # garbage-collection callback (SQLAlchemy has some), so the search also stops on this
@@ -73,291 +62,9 @@ class SearchBudget:
         return cls(**{**data, "trial": TrialBudget(**data.get("trial", {}))})
 
 
-def open_study(
-    storage: str, name: str, task: Task, raw: SearchSpace, space: SearchSpace, fingerprint: str, seed: int,
-    scorer: Scorer | None = None,
-    prepare: Callable[[optuna.Study, SearchSpace], tuple[SearchSpace, Scorer | None]] | None = None,
-    log: Callable[[str], None] = lambda line: None,
-) -> tuple[optuna.Study, SearchSpace]:
-    """Create the study, or join it when it exists; returns it with the space it searches.
-
-    ``raw`` is the space as written in its YAML, ``space`` the same gated for this machine.
-    Creation is a claim: of several processes that open a new study at once, exactly one
-    creates it and calls ``prepare(study, space)`` (which may probe memory, measure the
-    model, queue the first trials, and returns the space and scorer to store); the others
-    wait until it is set up. Should ``prepare`` fail, the half-made study is deleted.
-
-    A joined or resumed study keeps the gated space and the scorer it was created with
-    (so a microbenchmark that comes out differently this time cannot change the choices
-    or the scale mid-study), and must belong to the same model file, the same YAML, the
-    same hardware and the same objective. ``scorer`` defaults to goodput without a noise-
-    scale estimate, which scores like throughput.
-    """
-    optuna.logging.set_verbosity(logging.WARNING)
-    backend = open_storage(storage)
-    try:
-        backend.create_new_study([optuna.study.StudyDirection.MAXIMIZE], name)
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:
-        created = False
-    if created:
-        study = _load(backend, name, seed)
-        study.set_user_attr("setup", "pending")
-        study.set_user_attr("setup_by", owner())
-        try:
-            if prepare is not None:
-                space, scorer = prepare(study, space)
-            _write_attrs(study, task, raw, space, fingerprint, seed, scorer)
-        except BaseException:
-            optuna.delete_study(study_name=name, storage=backend)
-            raise
-        study.set_user_attr("setup", "done")
-        return study, space
-    existing = _wait_set_up(backend, name, storage, log)
-    study = _load(backend, name, seed + existing.pop("_n_trials", 0))
-    _check_same(existing, task, raw, fingerprint, storage)
-    if scorer is not None and existing.get("objective") != scorer.objective:
-        raise ConfigError(
-            f"The study in {redact(storage)} maximises {existing.get('objective')}, not {scorer.objective}; "
-            "its trials' values cannot be compared with new ones.",
-            hint="Use another --out folder for a new study, or run with the study's --objective.",
-        )
-    stored = parse_space(existing["search_space"], source=raw.source)
-    return study, dataclasses.replace(stored, gated=existing.get("gated", {}))
-
-
-def join_study(storage: str, name: str, task: Task, device: str,
-               log: Callable[[str], None] = lambda line: None) -> tuple[optuna.Study, SearchSpace]:
-    """Join a study another process created (``autotune worker``, ``autotune finalize``),
-    waiting until it is set up; returns it with its gated space. It must be for the same
-    model file and, where the study names it, the same trial device (``trial_device``)."""
-    optuna.logging.set_verbosity(logging.WARNING)
-    backend = open_storage(storage)
-    if not study_exists(storage, name):
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(backend) if not is_claim(s.study_name))
-        raise ConfigError(f"There is no study {name!r} in {redact(storage)} (it holds: {', '.join(names) or 'none'}).",
-                          hint="Start it with `autotune run MODEL --storage URL --study NAME`, or name one it holds.")
-    existing = _wait_set_up(backend, name, storage, log)
-    study = _load(backend, name, int(existing.get("seed", 0)) + existing.pop("_n_trials", 0) + os.getpid())
-    if existing.get("model_sha256") != task.sha256:
-        raise ConfigError(
-            f"The study {name!r} in {redact(storage)} is for another version of the model file "
-            f"({existing.get('model_file')}): this worker's {task.path} differs from it.",
-            hint="Run every worker with the same model file as the study.",
-        )
-    if existing.get("trial_device") not in (None, device):
-        raise ConfigError(
-            f"The study {name!r} measures trials on {existing['trial_device']}; this worker has {device}. "
-            "Throughputs of two kinds of device cannot be compared in one study.",
-            hint="Run workers only on machines with the same kind of device as the study's.",
-        )
-    stored = parse_space(existing["search_space"], source=f"study {name!r}")
-    return study, dataclasses.replace(stored, gated=existing.get("gated", {}))
-
-
-def _load(backend: Any, name: str, seed: int) -> optuna.Study:
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
-    return optuna.load_study(study_name=name, storage=backend, sampler=sampler, pruner=SlowTrialPruner())
-
-
-def _write_attrs(study: optuna.Study, task: Task, raw: SearchSpace, space: SearchSpace, fingerprint: str, seed: int,
-                 scorer: Scorer | None) -> None:
-    attrs = {
-        "model_file": str(task.path),
-        "model_sha256": task.sha256,
-        "search_space_name": raw.name,
-        "search_space_sha256": raw.sha256,
-        "search_space": space.to_dict(),
-        "gated": space.gated,
-        "hardware_fingerprint": fingerprint,
-        "objective": (scorer or Scorer()).objective,
-        "scorer": (scorer or Scorer()).to_dict(),
-        "seed": seed,
-    }
-    for key, value in attrs.items():
-        study.set_user_attr(key, value)
-    # The objective's name and unit, for optuna-dashboard and Optuna's plots.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        study.set_metric_names([f"{attrs['objective']}_samples_per_s"])
-
-
-def _is_set_up(attrs: dict[str, Any]) -> bool:
-    """A study is ready to join once its creator wrote ``setup: done`` (a study from
-    before workers has no ``setup``, only the rest)."""
-    return attrs.get("setup", "done") == "done" and "model_sha256" in attrs
-
-
-def _wait_set_up(backend: Any, name: str, storage: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """The study's user attributes (and its trial count as ``_n_trials``) once its creator
-    has set it up; waits up to SETUP_WAIT_S."""
-    deadline, said = time.monotonic() + SETUP_WAIT_S, False
-    while True:
-        try:
-            study = optuna.load_study(study_name=name, storage=backend)
-        except KeyError:
-            raise ConfigError(f"The process creating study {name!r} in {redact(storage)} failed, and deleted it.",
-                              hint="Its own output says why; run again to create it.") from None
-        attrs = study.user_attrs
-        if _is_set_up(attrs):
-            return {**attrs, "_n_trials": len(study.get_trials(deepcopy=False))}
-        where, _, pid = str(attrs.get("setup_by", "")).rpartition(":")
-        gone = where == _here() and pid.isdigit() and not _pid_alive(int(pid))
-        if gone or time.monotonic() > deadline:
-            raise ConfigError(
-                f"The study {name!r} in {redact(storage)} exists but was never set up: the process that created "
-                "it (profile, memory probe) stopped before it finished.",
-                hint=f"Delete it (optuna delete-study --study-name {name} --storage URL) and start again.",
-            )
-        if not said:
-            log(f"autotune: waiting for the process that created study {name!r} to finish setting it up")
-            said = True
-        time.sleep(POLL_S)
-
-
-def study_exists(storage: str, name: str) -> bool:
-    """Whether ``storage`` holds a study ``name`` (set up or being set up)."""
-    optuna.logging.set_verbosity(logging.WARNING)
-    try:
-        optuna.load_study(study_name=name, storage=open_storage(storage))
-    except KeyError:
-        return False
-    return True
-
-
 def scorer_of(study: optuna.Study) -> Scorer:
     """The scorer a study was created with (studies from before scorers: throughput)."""
     return Scorer.from_dict(study.user_attrs.get("scorer") or {"objective": "throughput"})
-
-
-def _check_same(attrs: dict[str, Any], task: Task, raw: SearchSpace, fingerprint: str, storage: str) -> None:
-    hint = "Use another --out folder for a new study, or delete the old one."
-    if attrs.get("model_sha256") != task.sha256:
-        raise ConfigError(
-            f"The study in {redact(storage)} was made for a different version of the model file "
-            f"({attrs.get('model_file')}); resuming it would mix results of two models.",
-            hint=hint,
-        )
-    if attrs.get("search_space_sha256") != raw.sha256:
-        raise ConfigError(
-            f"The study in {redact(storage)} was made with a different search space "
-            f"({attrs.get('search_space_name')!r} with other choices than {raw.source}); "
-            "resuming it would mix two spaces.",
-            hint=hint,
-        )
-    if attrs.get("hardware_fingerprint") != fingerprint:
-        raise ConfigError(
-            f"The study in {redact(storage)} was measured on other hardware "
-            f"({attrs.get('hardware_fingerprint')}, this machine is {fingerprint}); "
-            "throughputs of two machines cannot be compared in one study.",
-            hint=hint,
-        )
-
-
-def _here() -> str:
-    """This machine, as far as process ids mean anything: the host name, and on Linux the
-    process-id namespace (containers that share a host name do not share pids)."""
-    try:
-        return f"{socket.gethostname()}:{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return socket.gethostname()
-
-
-def owner() -> str:
-    """This process, as a trial's ``worker`` attribute names it: host[:pid namespace]:pid."""
-    return f"{_here()}:{os.getpid()}"
-
-
-def _stale_after() -> float:
-    return float(os.environ.get("AUTOTUNE_STALE_AFTER_S", STALE_AFTER_S))
-
-
-# What this process saw of each running trial's heartbeat, and since when (its own
-# monotonic clock): a heartbeat is judged by whether it changes, so the clocks of two
-# machines never need to agree.
-_seen: dict[tuple[int, int], tuple[Any, float]] = {}
-
-
-def _is_stale(trial: optuna.trial.FrozenTrial, study_id: int) -> bool:
-    """A running trial whose process is gone: on this machine, its pid no longer runs; on
-    any, its heartbeat (or, for one with no heartbeat yet, anything about it) has not
-    changed for STALE_AFTER_S while this process watched."""
-    where, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-    if where == _here() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-        return True
-    key, beat, now = (study_id, trial._trial_id), trial.user_attrs.get("heartbeat"), time.monotonic()
-    seen = _seen.get(key)
-    if seen is None or seen[0] != beat:
-        _seen[key] = (beat, now)
-        return False
-    return now - seen[1] > _stale_after()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_stale_trials(study: optuna.Study, everyone: bool = False) -> int:
-    """Fail the trials left RUNNING by a tuner that stopped (killed, or its machine went
-    down) with the reason, and queue each one's config again, once. With ``everyone``,
-    every running trial counts as stale (only for a study no other process uses); else
-    only those ``_is_stale`` finds. Returns how many this process failed."""
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    stale = [t for t in running if everyone or _is_stale(t, study._study_id)]
-    return sum(mark_stale(study, t, "the tuner stopped while this trial ran") for t in stale)
-
-
-def mark_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> bool:
-    """Fail one running trial as stale and queue its config again, unless it was itself
-    such a retry, or was stopped before it had a config (between Optuna's ask and the
-    draw). Safe when several processes find the same trial: one of them does it."""
-    try:
-        study._storage.set_trial_user_attr(trial._trial_id, "status", "stale")
-        study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False  # it finished after all, or another process failed it first
-    if not claim(study, f"stale-{trial.number}"):
-        return False
-    study.set_user_attr(f"stale_trial_{trial.number}", reason)
-    # Its config: the knobs it had drawn, or for a queued trial stopped before drawing
-    # them, the ones it was queued with; a trial stopped before either had none.
-    knobs = trial.params or trial.system_attrs.get("fixed_params")
-    if knobs and trial.user_attrs.get("retry_of") is None:
-        attrs = {k: v for k, v in trial.user_attrs.items() if k in ("role", "recheck")}
-        study.enqueue_trial(knobs, user_attrs={**attrs, "retry_of": trial.number})
-    return True
-
-
-class Heartbeat:
-    """While a trial runs, write its ``heartbeat`` (time.time()) every HEARTBEAT_S from a
-    thread, so other processes can tell it from one whose tuner is gone."""
-
-    def __init__(self, study: optuna.Study, trial: optuna.Trial, interval: float = HEARTBEAT_S) -> None:
-        self._study, self._trial_id, self._interval = study, trial._trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="autotune-heartbeat", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self._study._storage.set_trial_user_attr(self._trial_id, "heartbeat", time.time())
-            except Exception:  # finished meanwhile, or the database blinked: the next beat tries again
-                pass
 
 
 def default_knobs(space: SearchSpace) -> dict[str, Any]:
