@@ -2,7 +2,7 @@
 
 For each model, in one run on this machine:
 
-1. autotune: ``pipeline.tune`` at its default budget (12 trials with pruning, then the
+1. autotune: ``pipeline.tune`` at its default budget (24 trials with pruning, then the
    re-measured selection), once per objective (goodput, the default, and throughput),
    timed from the start to tuned.yaml: hardware profile, memory probe, model statistics,
    search and selection all count.
@@ -10,7 +10,7 @@ For each model, in one run on this machine:
    searched, with its probed memory limits), each measured once in a fresh process by the
    same trial function and budget as autotune's trials, without pruning; timed.
 3. side by side: the default config (batch 32, fp32, no workers), both tuned picks and the
-   grid's best by goodput and by throughput, re-measured in turns (A B C D E, A B C D E,
+   grid's best by goodput and by throughput, re-measured in turns (A B C D E, B C D E A,
    ...) for ``--rounds`` rounds; the ratios in the table are of these medians.
 
 Per-trial overhead: over the tuned studies' trials, the wall time from Optuna's ask to
@@ -102,15 +102,19 @@ def overhead(study: Any) -> dict[str, float]:
 
 
 def side_by_side(task: Any, entries: dict[str, Any], scorer: Any, rounds: int) -> dict[str, dict[str, Any]]:
-    """Re-measure each distinct config of ``entries`` in turns; medians per config."""
+    """Re-measure each distinct config of ``entries`` in turns, each round starting one
+    further along (A B C, B C A, ...) so that no config always follows the same one;
+    medians per config."""
     distinct: list[Any] = []
     for cfg in entries.values():
         if cfg not in distinct:
             distinct.append(cfg)
     runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(distinct))}
-    for _ in range(rounds):
-        for i, cfg in enumerate(distinct):
-            runs[i].append(measure_once(task, cfg)[0])
+    order = list(range(len(distinct)))
+    for r in range(rounds):
+        turn = r % len(order)
+        for i in order[turn:] + order[:turn]:
+            runs[i].append(measure_once(task, distinct[i])[0])
     out = {}
     for label, cfg in entries.items():
         got = [m for m in runs[distinct.index(cfg)] if m.get("throughput_samples_per_s")]

@@ -1,10 +1,11 @@
 """The final run on several processes: the per-rank config, the samplers' partition, and
 a real `autotune train --nproc 2` through torchrun with gloo on the CPU, compared with
-a single-process run of the same effective batch."""
+a single-process run of the same effective batch, and one killed mid-epoch and resumed."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from autotune.config import TrainConfig, TunedConfig, scaled_lr
-from autotune.engine.checkpoint import ResumableSampler
+from autotune.engine.checkpoint import LAST, ResumableSampler, load
 from autotune.engine.distributed import Dist, ShardSampler
 from autotune.final import per_rank_config
 
@@ -85,3 +86,42 @@ def test_nproc_2_on_the_cpu_trains_like_one_process_with_twice_the_micro_batch(t
     a = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "single" / "model.pt", weights_only=True)
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
+@pytest.mark.slow
+def test_nproc_2_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_path):
+    # cpu_threads=1 and gloo: the same arithmetic in every run, so weights compare bit for bit.
+    cfg = TrainConfig(micro_batch_size=8, accumulation_steps=2, epochs=3, lr=0.01, base_lr=0.01, warmup=0.2, seed=3,
+                      cpu_threads=1)
+    TunedConfig(train=cfg).save(tmp_path / "tuned.yaml")
+
+    def train(out: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "autotune", "train", str(ASSETS / "crashy_mlp.py"), "--config",
+               str(tmp_path / "tuned.yaml"), "--out", str(tmp_path / out), "--no-progress", "--nproc", "2",
+               "--checkpoint-every", "1", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+    whole = train("whole")
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    # Each rank fetches 48 items an epoch; the 70th is in the second epoch, after its first
+    # optimizer step there. Both ranks are killed by SIGKILL at that item.
+    killed = train("killed", env={"CRASHY_MLP_KILL_AT": "70"})
+    assert killed.returncode != 0
+    assert "--resume goes on from the last checkpoint" in killed.stderr
+    state = load(tmp_path / "killed" / "checkpoints" / LAST)
+    assert state["position"]["epoch"] == 1 and state["position"]["epoch_batches"] > 0
+    assert len(state["rng"]) == 2  # each rank's random state, for its own dropout
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    resumed = train("killed", "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming the final run at epoch 2, step {state['position']['steps']}" in resumed.stdout
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((tmp_path / d / "report.json").read_text())["final"] for d in ("whole", "killed"))
+    assert [r["train_loss"] for r in ra["history"]] == [r["train_loss"] for r in rb["history"]]
+    # One process of one run alone with another world size: refused, saying why.
+    alone = subprocess.run([sys.executable, "-m", "autotune", "train", str(ASSETS / "crashy_mlp.py"), "--config",
+                            str(tmp_path / "tuned.yaml"), "--out", str(tmp_path / "killed"), "--no-progress",
+                            "--resume"], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 1 and "written by a run of 2 process(es); this one has 1" in alone.stderr

@@ -169,7 +169,7 @@ def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, 
     assert all(len(c.values) == 1 for c in nobody.candidates + [nobody.default])
 
 
-def test_contenders_are_the_runs_within_the_margin_of_the_best_median_or_reaching_it():
+def test_contenders_are_the_runs_within_the_margin_of_the_best_median():
     from autotune.config import TrainConfig
     from autotune.search.select import Candidate, contenders
 
@@ -181,9 +181,9 @@ def test_contenders_are_the_runs_within_the_margin_of_the_best_median_or_reachin
     assert contenders([lead, close, behind], 0.04) == [lead]
     assert contenders([lead, close, behind], 0.25) == [lead, close, behind]
     assert contenders([unmeasured], 0.1) == []
-    # A median 25% behind, but one measurement reached the leader's median: still racing.
+    # A median 25% behind with one lucky measurement above the leader's median: out.
     wide = run(70.0, 101.0, 75.0)
-    assert contenders([lead, close, behind, wide], 0.04) == [lead, wide]
+    assert contenders([lead, close, behind, wide], 0.08) == [lead, close]
 
 
 def test_configs_rank_by_the_mean_of_their_measurements_not_their_luckiest():

@@ -172,6 +172,47 @@ def test_stale_is_a_dead_process_here_or_a_heartbeat_that_stands_still(tiny_task
     assert fail_stale_trials(study) == 0  # failed once, queued again once
 
 
+def test_joiners_wait_while_the_creator_beats_and_stop_when_it_is_gone(tiny_task, tmp_path, monkeypatch):
+    import threading
+
+    from autotune.search import open_study, parse_space
+    from autotune.search.opening import join_study
+
+    monkeypatch.setenv("AUTOTUNE_STALE_AFTER_S", "0.6")
+    space = parse_space({"name": "t", "params": {"micro_batch_size": {"choices": [8, 16]}}}, source="test")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def slow_prepare(study, gated):  # a probe that takes five times as long as STALE_AFTER_S
+        time.sleep(3.0)
+        return gated, None
+
+    made: dict[str, float] = {}
+
+    def create() -> None:
+        open_study(storage, "s", tiny_task, space, space, "fp", 0, prepare=slow_prepare)
+        made["at"] = time.monotonic()
+
+    creator = threading.Thread(target=create)
+    creator.start()
+    time.sleep(0.3)
+    # The creator's heartbeat goes on: the joiner waits for it, however long it takes.
+    study, _ = open_study(storage, "s", tiny_task, space, space, "fp", 0)
+    joined = time.monotonic()
+    creator.join()
+    assert study.user_attrs["setup"] == "done" and joined >= made["at"]
+
+    # A creator on another machine that stopped beating mid-setup: the joiner stops within
+    # about STALE_AFTER_S, with an error that says so, instead of waiting for SETUP_WAIT_S.
+    half = optuna.create_study(study_name="half", storage=open_storage(storage))
+    half.set_user_attr("setup", "pending")
+    half.set_user_attr("setup_by", "other-host:pid:[1]:7")
+    half.set_user_attr("setup_heartbeat", time.time() - 3600)
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="was never set up"):
+        join_study(storage, "half", tiny_task, "cpu")
+    assert time.monotonic() - start < 5
+
+
 def test_workers_split_the_cpus_or_take_one_gpu_each():
     assert [p.cpus for p in plan_workers(2, gpu_count=0, cpus=[0, 1, 2])] == [[0, 1], [2]]
     assert [p.gpu for p in plan_workers(2, gpu_count=4)] == [0, 1]

@@ -166,12 +166,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def capture(objects: dict[str, Any], position: Position, epoch_start: dict[str, torch.Tensor], config: dict[str, Any],
-            rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            rngs: list[dict[str, Any]] | None = None, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The checkpoint of a run: ``objects`` maps names (model, optimizer, scaler,
     scheduler) to things with ``state_dict``; ``epoch_start`` holds the loader
     generators' states at the start of the current epoch; ``rngs`` every rank's random
-    generators (default: this process's)."""
+    generators (default: this process's); ``ranks`` every rank's part of the position
+    (its ``epoch_loss`` and ``epoch_samples``; default: ``position``'s)."""
     return {
+        "ranks": ranks if ranks is not None else [{"epoch_loss": position.epoch_loss,
+                                                   "epoch_samples": position.epoch_samples}],
         "format": FORMAT_VERSION,
         "config": config,
         "position": asdict(position),
@@ -185,7 +188,7 @@ def restore(state: dict[str, Any], objects: dict[str, Any], config: dict[str, An
     """Load ``state`` into ``objects`` after checking it was written with ``config``;
     returns the position and the loader generators' epoch-start states. A run resumes
     with as many ranks as it had (each takes its share of every batch), and rank ``rank``
-    gets its own random generators back."""
+    gets its own random generators and its own share of the epoch's loss back."""
     check_config(state.get("config", {}), config)
     if len(state["rng"]) != world:
         raise AutotuneError(f"The checkpoint was written by a run of {len(state['rng'])} process(es); this one has {world}.",
@@ -193,7 +196,10 @@ def restore(state: dict[str, Any], objects: dict[str, Any], config: dict[str, An
     for name, obj in objects.items():
         obj.load_state_dict(state["states"][name])
     set_rng_state(state["rng"][rank])
-    return Position(**state["position"]), state["epoch_start"]
+    position = Position(**state["position"])
+    for key, value in state.get("ranks", [{}] * world)[rank].items():  # this rank's share of the epoch so far
+        setattr(position, key, value)
+    return position, state["epoch_start"]
 
 
 def check_config(saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -347,8 +347,12 @@ class _Loop:
     def _save(self) -> dict[str, Any]:
         assert self.checkpoints is not None
         self.pos.elapsed_s = self.elapsed()
-        rngs = distributed.gather(checkpoint.rng_state(), self.dist)  # every rank's, for its own dropout
-        state = checkpoint.capture(self._stateful(), self.pos, self.epoch_start, self.cfg.to_dict(), rngs)
+        # Every rank's random generators (for its own dropout) and its share of the epoch's
+        # loss so far: each rank gets its own back on resume.
+        mine = (checkpoint.rng_state(), {"epoch_loss": self.pos.epoch_loss, "epoch_samples": self.pos.epoch_samples})
+        rngs, ranks = zip(*distributed.gather(mine, self.dist))
+        state = checkpoint.capture(self._stateful(), self.pos, self.epoch_start, self.cfg.to_dict(), list(rngs),
+                                   list(ranks))
         self.checkpoints.save(state, LAST)
         return state
 

@@ -21,13 +21,14 @@ from autotune.errors import ConfigError
 from autotune.search.objective import Scorer
 from autotune.search.prune import SlowTrialPruner
 from autotune.search.space import SearchSpace, parse_space
-from autotune.search.stale import _here, _pid_alive, owner
+from autotune.search.stale import gone_here, owner, setup_heartbeat, stood_still
 from autotune.search.storage import is_claim, open_storage, redact
 from autotune.search.study import POLL_S
 from autotune.task import Task
 
 # How long a process that joins a study waits for the process that created it to finish
-# setting it up (profile, memory probe, model statistics).
+# setting it up (profile, memory probe, model statistics), as long as that process's
+# heartbeat goes on.
 SETUP_WAIT_S = 3600.0
 
 
@@ -63,9 +64,10 @@ def open_study(
         study.set_user_attr("setup", "pending")
         study.set_user_attr("setup_by", owner())
         try:
-            if prepare is not None:
-                space, scorer = prepare(study, space)
-            _write_attrs(study, task, raw, space, fingerprint, seed, scorer)
+            with setup_heartbeat(study):
+                if prepare is not None:
+                    space, scorer = prepare(study, space)
+                _write_attrs(study, task, raw, space, fingerprint, seed, scorer)
         except BaseException:
             optuna.delete_study(study_name=name, storage=backend)
             raise
@@ -148,7 +150,8 @@ def _is_set_up(attrs: dict[str, Any]) -> bool:
 
 def _wait_set_up(backend: Any, name: str, storage: str, log: Callable[[str], None]) -> dict[str, Any]:
     """The study's user attributes (and its trial count as ``_n_trials``) once its creator
-    has set it up; waits up to SETUP_WAIT_S."""
+    has set it up. Gives up when the creator is gone: its pid no longer runs here, or its
+    ``setup_heartbeat`` stood still for STALE_AFTER_S (on any machine), or SETUP_WAIT_S passed."""
     deadline, said = time.monotonic() + SETUP_WAIT_S, False
     while True:
         try:
@@ -159,8 +162,8 @@ def _wait_set_up(backend: Any, name: str, storage: str, log: Callable[[str], Non
         attrs = study.user_attrs
         if _is_set_up(attrs):
             return {**attrs, "_n_trials": len(study.get_trials(deepcopy=False))}
-        where, _, pid = str(attrs.get("setup_by", "")).rpartition(":")
-        gone = where == _here() and pid.isdigit() and not _pid_alive(int(pid))
+        creator = str(attrs.get("setup_by", ""))
+        gone = gone_here(creator) or stood_still(("setup", name, creator), attrs.get("setup_heartbeat"))
         if gone or time.monotonic() > deadline:
             raise ConfigError(
                 f"The study {name!r} in {redact(storage)} exists but was never set up: the process that created "

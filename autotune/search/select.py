@@ -5,11 +5,10 @@ is biased upwards (the winner's curse). So the ``top`` best distinct configs are
 again in turns (A B C D, B C D A, ...) in fresh processes, with the default config among
 them, and the pick is the candidate with the best median of those re-measurements.
 
-After ``rounds`` rounds, the candidates still within ``margin`` of the leader's median, or
-with a measurement that reached it (the contenders), are measured for more rounds, in
-turns, up to ``max_rounds``: two configs a few percent apart cannot be told apart by two
-measurements on a machine whose timings vary 10-30% between minutes, and the configs
-clearly behind cost nothing more.
+After ``rounds`` rounds, the candidates still within ``margin`` of the leader's median
+(the contenders) are measured for more rounds, in turns, up to ``max_rounds``: two configs
+a few percent apart cannot be told apart by three measurements on a machine whose timings
+vary 10-30% between minutes, and the configs clearly behind cost nothing more.
 """
 
 from __future__ import annotations
@@ -125,18 +124,20 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
 
 
 def contenders(runs: list[Candidate], margin: float) -> list[Candidate]:
-    """The measured runs whose median is within ``margin`` (a fraction) of the best median,
-    or one of whose measurements reached it: a run whose timings spread that wide has not
-    been told apart from the leader yet."""
+    """The measured runs whose median is within ``margin`` (a fraction) of the best median.
+
+    A run's single measurement that reaches the leader's median does not keep it racing:
+    where timings vary by a third between minutes (tiny models on a busy CPU), nearly
+    every run has one, and racing them all costs more than the search itself."""
     measured = [c for c in runs if c.values]
     if not measured:
         return []
     lead = max(c.median() or 0.0 for c in measured)
-    return [c for c in measured if (c.median() or 0.0) >= (1.0 - margin) * lead or max(c.values) >= lead]
+    return [c for c in measured if (c.median() or 0.0) >= (1.0 - margin) * lead]
 
 
 def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3, top: int = 3, progress: bool = True,
-           max_rounds: int = 5, margin: float = 0.08) -> Selection:
+           max_rounds: int = 4, margin: float = 0.08) -> Selection:
     """Re-measure the ``top`` best configs and the default in turns; pick on the medians.
 
     Every run gets ``rounds`` measurements; while more than one is within ``margin`` of

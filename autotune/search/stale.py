@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -47,18 +47,28 @@ def _stale_after() -> float:
 # What this process saw of each running trial's heartbeat, and since when (its own
 # monotonic clock): a heartbeat is judged by whether it changes, so the clocks of two
 # machines never need to agree.
-_seen: dict[tuple[int, int], tuple[Any, float]] = {}
+_seen: dict[Any, tuple[Any, float]] = {}
 
 
 def _is_stale(trial: optuna.trial.FrozenTrial, study_id: int) -> bool:
     """A running trial whose process is gone: on this machine, its pid no longer runs; on
     any, its heartbeat (or, for one with no heartbeat yet, anything about it) has not
     changed for STALE_AFTER_S while this process watched."""
-    where, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-    if where == _here() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+    if gone_here(str(trial.user_attrs.get("worker", ""))):
         return True
-    key, beat, now = (study_id, trial._trial_id), trial.user_attrs.get("heartbeat"), time.monotonic()
-    seen = _seen.get(key)
+    return stood_still((study_id, trial._trial_id), trial.user_attrs.get("heartbeat"))
+
+
+def gone_here(who: str) -> bool:
+    """Whether ``who`` (an ``owner()``) is another process on this machine that no longer runs."""
+    where, _, pid = who.rpartition(":")
+    return where == _here() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid))
+
+
+def stood_still(key: Any, beat: Any) -> bool:
+    """Whether the heartbeat ``beat`` of ``key`` has been the same for longer than
+    STALE_AFTER_S of this process's watching (the first look starts the watch)."""
+    seen, now = _seen.get(key), time.monotonic()
     if seen is None or seen[0] != beat:
         _seen[key] = (beat, now)
         return False
@@ -107,11 +117,13 @@ def mark_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str
 
 
 class Heartbeat:
-    """While a trial runs, write its ``heartbeat`` (time.time()) every HEARTBEAT_S from a
-    thread, so other processes can tell it from one whose tuner is gone."""
+    """While a piece of work runs, call ``write(time.time())`` every ``interval`` seconds
+    from a thread, so other processes can tell it from work whose process is gone.
+    ``trial_heartbeat`` and ``setup_heartbeat`` say where it is written."""
 
-    def __init__(self, study: optuna.Study, trial: optuna.Trial, interval: float = HEARTBEAT_S) -> None:
-        self._study, self._trial_id, self._interval = study, trial._trial_id, interval
+    def __init__(self, write: Callable[[float], Any], interval: float | None = None) -> None:
+        # At least three beats within the time after which others call the work stale.
+        self._write, self._interval = write, interval or min(HEARTBEAT_S, _stale_after() / 3)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="autotune-heartbeat", daemon=True)
 
@@ -126,6 +138,16 @@ class Heartbeat:
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._study._storage.set_trial_user_attr(self._trial_id, "heartbeat", time.time())
+                self._write(time.time())
             except Exception:  # finished meanwhile, or the database blinked: the next beat tries again
                 pass
+
+
+def trial_heartbeat(study: optuna.Study, trial: optuna.Trial) -> Heartbeat:
+    """A running trial's heartbeat: its ``heartbeat`` user attribute."""
+    return Heartbeat(lambda now: study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", now))
+
+
+def setup_heartbeat(study: optuna.Study) -> Heartbeat:
+    """The heartbeat of the process setting a new study up: its ``setup_heartbeat`` attribute."""
+    return Heartbeat(lambda now: study.set_user_attr("setup_heartbeat", now))

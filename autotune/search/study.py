@@ -29,7 +29,7 @@ from autotune.search.objective import Scorer
 from autotune.search.prune import Reporting, best_completed
 from autotune.search.screen import enqueue_combination, enqueue_refinement, enqueue_screening, enqueue_second_stage, in_stages
 from autotune.search.space import SearchSpace
-from autotune.search.stale import Heartbeat, _stale_after, fail_stale_trials, mark_stale, owner
+from autotune.search.stale import _stale_after, fail_stale_trials, mark_stale, owner, trial_heartbeat
 from autotune.search.storage import claim
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
@@ -191,7 +191,7 @@ def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: Sear
     try:
         trial.set_user_attr("worker", owner())
         trial.set_user_attr("heartbeat", time.time())
-        with Heartbeat(study, trial):
+        with trial_heartbeat(study, trial):
             return _measure_and_tell(study, trial, task, space, budget, train_size)
     except optuna.exceptions.UpdateFinishedTrialError:
         return None
