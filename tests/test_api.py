@@ -199,4 +199,7 @@ def test_the_api_example_runs_as_a_script(tmp_path):
     import optuna
 
     study = optuna.load_study(study_name="wine", storage=f"sqlite:///{out / 'study.db'}")
-    assert sum(t.user_attrs.get("status") == "ok" for t in study.trials) >= 2
+    # Trials that trained in their own processes: measured in full, or stopped early as
+    # clearly slow (which of the two depends on the machine's noise).
+    trained = [t for t in study.trials if t.user_attrs.get("status") in ("ok", "pruned")]
+    assert len(trained) >= 2 and all(t.user_attrs.get("window_samples_per_s") for t in trained)
