@@ -4,7 +4,6 @@ and a real process killed mid-epoch by SIGKILL and resumed through the CLI."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from autotune.engine.checkpoint import BEST, LAST, Checkpointer, ResumableSample
 from autotune.engine.loop import train
 from autotune.errors import AutotuneError
 from autotune.task import load_task
+from tests.run_checks import assert_same_final_run
 
 ASSETS = Path(__file__).parent / "assets"
 CRASHY = ASSETS / "crashy_mlp.py"
@@ -124,13 +124,7 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_path)
     resumed = _cli(tmp_path / "killed", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming the final run at epoch 2, step {position['steps']}" in resumed.stdout
-    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
-    # Tolerance: none. On the CPU, with one thread, the resumed run is bit-identical.
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ra, rb = (json.loads((tmp_path / d / "report.json").read_text())["final"] for d in ("whole", "killed"))
-    assert [r["train_loss"] for r in ra["history"]] == [r["train_loss"] for r in rb["history"]]
-    assert ra["val_loss"] == rb["val_loss"]
+    assert_same_final_run(tmp_path / "whole", tmp_path / "killed")  # tolerance: none
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path):

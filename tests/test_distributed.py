@@ -17,6 +17,7 @@ from autotune.config import TrainConfig, TunedConfig, scaled_lr
 from autotune.engine.checkpoint import LAST, ResumableSampler, load
 from autotune.engine.distributed import Dist, ShardSampler
 from autotune.final import per_rank_config
+from tests.run_checks import assert_same_final_run
 
 ASSETS = Path(__file__).parent / "assets"
 GiB = 2**30
@@ -115,11 +116,7 @@ def test_nproc_2_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_pat
     resumed = train("killed", "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming the final run at epoch 2, step {state['position']['steps']}" in resumed.stdout
-    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ra, rb = (json.loads((tmp_path / d / "report.json").read_text())["final"] for d in ("whole", "killed"))
-    assert [r["train_loss"] for r in ra["history"]] == [r["train_loss"] for r in rb["history"]]
+    assert_same_final_run(tmp_path / "whole", tmp_path / "killed")  # tolerance: none
     # One process of one run alone with another world size: refused, saying why.
     alone = subprocess.run([sys.executable, "-m", "autotune", "train", str(ASSETS / "crashy_mlp.py"), "--config",
                             str(tmp_path / "tuned.yaml"), "--out", str(tmp_path / "killed"), "--no-progress",
