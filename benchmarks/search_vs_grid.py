@@ -110,10 +110,10 @@ def side_by_side(task: Any, entries: dict[str, Any], scorer: Any, rounds: int) -
         if cfg not in distinct:
             distinct.append(cfg)
     runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(distinct))}
-    order = list(range(len(distinct)))
+    from autotune.search.select import rotated
+
     for r in range(rounds):
-        turn = r % len(order)
-        for i in order[turn:] + order[:turn]:
+        for i in rotated(list(range(len(distinct))), r):
             runs[i].append(measure_once(task, distinct[i])[0])
     out = {}
     for label, cfg in entries.items():

@@ -165,6 +165,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rank_share(position: Position) -> dict[str, Any]:
+    """The part of ``position`` each rank has for itself: its share of the epoch's loss."""
+    return {"epoch_loss": position.epoch_loss, "epoch_samples": position.epoch_samples}
+
+
 def capture(objects: dict[str, Any], position: Position, epoch_start: dict[str, torch.Tensor], config: dict[str, Any],
             rngs: list[dict[str, Any]] | None = None, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The checkpoint of a run: ``objects`` maps names (model, optimizer, scaler,
@@ -173,8 +178,7 @@ def capture(objects: dict[str, Any], position: Position, epoch_start: dict[str, 
     generators (default: this process's); ``ranks`` every rank's part of the position
     (its ``epoch_loss`` and ``epoch_samples``; default: ``position``'s)."""
     return {
-        "ranks": ranks if ranks is not None else [{"epoch_loss": position.epoch_loss,
-                                                   "epoch_samples": position.epoch_samples}],
+        "ranks": ranks if ranks is not None else [rank_share(position)],
         "format": FORMAT_VERSION,
         "config": config,
         "position": asdict(position),

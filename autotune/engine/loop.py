@@ -349,7 +349,7 @@ class _Loop:
         self.pos.elapsed_s = self.elapsed()
         # Every rank's random generators (for its own dropout) and its share of the epoch's
         # loss so far: each rank gets its own back on resume.
-        mine = (checkpoint.rng_state(), {"epoch_loss": self.pos.epoch_loss, "epoch_samples": self.pos.epoch_samples})
+        mine = (checkpoint.rng_state(), checkpoint.rank_share(self.pos))
         rngs, ranks = zip(*distributed.gather(mine, self.dist))
         state = checkpoint.capture(self._stateful(), self.pos, self.epoch_start, self.cfg.to_dict(), list(rngs),
                                    list(ranks))

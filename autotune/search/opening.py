@@ -163,7 +163,7 @@ def _wait_set_up(backend: Any, name: str, storage: str, log: Callable[[str], Non
         if _is_set_up(attrs):
             return {**attrs, "_n_trials": len(study.get_trials(deepcopy=False))}
         creator = str(attrs.get("setup_by", ""))
-        gone = gone_here(creator) or stood_still(("setup", name, creator), attrs.get("setup_heartbeat"))
+        gone = gone_here(creator) or stood_still(("setup", storage, name, creator), attrs.get("setup_heartbeat"))
         if gone or time.monotonic() > deadline:
             raise ConfigError(
                 f"The study {name!r} in {redact(storage)} exists but was never set up: the process that created "

@@ -136,6 +136,13 @@ def contenders(runs: list[Candidate], margin: float) -> list[Candidate]:
     return [c for c in measured if (c.median() or 0.0) >= (1.0 - margin) * lead]
 
 
+def rotated(items: list[Any], round_: int) -> list[Any]:
+    """``items`` in round ``round_``'s order: each round starts one further along (A B C D,
+    B C D A, ...), so no run always follows the same one, or always comes first."""
+    turn = round_ % len(items)
+    return items[turn:] + items[:turn]
+
+
 def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3, top: int = 3, progress: bool = True,
            max_rounds: int = 4, margin: float = 0.08) -> Selection:
     """Re-measure the ``top`` best configs and the default in turns; pick on the medians.
@@ -165,10 +172,7 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3
                 break
             bar.total += len(batch)
             bar.refresh()
-        # Each round starts one further along (A B C D, B C D A, ...): no run always
-        # follows the same one, or always comes first.
-        turn = done % len(batch)
-        for c in batch[turn:] + batch[:turn]:
+        for c in rotated(batch, done):
             outcome = run_isolated(
                 measure,
                 {"model_path": str(task.path), "config": c.config.to_dict(), "budget": budget.to_dict()},
