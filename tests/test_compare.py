@@ -16,14 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from autotune.compare import (
-    TUNED_KNOBS,
-    compare,
-    compare_command,
-    render_json,
-    render_markdown,
-    render_text,
-)
+from autotune.compare import TUNED_KNOBS, compare, compare_command
+from autotune.compare_render import render_json, render_markdown, render_text
 from autotune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
