@@ -11,14 +11,19 @@ For each model, in one run on this machine:
    same trial function and budget as autotune's trials, without pruning; timed.
 3. side by side: the default config (batch 32, fp32, no workers), both tuned picks and the
    grid's best by goodput and by throughput, re-measured in turns (A B C D E, B C D E A,
-   ...) for ``--rounds`` rounds; the ratios in the table are of these medians.
+   ...) for ``--rounds`` rounds. The ratios in the table are of the configs' levels with
+   each round's machine speed taken out (``select.levels``, as the tuner's own selection
+   compares its candidates): on this shared machine a whole round runs 20-30% fast or
+   slow together, which a ratio of plain medians takes for a difference between configs.
+   Each ratio comes with a 90% interval from resampling the rounds, and the ratio of
+   plain medians beside it.
 
 Per-trial overhead: over the tuned studies' trials, the wall time from Optuna's ask to
 its tell that was not spent in the config's training steps (warm-up steps and timing
 windows): process start, model and data building, evaluation, Optuna and SQLite; over
 the trials' wall time.
 
-    .venv/bin/python benchmarks/search_vs_grid.py [--models a.py b.py ...] [--rounds 5]
+    .venv/bin/python benchmarks/search_vs_grid.py [--models a.py b.py ...] [--rounds 15]
 
 Prints a table and writes benchmarks/results/search_vs_grid-<date>.json.
 
@@ -34,6 +39,7 @@ import argparse
 import datetime as dt
 import itertools
 import json
+import random
 import statistics
 import subprocess
 import tempfile
@@ -103,26 +109,72 @@ def overhead(study: Any) -> dict[str, float]:
 
 def side_by_side(task: Any, entries: dict[str, Any], scorer: Any, rounds: int) -> dict[str, dict[str, Any]]:
     """Re-measure each distinct config of ``entries`` in turns, each round starting one
-    further along (A B C, B C A, ...) so that no config always follows the same one;
-    medians per config."""
+    further along (A B C, B C A, ...) so that no config always follows the same one.
+    Per config: its measurements by round, their medians and their round-adjusted levels
+    (``select.levels``) in throughput and goodput."""
+    from autotune.search.select import levels, rotated
+
     distinct: list[Any] = []
     for cfg in entries.values():
         if cfg not in distinct:
             distinct.append(cfg)
-    runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(distinct))}
-    from autotune.search.select import rotated
-
+    runs: dict[int, dict[int, dict[str, Any]]] = {i: {} for i in range(len(distinct))}
     for r in range(rounds):
         for i in rotated(list(range(len(distinct))), r):
-            runs[i].append(measure_once(task, distinct[i])[0])
+            measured = measure_once(task, distinct[i])[0]
+            if measured.get("throughput_samples_per_s"):
+                runs[i][r] = measured
+    tables = {key: [{r: _value(key, scorer, cfg, m) for r, m in runs[i].items()} for i, cfg in enumerate(distinct)]
+              for key in ("throughput", "goodput")}
+    level = {key: levels(table) for key, table in tables.items()}
     out = {}
     for label, cfg in entries.items():
-        got = [m for m in runs[distinct.index(cfg)] if m.get("throughput_samples_per_s")]
-        tps = [m["throughput_samples_per_s"] for m in got]
-        out[label] = {"config": _short(cfg), "throughputs": tps,
+        i = distinct.index(cfg)
+        tps = [m["throughput_samples_per_s"] for m in runs[i].values()]
+        out[label] = {"config": _short(cfg), "throughputs": tps, "rounds": list(runs[i]),
                       "throughput_samples_per_s": statistics.median(tps) if tps else None,
-                      "goodput_samples_per_s": statistics.median(scorer.score(cfg, m)["goodput_samples_per_s"] for m in got) if got else None}
+                      "goodput_samples_per_s": statistics.median(tables["goodput"][i].values()) if tps else None,
+                      "throughput_level": level["throughput"][i], "goodput_level": level["goodput"][i],
+                      "_tables": {key: t[i] for key, t in tables.items()}, "_distinct": i}
     return out
+
+
+def _value(key: str, scorer: Any, cfg: Any, measured: dict[str, Any]) -> float:
+    return measured["throughput_samples_per_s"] if key == "throughput" else scorer.score(cfg, measured)["goodput_samples_per_s"]
+
+
+def _public(again: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The side-by-side as the result file keeps it (without the tables ``compare`` uses)."""
+    return {label: {k: v for k, v in entry.items() if not k.startswith("_")} for label, entry in again.items()}
+
+
+def compare(again: dict[str, dict[str, Any]], a: str, b: str, key: str, resamples: int = 1000) -> dict[str, Any]:
+    """``a``'s level over ``b``'s in ``key`` (goodput or throughput) from the side-by-side,
+    with a 90% interval from resampling its rounds (each draw refits the levels of every
+    config measured), and the ratio of plain medians beside it."""
+    from autotune.search.select import levels
+
+    x, y = again[a], again[b]
+    plain = x[f"{key}_samples_per_s"] / y[f"{key}_samples_per_s"]
+    if x["_distinct"] == y["_distinct"]:
+        return {"ratio": 1.0, "interval": [1.0, 1.0], "ratio_of_medians": 1.0}
+    table: dict[int, dict[int, float]] = {}
+    for entry in again.values():
+        table[entry["_distinct"]] = entry["_tables"][key]
+    order = sorted(table)
+    rows = [table[i] for i in order]
+    ia, ib = order.index(x["_distinct"]), order.index(y["_distinct"])
+    point = levels(rows)
+    rounds = sorted({r for row in rows for r in row})
+    rng, draws = random.Random(0), []
+    for _ in range(resamples):
+        pick = [rng.choice(rounds) for _ in rounds]
+        drawn = levels([{j: row[r] for j, r in enumerate(pick) if r in row} for row in rows])
+        if drawn[ia] and drawn[ib]:
+            draws.append(drawn[ia] / drawn[ib])
+    draws.sort()
+    interval = [draws[int(0.05 * len(draws))], draws[int(0.95 * len(draws)) - 1]] if draws else None
+    return {"ratio": point[ia] / point[ib], "interval": interval, "ratio_of_medians": plain}
 
 
 def _short(cfg: Any) -> dict[str, Any]:
@@ -156,15 +208,17 @@ def one_model(model: str, work: Path, args: argparse.Namespace) -> dict[str, Any
                "tuned_throughput": tuned["throughput"]["tuning"].tuned.train,
                "grid_best_goodput": best["goodput"], "grid_best_throughput": best["throughput"]}
     again = side_by_side(g.task, entries, scorer, args.rounds)
+    compared = {f"{who}_vs_grid_{key}": compare(again, f"{who}_{key}" if who == "tuned" else who, f"grid_best_{key}", key)
+                for who in ("tuned", "default") for key in ("goodput", "throughput")}
     ratios = {
-        "tuned_vs_grid_goodput": again["tuned_goodput"]["goodput_samples_per_s"] / again["grid_best_goodput"]["goodput_samples_per_s"],
-        "tuned_vs_grid_throughput": again["tuned_throughput"]["throughput_samples_per_s"] / again["grid_best_throughput"]["throughput_samples_per_s"],
+        "tuned_vs_grid_goodput": compared["tuned_vs_grid_goodput"]["ratio"],
+        "tuned_vs_grid_throughput": compared["tuned_vs_grid_throughput"]["ratio"],
         "tuning_vs_grid_time_goodput": tuned["goodput"]["seconds"] / grid_seconds,
         "tuning_vs_grid_time_throughput": tuned["throughput"]["seconds"] / grid_seconds,
         "overhead_goodput": tuned["goodput"]["overhead"]["overhead_fraction"],
         "overhead_throughput": tuned["throughput"]["overhead"]["overhead_fraction"],
-        "default_vs_grid_goodput": again["default"]["goodput_samples_per_s"] / again["grid_best_goodput"]["goodput_samples_per_s"],
-        "default_vs_grid_throughput": again["default"]["throughput_samples_per_s"] / again["grid_best_throughput"]["throughput_samples_per_s"],
+        "default_vs_grid_goodput": compared["default_vs_grid_goodput"]["ratio"],
+        "default_vs_grid_throughput": compared["default_vs_grid_throughput"]["ratio"],
     }
     return {
         "model": model,
@@ -178,8 +232,9 @@ def one_model(model: str, work: Path, args: argparse.Namespace) -> dict[str, Any
         "tuning": {obj: {"seconds": v["seconds"], "trials": len(v["tuning"].study.trials),
                          "pruned": sum(t.user_attrs.get("status") == "pruned" for t in v["tuning"].study.trials),
                          "overhead": v["overhead"], "pick": _short(v["tuning"].tuned.train)} for obj, v in tuned.items()},
-        "side_by_side": again,
+        "side_by_side": _public(again),
         "ratios": ratios,
+        "compared": compared,
         "grid": [dict(r, config=_short(r["config"])) for r in grid],
     }
 
@@ -210,10 +265,10 @@ def recheck(path: Path, rounds: int, top: int = 3) -> None:
         again = side_by_side(task, entries, scorer, rounds)
         ratios = {}
         for key in ("goodput", "throughput"):
-            best = max(v[f"{key}_samples_per_s"] for k, v in again.items() if k.startswith(f"grid_{key}_"))
-            ratios[f"tuned_vs_grid_top{top}_{key}"] = again[f"tuned_{key}"][f"{key}_samples_per_s"] / best
-        out.append({"model": m["model"], "side_by_side": again, "ratios": ratios})
-        print(Path(m["model"]).stem, {k: round(v, 3) for k, v in ratios.items()})
+            best = max((k for k in again if k.startswith(f"grid_{key}_")), key=lambda k: again[k][f"{key}_level"] or 0.0)
+            ratios[f"tuned_vs_grid_top{top}_{key}"] = compare(again, f"tuned_{key}", best, key)
+        out.append({"model": m["model"], "side_by_side": _public(again), "ratios": ratios})
+        print(Path(m["model"]).stem, {k: round(v["ratio"], 3) for k, v in ratios.items()})
     target = path.with_name(path.stem + "-recheck.json")
     target.write_text(json.dumps({"machine": _machine(), "source": path.name, "rounds": rounds, "top": top,
                                   "command": f"benchmarks/search_vs_grid.py --recheck {path} --rounds {rounds}",
@@ -229,14 +284,19 @@ def _machine() -> str:
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
-    head = ["model", "grid", "tuned/grid goodput", "tuned/grid tput", "tuning/grid time (g, t)",
+    head = ["model", "grid", "tuned/grid goodput [90%]", "tuned/grid tput [90%]", "tuning/grid time (g, t)",
             "overhead/trial (g, t)", "default/grid (g, t)"]
     print(" | ".join(head))
+
+    def shown(c: dict[str, Any]) -> str:
+        low, high = c["interval"] or (float("nan"), float("nan"))
+        return f"{c['ratio']:.3f} [{low:.2f}, {high:.2f}] (medians {c['ratio_of_medians']:.3f})"
+
     for r in rows:
-        q = r["ratios"]
+        q, c = r["ratios"], r["compared"]
         print(" | ".join([
             Path(r["model"]).stem, f"{r['grid_size']} in {r['grid_seconds']:.0f} s",
-            f"{q['tuned_vs_grid_goodput']:.3f}", f"{q['tuned_vs_grid_throughput']:.3f}",
+            shown(c["tuned_vs_grid_goodput"]), shown(c["tuned_vs_grid_throughput"]),
             f"{q['tuning_vs_grid_time_goodput']:.3f}, {q['tuning_vs_grid_time_throughput']:.3f}",
             f"{q['overhead_goodput']:.1%}, {q['overhead_throughput']:.1%}",
             f"{q['default_vs_grid_goodput']:.3f}, {q['default_vs_grid_throughput']:.3f}",
@@ -246,7 +306,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--rounds", type=int, default=5, help="side-by-side re-measurement rounds")
+    parser.add_argument("--rounds", type=int, default=15, help="side-by-side re-measurement rounds (default 15)")
     parser.add_argument("--out", type=Path, default=None, help="result file (default benchmarks/results/search_vs_grid-<date>.json)")
     parser.add_argument("--trials", type=int, default=None, help="autotune's budget (default: its own default)")
     parser.add_argument("--grid-limit", type=int, default=None, help="measure only the first N grid configs (to try the script)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -156,8 +157,11 @@ def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, 
         (t for t in study.trials if t.user_attrs["status"] == "ok"), key=lambda t: t.value, reverse=True)][:2]
     runs = sel.candidates + ([sel.default] if sel.default not in sel.candidates else [])
     assert all(len(c.values) == 2 for c in runs)
-    assert sel.picked.median() == max(c.median() for c in runs)  # picked on the re-measured medians
+    assert sel.picked.level == max(c.level for c in runs)  # picked on the re-measured levels
+    assert all(c.rounds == [0, 1] for c in runs)
     recorded = study.user_attrs["remeasured"]
+    assert [c["rounds"] for c in recorded["candidates"]] == [[0, 1], [0, 1]]
+    assert [c["level"] for c in recorded["candidates"]] == [c.level for c in sel.candidates]
     assert recorded["picked"] == sel.trial_number and len(recorded["candidates"]) == 2
     assert (recorded["rounds"], recorded["max_rounds"]) == (2, 2)
 
@@ -184,6 +188,25 @@ def test_contenders_are_the_runs_within_the_margin_of_the_best_median():
     # A median 25% behind with one lucky measurement above the leader's median: out.
     wide = run(70.0, 101.0, 75.0)
     assert contenders([lead, close, behind, wide], 0.08) == [lead, close]
+
+
+def test_levels_take_out_each_rounds_speed():
+    from autotune.search.select import levels
+
+    speed = [1.0, 0.7, 0.7, 1.0, 1.0]  # the machine in rounds 1 and 2: 30% slow for everyone
+    fast = {r: 105.0 * speed[r] for r in (0, 1, 2)}  # 5% faster, but not raced after round 2
+    slow = {r: 100.0 * speed[r] for r in range(5)}
+    assert statistics.median(fast.values()) < statistics.median(slow.values())  # medians pick the wrong one
+    lf, ls, none = levels([fast, slow, {}])
+    assert lf / ls == pytest.approx(1.05) and none is None
+    assert ls == pytest.approx(100.0)  # in the values' units, at the typical round's speed
+    # One run's unlucky round moves its own level only, and less than its mean would move.
+    a = {r: 100.0 for r in range(5)}
+    b = {r: 90.0 for r in range(5)} | {3: 45.0}
+    c = {r: 80.0 for r in range(5)}
+    la, lb, lc = levels([a, b, c])
+    assert (la, lc) == (pytest.approx(100.0), pytest.approx(80.0))
+    assert statistics.fmean(b.values()) < lb <= 90.0
 
 
 def test_configs_rank_by_the_mean_of_their_measurements_not_their_luckiest():

@@ -28,12 +28,12 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
         label = f"trial {c['trial']}" if c.get("trial") is not None else "default (not a trial)"
         if (c.get("trial") is None and sel.get("picked_default")) or (c.get("trial") is not None and c["trial"] == sel.get("picked")):
             label += " **picked**"
-        rows.append([label, knobs_text(c["config"]), c.get("trial_value"), c.get("median"),
+        rows.append([label, knobs_text(c["config"]), c.get("trial_value"), c.get("level", c.get("median")),
                      ", ".join(f"{v:,.0f}" for v in c.get("values", []))])
     intro = (
         f"The best {len(sel.get('candidates', []))} trials and the default config re-measured in turns "
-        f"(fresh processes), picked on the median {objective} (samples/s)"
-        + (f"; after {sel['rounds']} rounds, those within {sel['margin']:.0%} of the best median got more rounds, "
+        f"(fresh processes), picked on the {objective} (samples/s) with each round's machine speed taken out"
+        + (f"; after {sel['rounds']} rounds, those within {sel['margin']:.0%} of the best got more rounds, "
            f"up to {sel['max_rounds']}" if sel.get("max_rounds", 0) > sel.get("rounds", 0) else "")
         + ":"
     )
@@ -48,7 +48,7 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
         facts.append(f"gradient noise scale {sel['gradient_noise_scale']:,.0f}, "
                      f"statistical efficiency {sel.get('statistical_efficiency', 1):.2f}")
     outro = ("Picked config: " + "; ".join(facts) + ".") if facts else ""
-    header = ["config", "knobs", f"trial {objective}", f"median {objective}", "runs"]
+    header = ["config", "knobs", f"trial {objective}", f"{objective}, round-adjusted", "runs"]
     return Table(intro, header, rows, outro)
 
 

@@ -3,9 +3,17 @@
 A short trial on a busy machine can get lucky, and the best of many noisy measurements
 is biased upwards (the winner's curse). So the ``top`` best distinct configs are measured
 again in turns (A B C D, B C D A, ...) in fresh processes, with the default config among
-them, and the pick is the candidate with the best median of those re-measurements.
+them, and the pick is the candidate with the best round-adjusted level of those
+re-measurements (``levels``).
 
-After ``rounds`` rounds, the candidates still within ``margin`` of the leader's median
+Round-adjusted: on a shared machine the speed of the whole machine drifts over tens of
+seconds, so every run of one round is fast or slow together. Each run's level is fitted
+with each round's own speed factored out (a median polish of the log values: run effect
+plus round effect), so a run that happened to be measured in the slow rounds is not
+ranked down for it. A level is in the objective's units (samples/s), close to the plain
+median where the rounds ran at one speed.
+
+After ``rounds`` rounds, the candidates still within ``margin`` of the leader's level
 (the contenders) are measured for more rounds, in turns, up to ``max_rounds``: two configs
 a few percent apart cannot be told apart by three measurements on a machine whose timings
 vary 10-30% between minutes, and the configs clearly behind cost nothing more.
@@ -13,6 +21,7 @@ vary 10-30% between minutes, and the configs clearly behind cost nothing more.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,16 +46,23 @@ class Candidate:
     trial_value: float | None = None  # the objective as the trial measured it
     values: list[float] = field(default_factory=list)  # the objective, re-measured
     throughputs: list[float] = field(default_factory=list)  # samples/s, re-measured
+    rounds: list[int] = field(default_factory=list)  # the round of each value; empty: 0, 1, 2, ...
+    level: float | None = None  # the objective, round-adjusted (``levels``); None until measured
 
     def median(self) -> float | None:
         return statistics.median(self.values) if self.values else None
+
+    def by_round(self) -> dict[int, float]:
+        """Each re-measured value keyed by the round it was measured in."""
+        return dict(zip(self.rounds or range(len(self.values)), self.values))
 
     def median_throughput(self) -> float | None:
         return statistics.median(self.throughputs) if self.throughputs else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"trial": self.trial_number, "config": self.config.to_dict(), "values": self.values,
-                "throughputs": self.throughputs, "median": self.median(), "trial_value": self.trial_value}
+                "throughputs": self.throughputs, "rounds": self.rounds, "median": self.median(),
+                "level": self.level, "trial_value": self.trial_value}
 
 
 @dataclass
@@ -77,7 +93,8 @@ class Selection:
         def candidate(d: dict[str, Any]) -> Candidate:
             attrs = dict(study.trials[d["trial"]].user_attrs) if d.get("trial") is not None else {}
             return Candidate(d.get("trial"), TrainConfig.from_dict(d["config"], source="the study's selection"), attrs,
-                             d.get("trial_value"), list(d.get("values", [])), list(d.get("throughputs", [])))
+                             d.get("trial_value"), list(d.get("values", [])), list(d.get("throughputs", [])),
+                             list(d.get("rounds", [])), d.get("level", d.get("median")))
 
         candidates = [candidate(d) for d in data["candidates"]]
         default = next((c for c in candidates if c.config.to_dict() == data["default"]["config"]), None) or candidate(data["default"])
@@ -123,17 +140,47 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     return ranked_trials(study)[0]
 
 
-def contenders(runs: list[Candidate], margin: float) -> list[Candidate]:
-    """The measured runs whose median is within ``margin`` (a fraction) of the best median.
+def levels(table: list[dict[int, float]], sweeps: int = 20) -> list[float | None]:
+    """Each row's level with the columns' effects taken out: ``table[i]`` maps a round to
+    run i's value in it (positive; any round may be missing). Fits log value = run effect +
+    round effect by medians (Tukey's median polish), and returns exp(run effect + the
+    median round effect), in the values' own units; None for a row with no values.
 
-    A run's single measurement that reaches the leader's median does not keep it racing:
+    A round in which every run measured 20% slow moves no level; one run's unlucky round
+    moves only its own, and by less than a mean would."""
+    cells = [{r: math.log(v) for r, v in row.items() if v and v > 0} for row in table]
+    run = [0.0] * len(cells)
+    rnd: dict[int, float] = {r: 0.0 for row in cells for r in row}
+    for _ in range(sweeps):
+        run = [statistics.median(x - rnd[r] for r, x in row.items()) if row else 0.0 for row in cells]
+        moved = 0.0
+        for r in rnd:
+            new = statistics.median(x[r] - run[i] for i, x in enumerate(cells) if r in x)
+            moved, rnd[r] = max(moved, abs(new - rnd[r])), new
+        if moved < 1e-9:
+            break
+    typical = statistics.median(rnd.values()) if rnd else 0.0
+    return [math.exp(a + typical) if row else None for a, row in zip(run, cells)]
+
+
+def adjust(runs: list[Candidate]) -> None:
+    """Set each run's ``level`` from all runs' re-measurements (``levels``)."""
+    for c, level in zip(runs, levels([c.by_round() for c in runs])):
+        c.level = level
+
+
+def contenders(runs: list[Candidate], margin: float) -> list[Candidate]:
+    """The measured runs whose level is within ``margin`` (a fraction) of the best level.
+
+    A run's single measurement that reaches the leader's level does not keep it racing:
     where timings vary by a third between minutes (tiny models on a busy CPU), nearly
     every run has one, and racing them all costs more than the search itself."""
+    adjust(runs)
     measured = [c for c in runs if c.values]
     if not measured:
         return []
-    lead = max(c.median() or 0.0 for c in measured)
-    return [c for c in measured if (c.median() or 0.0) >= (1.0 - margin) * lead]
+    lead = max(c.level or 0.0 for c in measured)
+    return [c for c in measured if (c.level or 0.0) >= (1.0 - margin) * lead]
 
 
 def rotated(items: list[Any], round_: int) -> list[Any]:
@@ -145,10 +192,11 @@ def rotated(items: list[Any], round_: int) -> list[Any]:
 
 def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3, top: int = 3, progress: bool = True,
            max_rounds: int = 4, margin: float = 0.08) -> Selection:
-    """Re-measure the ``top`` best configs and the default in turns; pick on the medians.
+    """Re-measure the ``top`` best configs and the default in turns; pick on the levels.
 
     Every run gets ``rounds`` measurements; while more than one is within ``margin`` of
-    the best median, those get another round, up to ``max_rounds`` in all. The
+    the best level (round-adjusted, ``levels``), those get another round, up to
+    ``max_rounds`` in all. The
     re-measurement is recorded in the study (user attribute ``remeasured``).
     """
     scorer = scorer_of(study)
@@ -182,11 +230,13 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3
             if value:
                 c.values.append(value)
                 c.throughputs.append(outcome.value["throughput_samples_per_s"])
+                c.rounds.append(done)
             bar.update(1)
     bar.close()
+    adjust(runs)
     # The default competes too: when no tuned config beats it side by side, it is kept.
     measured = [c for c in runs if c.values] or candidates[:1]
-    picked = max(measured, key=lambda c: c.median() or 0.0)
+    picked = max(measured, key=lambda c: c.level or 0.0)
     selection = Selection(picked, candidates, default, scorer.objective, rounds, max(rounds, max_rounds), margin)
     study.set_user_attr("remeasured", selection.to_dict())
     return selection

@@ -119,3 +119,51 @@ def claim(study: optuna.Study, key: str) -> bool:
 
 def is_claim(name: str) -> bool:
     return "~claim~" in name
+
+
+def write_trial(trial: optuna.Trial, attrs: dict[str, Any] | None = None,
+                intermediate: dict[int, float] | None = None) -> None:
+    """Set many user attributes and intermediate values of a running trial at once.
+
+    On a database storage they are written in one transaction: a measured trial has some
+    thirty values, and one commit each cost 95 ms a trial on SQLite here, against about 15
+    ms together. Other storages (the journal) take them one at a time. Either way the
+    trial object sees them as ``trial.set_user_attr`` and ``trial.report`` would leave them.
+    """
+    attrs = dict(attrs or {})
+    intermediate = {int(step): float(value) for step, value in (intermediate or {}).items()}
+    if not attrs and not intermediate:
+        return
+    rdb = _rdb_backend(trial.storage)
+    if rdb is None:
+        for key, value in attrs.items():
+            trial.storage.set_trial_user_attr(trial._trial_id, key, value)
+        for step, value in intermediate.items():
+            trial.storage.set_trial_intermediate_value(trial._trial_id, step, value)
+    else:
+        storage, models, scoped = rdb
+        with scoped(storage.scoped_session, True) as session:
+            for key, value in attrs.items():
+                storage._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+            for step, value in intermediate.items():
+                storage._set_trial_intermediate_value_without_commit(session, trial._trial_id, step, value)
+    trial._cached_frozen_trial.user_attrs.update(attrs)
+    trial._cached_frozen_trial.intermediate_values.update(intermediate)
+
+
+def _rdb_backend(storage: Any) -> tuple[Any, Any, Any] | None:
+    """Optuna's RDB storage behind ``storage`` (it wraps it in a cache), with its table
+    models and session scope, for writes in one transaction; None for other storages, or
+    an Optuna whose internals moved (then every value is written on its own, as before)."""
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        return None
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+    except ImportError:
+        return None
+    needed = ("_set_trial_attr_without_commit", "_set_trial_intermediate_value_without_commit", "scoped_session")
+    if not all(hasattr(backend, name) for name in needed):
+        return None
+    return backend, models, _create_scoped_session

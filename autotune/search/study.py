@@ -30,7 +30,7 @@ from autotune.search.prune import Reporting, best_completed
 from autotune.search.screen import enqueue_combination, enqueue_refinement, enqueue_screening, enqueue_second_stage, in_stages
 from autotune.search.space import SearchSpace
 from autotune.search.stale import _stale_after, fail_stale_trials, mark_stale, owner, trial_heartbeat
-from autotune.search.storage import claim
+from autotune.search.storage import claim, write_trial
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
 from autotune.task import Task
@@ -189,8 +189,7 @@ def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: Sear
     while it ran. A stop (Ctrl-C) fails it as stale at once, and queues it again."""
     trial = study.ask()
     try:
-        trial.set_user_attr("worker", owner())
-        trial.set_user_attr("heartbeat", time.time())
+        write_trial(trial, {"worker": owner(), "heartbeat": time.time()})
         with trial_heartbeat(study, trial):
             return _measure_and_tell(study, trial, task, space, budget, train_size)
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -211,16 +210,14 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
     trial.set_user_attr("config", cfg.to_dict())
     reason = space.infeasible(cfg, train_size)
     if reason:
-        trial.set_user_attr("status", "infeasible")
-        trial.set_user_attr("reason", reason)
+        write_trial(trial, {"status": "infeasible", "reason": reason})
         return study.tell(trial, state=TrialState.PRUNED)
     # A recheck (``screen.enqueue_recheck``) measures a config again on purpose.
     recheck = trial.user_attrs.get("recheck")
     busy = None if recheck else _running_elsewhere(study, cfg, trial.number)
     if busy is not None and trial.user_attrs.get("role") is None:
-        trial.set_user_attr("status", "duplicate")
-        trial.set_user_attr("duplicate_of", busy.number)
-        trial.set_user_attr("reason", "another worker was measuring the same config")
+        write_trial(trial, {"status": "duplicate", "duplicate_of": busy.number,
+                            "reason": "another worker was measuring the same config"})
         return study.tell(trial, state=TrialState.PRUNED)
     if busy is not None:
         # A queued trial (a screening choice, a step of the climb) needs the value: wait
@@ -232,11 +229,11 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
     if earlier is not None:
         # The sampler proposed a config it already has: answer from the earlier
         # measurement instead of spending a trial on it (re-measuring is selection's job).
-        trial.set_user_attr("status", "duplicate")
-        trial.set_user_attr("duplicate_of", earlier.number)
+        attrs = {"status": "duplicate", "duplicate_of": earlier.number}
         if earlier.state == TrialState.COMPLETE:
+            write_trial(trial, attrs)
             return study.tell(trial, earlier.value)
-        trial.set_user_attr("reason", earlier.user_attrs.get("reason", ""))
+        write_trial(trial, {**attrs, "reason": earlier.user_attrs.get("reason", "")})
         return study.tell(trial, state=TrialState.PRUNED)
     scale = scorer_of(study).value(cfg, {"throughput_samples_per_s": 1.0}) or 1.0
     report = None
@@ -249,31 +246,35 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
         budget.trial.timeout_s,
     )
     # Wall time of the trial process, start to answer: what the measurement cost.
-    trial.set_user_attr("trial_seconds", time.perf_counter() - start)
-    for step, rate in enumerate(outcome.value.get("window_samples_per_s") or []):
-        trial.report(rate * scale, step)  # each window in the objective's units
-    return _tell(study, trial, outcome, cfg)
+    seconds = time.perf_counter() - start
+    # Each window in the objective's units, as Optuna's intermediate values.
+    windows = {step: rate * scale for step, rate in enumerate(outcome.value.get("window_samples_per_s") or [])}
+    return _tell(study, trial, outcome, cfg, {"trial_seconds": seconds}, windows)
 
 
-def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, cfg: TrainConfig) -> optuna.trial.FrozenTrial:
-    trial.set_user_attr("status", outcome.status)
+def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, cfg: TrainConfig,
+          attrs: dict[str, Any] | None = None, windows: dict[int, float] | None = None) -> optuna.trial.FrozenTrial:
+    """Record the trial's measurements (with ``attrs`` and the ``windows`` as intermediate
+    values, all in one write) and tell the study its value or state."""
     scorer = scorer_of(study)
-    measured = {**outcome.value, **(scorer.score(cfg, outcome.value) if outcome.ok else {})}
-    for key, value in measured.items():
-        trial.set_user_attr(key, value)
+    measured = {**(attrs or {}), **outcome.value, **(scorer.score(cfg, outcome.value) if outcome.ok else {})}
     value = scorer.value(cfg, outcome.value) if outcome.ok else None
-    _memory_constraint(study, trial, outcome)
+    status = outcome.status
     if outcome.ok and outcome.value.get("pruned"):
-        trial.set_user_attr("status", "pruned")
-        return study.tell(trial, state=TrialState.PRUNED)
-    if outcome.ok and value is None:
+        status = "pruned"
+    elif outcome.ok and value is None:
         outcome = Outcome("error", reason="the trial ended before a full timing window")
-        trial.set_user_attr("status", outcome.status)
+        status = outcome.status
+    if not outcome.ok:
+        measured["reason"] = outcome.reason
+        if outcome.detail:
+            measured["traceback"] = outcome.detail[-4000:]
+    write_trial(trial, {**measured, "status": status}, windows)
+    _memory_constraint(study, trial, outcome)
+    if status == "pruned":
+        return study.tell(trial, state=TrialState.PRUNED)
     if outcome.ok:
         return study.tell(trial, value)
-    trial.set_user_attr("reason", outcome.reason)
-    if outcome.detail:
-        trial.set_user_attr("traceback", outcome.detail[-4000:])
     # Out of memory is a property of the config (too big), so the sampler learns from it;
     # other failures say nothing about the config and are ignored by the sampler.
     state = TrialState.PRUNED if outcome.status == "oom" else TrialState.FAIL
