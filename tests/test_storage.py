@@ -3,36 +3,20 @@ journal, and the same values either way."""
 
 from __future__ import annotations
 
-import os
-import time
-
 import optuna
 import pytest
 import sqlalchemy
 
 from autotune.search.storage import open_storage, write_trial
+from tests.storages import storage_url
 
 ATTRS = {f"measured_{i}": i * 1.5 for i in range(30)} | {"status": "ok", "config": {"micro_batch_size": 32}}
 WINDOWS = {0: 1200.0, 1: 1250.5, 2: 1190.25}
 
 
-def _url(kind: str, tmp_path, request) -> str:
-    if kind == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        import psycopg
-
-        db = f"s{os.getpid()}_{time.time_ns() % 10**12}"
-        with psycopg.connect(url, autocommit=True) as con:
-            con.execute(f"CREATE DATABASE {db}")
-        return url.rsplit("/", 1)[0] + "/" + db
-    if kind == "journal":
-        return f"journal:{tmp_path / 'study.log'}"
-    return f"sqlite:///{tmp_path / 'study.db'}"
-
-
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
 def test_write_trial_leaves_what_one_call_per_value_leaves(kind, tmp_path, request):
-    url = _url(kind, tmp_path, request)
+    url = storage_url(kind, tmp_path, request)
     study = optuna.create_study(study_name="s", storage=open_storage(url), direction="maximize")
     batched, single = study.ask(), study.ask()
     write_trial(batched, ATTRS, WINDOWS)

@@ -290,3 +290,23 @@ def test_a_stale_trial_is_queued_again_once_with_its_config(tiny_task, tmp_path)
     third, _ = _open(tmp_path, tiny_task, space)
     assert fail_stale_trials(third) == 1
     assert not [t for t in third.trials if t.user_attrs.get("retry_of") == again.number]
+
+
+def test_the_default_trial_with_its_thread_count_spelled_out_is_the_races_default(tiny_task):
+    import optuna
+    from optuna.trial import create_trial
+
+    from autotune.config import TrainConfig
+    from autotune.search.select import Candidate, default_run
+
+    plain = TrainConfig.from_base(tiny_task.base)
+    spelled = TrainConfig.from_base(tiny_task.base, cpu_threads=2)  # how the study's default trial ran it
+    other = TrainConfig.from_base(tiny_task.base, cpu_threads=2, micro_batch_size=16)
+    study = optuna.create_study(direction="maximize")
+    for cfg, role in ((spelled, "default"), (other, "screening")):
+        study.add_trial(create_trial(value=1.0, user_attrs={"role": role, "config": cfg.to_dict()}))
+    runs = [Candidate(1, other, {}), Candidate(0, spelled, {})]
+    assert default_run(study, tiny_task, runs) is runs[1]  # raced once, not as two configs
+    assert default_run(study, tiny_task, [Candidate(None, plain, {})]).config == plain
+    alone = default_run(study, tiny_task, runs[:1])  # not among the best: raced as the model file gives it
+    assert alone.trial_number is None and alone.config == plain

@@ -21,25 +21,11 @@ from optuna.trial import TrialState
 from autotune.errors import ConfigError
 from autotune.parallel import plan_workers
 from autotune.search.storage import claim, is_claim, open_storage, redact
+from tests.storages import storage_url
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets"
 COUNTED = ("infeasible", "duplicate", "stale")
-
-
-def _storage(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if kind == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        # A database of its own for each test, so that names never clash across tests.
-        import psycopg
-
-        db = f"t{os.getpid()}_{time.time_ns() % 10**12}"
-        with psycopg.connect(url, autocommit=True) as con:
-            con.execute(f"CREATE DATABASE {db}")
-        return url.rsplit("/", 1)[0] + "/" + db
-    if kind == "journal":
-        return f"journal:{tmp_path / 'study.log'}"
-    return f"sqlite:///{tmp_path / 'study.db'}"
 
 
 def _check_study(storage: str, name: str, trials_budget: int) -> list[optuna.trial.FrozenTrial]:
@@ -84,7 +70,7 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["postgresql", "journal"])
 def test_run_with_two_workers_fills_one_study(kind, tmp_path, request):
-    storage = _storage(kind, tmp_path, request)
+    storage = storage_url(kind, tmp_path, request)
     out = tmp_path / "run"
     done = subprocess.run(_cli("run", str(ASSETS / "tiny_mlp.py"), "--out", str(out), "--trials", "8", "--workers", "2",
                                "--storage", storage, "--study", "tiny", "--space", str(ASSETS / "tiny_space.yaml"),
@@ -103,7 +89,7 @@ def test_run_with_two_workers_fills_one_study(kind, tmp_path, request):
 
 @pytest.mark.slow
 def test_workers_started_at_once_create_the_study_once_and_finalize_once(tmp_path, request):
-    storage = _storage("postgresql", tmp_path, request)
+    storage = storage_url("postgresql", tmp_path, request)
     procs = [subprocess.Popen(_cli("worker", str(ASSETS / "tiny_mlp.py"), "--storage", storage, "--study", "race",
                                    "--trials", "7", "--space", str(ASSETS / "tiny_space.yaml"), "--out", str(tmp_path / f"w{i}"),
                                    "--no-progress"),
@@ -125,7 +111,7 @@ def _claim_in_process(url: str, name: str, key: str, queue) -> None:
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_claim_goes_to_exactly_one_of_many_processes(kind, tmp_path, request):
-    storage = _storage(kind, tmp_path, request)
+    storage = storage_url(kind, tmp_path, request)
     optuna.create_study(study_name="s", storage=open_storage(storage))
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()

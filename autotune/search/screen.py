@@ -22,8 +22,11 @@ current config's neighbours are all measured; then the neighbours of the configs
 
 One trial of a config can be lucky by 10-20% on a busy machine, and every gain above is a
 ratio to a reference config: a lucky reference hides every real gain, and a lucky
-incumbent stops the climb. So the references are measured twice (the default after the
-micro-batch's screening, the base before the other knobs' screening), a config's score is
+incumbent stops the climb. The machine's own speed also drifts by 20-30% over minutes,
+and a reference measured only before the choices it is compared with would carry that
+drift into every gain. So each stage's reference is measured on both sides of its
+choices (the default first and again after the micro-batch's choices; the base, a
+screened micro-batch or the default, again after the other knobs' choices), a config's score is
 the mean of its measurements, and when every neighbour of the climb's config has been
 measured, that config is measured once more (a recheck) before the climb is done with
 it: if its mean falls behind another config's, the climb moves there. The sampler (TPE)
@@ -87,10 +90,10 @@ def enqueue_screening(study: optuna.Study, space: SearchSpace, default: dict[str
     return len(configs) + bool(configs)
 
 
-def enqueue_recheck(study: optuna.Study, knobs: dict[str, Any]) -> None:
+def enqueue_recheck(study: optuna.Study, knobs: dict[str, Any], **attrs: Any) -> None:
     """Queue one more measurement of ``knobs``: it runs even though the config was
     measured before (any other repeated proposal is answered from the earlier trial)."""
-    study.enqueue_trial(knobs, user_attrs={"role": RECHECK, "recheck": True})
+    study.enqueue_trial(knobs, user_attrs={"role": RECHECK, "recheck": True, **attrs})
 
 
 def _screened_done(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial] | None:
@@ -150,13 +153,13 @@ def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: floa
     best = _best_choice(screened, LEAD, default, min_gain)
     base = {**default, LEAD: best[0]} if best else dict(default)
     configs = screening_configs(space, base, [n for n in rest if n in space.params])
-    if best and configs:  # the default was measured twice already; a new base is too
-        enqueue_recheck(study, base)
     for knobs in configs:
-        study.enqueue_trial(knobs, user_attrs={"role": SCREENING})
+        study.enqueue_trial(knobs, user_attrs={"role": SCREENING, "stage": 2})
+    if configs:  # the base once more, after its choices: measured on both sides of them
+        enqueue_recheck(study, base, stage=2)
     # Last: the combination is due once this is set and every queued screening trial ran.
     study.set_user_attr("screening_base", base)
-    return len(configs) + bool(best and configs)
+    return len(configs) + bool(configs)
 
 
 def combination(study: optuna.Study, space: SearchSpace,
@@ -185,7 +188,10 @@ def combination(study: optuna.Study, space: SearchSpace,
     for name in _screened_knobs(space):
         # The micro-batch was screened around the default, the rest around the base.
         ref = default if (staged and name == LEAD) or name not in base else base
-        found = _best_choice(screened, name, ref, min_gain)
+        # The micro-batch is judged as the second stage judged it: on the first stage's
+        # trials (a later measurement of the default belongs to the other knobs' stage).
+        pool = [t for t in screened if t.user_attrs.get("stage") != 2] if staged and name == LEAD else screened
+        found = _best_choice(pool, name, ref, min_gain)
         if found:
             best[name], gains[name] = found
     while gains and not feasible(best):

@@ -190,6 +190,17 @@ def rotated(items: list[Any], round_: int) -> list[Any]:
     return items[turn:] + items[:turn]
 
 
+def default_run(study: optuna.Study, task: Task, candidates: list[Candidate]) -> Candidate:
+    """The candidate that is the untuned default config, or a new run of it when none is.
+    The study's default trial spells out torch's thread count where the model file's BASE
+    leaves it at 0, so both spellings are the default: racing them as two configs would
+    measure one config twice a round."""
+    plain = TrainConfig.from_base(task.base)
+    spelled = [TrainConfig.from_dict(t.user_attrs["config"], source=f"trial {t.number}")
+               for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") == "default" and t.user_attrs.get("config")]
+    return next((c for c in candidates if c.config == plain or c.config in spelled), None) or Candidate(None, plain, {})
+
+
 def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3, top: int = 3, progress: bool = True,
            max_rounds: int = 4, margin: float = 0.08) -> Selection:
     """Re-measure the ``top`` best configs and the default in turns; pick on the levels.
@@ -205,11 +216,9 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3
                   dict(t.user_attrs), t.value)
         for t in ranked_trials(study)[:top]
     ]
-    default_cfg = TrainConfig.from_base(task.base)
-    default = next((c for c in candidates if c.config == default_cfg), None)
+    default = default_run(study, task, candidates)
     runs = list(candidates)
-    if default is None:
-        default = Candidate(None, default_cfg, {})
+    if default not in candidates:
         runs.append(default)
     bar = tqdm(total=rounds * len(runs), desc="re-measure", unit="run", disable=not progress)
     batch = list(runs)

@@ -46,8 +46,8 @@ def open_storage(url: str) -> Any:
     """Optuna's storage for ``url`` (see the module's docstring), opened once per process.
 
     A SQLite file is opened in write-ahead-log mode with ``synchronous=NORMAL``: a trial
-    writes some forty values, each its own transaction, and with SQLite's default every
-    commit waits for the disk (0.30 s a trial here, against 0.04 s). A crash of the tuner
+    writes some forty values, and with SQLite's default every commit waits for the disk
+    (0.30 s a trial here when each value was its own commit, against 0.04 s). A crash of the tuner
     loses nothing; a power loss may lose the last trials."""
     if url in _open:
         return _open[url]
@@ -125,10 +125,12 @@ def write_trial(trial: optuna.Trial, attrs: dict[str, Any] | None = None,
                 intermediate: dict[int, float] | None = None) -> None:
     """Set many user attributes and intermediate values of a running trial at once.
 
-    On a database storage they are written in one transaction: a measured trial has some
-    thirty values, and one commit each cost 95 ms a trial on SQLite here, against about 15
-    ms together. Other storages (the journal) take them one at a time. Either way the
-    trial object sees them as ``trial.set_user_attr`` and ``trial.report`` would leave them.
+    On a database storage they are written in one transaction, which also means that
+    nobody reading the study sees a trial half recorded: a measured trial has some thirty
+    values, and with one commit each, ask, values and tell took 44 ms a trial on SQLite (WAL)
+    here, against 30 ms in one. Other storages (the journal) take them one at a time.
+    Either way the trial object sees them as ``trial.set_user_attr`` and ``trial.report``
+    would leave them.
     """
     attrs = dict(attrs or {})
     intermediate = {int(step): float(value) for step, value in (intermediate or {}).items()}
