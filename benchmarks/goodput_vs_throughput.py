@@ -12,7 +12,7 @@ In one run on this machine:
    accuracy first reaches ``--target``; the table gives the medians.
 
     .venv/bin/python benchmarks/goodput_vs_throughput.py [--model examples/digits_cnn.py] [--target 0.97] [--repeats 3]
-        [--picks-from benchmarks/results/search_vs_grid-DATE.json]
+        [--picks-from benchmarks/results/search_vs_grid-DATE.json] [--out RESULT.json]
 
 Prints a table and writes benchmarks/results/goodput_vs_throughput-<model>.json.
 """
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.97, help="validation accuracy to reach")
     parser.add_argument("--repeats", type=int, default=3, help="full runs of each pick, alternating")
     parser.add_argument("--picks-from", type=Path, help="a search_vs_grid.py result holding this model's picks")
+    parser.add_argument("--out", type=Path, help="result file (default benchmarks/results/goodput_vs_throughput-<model>.json)")
     args = parser.parse_args()
     from autotune import pipeline
     from autotune.search.worker import run_isolated
@@ -105,9 +106,10 @@ def main() -> None:
         print(f"{objective:<11}{s['effective_batch']:>11}{s['runs_reaching_target']:>9}{'-' if t is None else f'{t:.1f}':>20}"
               f"{s['median_train_seconds']:>16.1f}{s['median_final_val_accuracy']:>11.4f}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    out = ROOT / "benchmarks" / "results" / f"goodput_vs_throughput-{Path(args.model).stem}.json"
+    out = args.out or ROOT / "benchmarks" / "results" / f"goodput_vs_throughput-{Path(args.model).stem}.json"
     out.write_text(json.dumps({"machine": machine, "commit": commit, "model": args.model, "target": args.target,
-                               "command": f"benchmarks/goodput_vs_throughput.py --model {args.model} --target {args.target} --repeats {args.repeats}",
+                               "command": f"benchmarks/goodput_vs_throughput.py --model {args.model} --target {args.target} --repeats {args.repeats}"
+                                          + (f" --picks-from {args.picks_from}" if args.picks_from else ""),
                                "picks": {k: v.to_dict() for k, v in picks.items()}, "tuning": tuning,
                                "summary": summary, "runs": runs}, indent=2, default=str) + "\n")
     print(f"wrote {out}")
