@@ -13,8 +13,8 @@ For each model, in one run on this machine:
    grid's best by goodput and by throughput, re-measured in turns (A B C D E, B C D E A,
    ...) for ``--rounds`` rounds. The ratios in the table are of the configs' levels with
    each round's machine speed taken out (``select.levels``, as the tuner's own selection
-   compares its candidates): on this shared machine a whole round runs 20-30% fast or
-   slow together, which a ratio of plain medians takes for a difference between configs.
+   compares its candidates): on this shared machine the runs of one round tend to be fast
+   or slow together, which a ratio of plain medians takes for a difference between configs.
    Each ratio comes with a 90% interval from resampling the rounds, and the ratio of
    plain medians beside it.
 

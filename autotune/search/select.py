@@ -7,7 +7,9 @@ them, and the pick is the candidate with the best round-adjusted level of those
 re-measurements (``levels``).
 
 Round-adjusted: on a shared machine the speed of the whole machine drifts over tens of
-seconds, so every run of one round is fast or slow together. Each run's level is fitted
+seconds, so the runs of one round tend to be fast or slow together (about a quarter of
+the spread of one config's runs on the development machine: benchmarks/round_drift.py).
+Each run's level is fitted
 with each round's own speed factored out (a median polish of the log values: run effect
 plus round effect), so a run that happened to be measured in the slow rounds is not
 ranked down for it. A level is in the objective's units (samples/s), close to the plain
