@@ -158,13 +158,9 @@ def compare(again: dict[str, dict[str, Any]], a: str, b: str, key: str, resample
     plain = x[f"{key}_samples_per_s"] / y[f"{key}_samples_per_s"]
     if x["_distinct"] == y["_distinct"]:
         return {"ratio": 1.0, "interval": [1.0, 1.0], "ratio_of_medians": 1.0}
-    table: dict[int, dict[int, float]] = {}
-    for entry in again.values():
-        table[entry["_distinct"]] = entry["_tables"][key]
-    order = sorted(table)
-    rows = [table[i] for i in order]
-    ia, ib = order.index(x["_distinct"]), order.index(y["_distinct"])
-    point = levels(rows)
+    table = {entry["_distinct"]: entry["_tables"][key] for entry in again.values()}
+    rows = [table[i] for i in range(len(table))]  # every distinct config, in side_by_side's order
+    ia, ib = x["_distinct"], y["_distinct"]
     rounds = sorted({r for row in rows for r in row})
     rng, draws = random.Random(0), []
     for _ in range(resamples):
@@ -174,7 +170,7 @@ def compare(again: dict[str, dict[str, Any]], a: str, b: str, key: str, resample
             draws.append(drawn[ia] / drawn[ib])
     draws.sort()
     interval = [draws[int(0.05 * len(draws))], draws[int(0.95 * len(draws)) - 1]] if draws else None
-    return {"ratio": point[ia] / point[ib], "interval": interval, "ratio_of_medians": plain}
+    return {"ratio": x[f"{key}_level"] / y[f"{key}_level"], "interval": interval, "ratio_of_medians": plain}
 
 
 def _short(cfg: Any) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""Tests of autotune.hardware: NVML (through a fake at the boundary), benchmarks, profiles."""
+"""Tests of autotune.hardware: NVML (through a fake at the boundary), the host, profiles.
+
+The microbenchmarks are in test_bench.py."""
 
 from __future__ import annotations
 
@@ -283,144 +285,6 @@ def test_profile_fields_are_all_written() -> None:
     assert list(_profile_dict()) == names
 
 
-@pytest.fixture(scope="module")
-def measured_profile() -> HardwareProfile:
-    """One profile with the benchmarks run (about half a second here), shared by tests."""
-    return collect_profile(measure=True)
-
-
-def test_cpu_figures_are_measured_and_positive(measured_profile: HardwareProfile) -> None:
-    measured = measured_profile.measured
-    for key in ("cpu_matmul_fp32_tflops", "cpu_matmul_bf16_tflops", "cpu_bf16_speedup",
-                "cpu_memory_copy_gbps", "bench_seconds"):
-        assert measured[key] > 0, key
-    assert measured["cpu_bench_rounds"] in (1, 2)
-    if hasattr(os, "getloadavg"):
-        assert measured["load_average_1m_before"] >= 0
-        assert measured["load_average_1m_after"] >= 0
-    if measured_profile.device == "cpu":
-        assert not any(key.startswith(("cuda_", "h2d_")) for key in measured)
-
-
-def test_summary_shows_the_figures_with_units(measured_profile: HardwareProfile) -> None:
-    text = measured_profile.summary()
-    m = measured_profile.measured
-    assert re.search(r"^  CPU matmul:  fp32 [0-9.]+, bf16 [0-9.]+ TFLOP/s$", text, re.M)
-    assert re.search(r"^  Memory copy: CPU [0-9.,]+ GB/s \(read \+ written\)$", text, re.M)
-    assert re.search(r"^  Over fp32:   CPU bf16 autocast [0-9.]+x$", text, re.M)
-    assert f"  Took:        {m['bench_seconds']} s" in text
-    assert "Other:" not in text  # every key this version writes has its row
-
-
-def test_copy_bandwidth_counts_bytes_read_and_written(monkeypatch: pytest.MonkeyPatch) -> None:
-    from autotune.hardware import bench
-
-    assert bench.gbps(3e9, 1.5) == 2.0
-    monkeypatch.setattr(bench, "median_time_s", lambda fn, sync: 0.5)
-    # one copy of 10^6 bytes reads 10^6 and writes 10^6: 2 * 10^6 bytes in 0.5 s
-    assert bench.memory_bandwidth_gbps("cpu", nbytes=10**6) == pytest.approx(0.004)
-
-
-def test_a_busy_machine_repeats_the_cpu_set_and_keeps_the_best(monkeypatch) -> None:
-    from autotune.hardware import bench
-
-    first = {"cpu_matmul_fp32_tflops": 0.1, "cpu_memory_copy_gbps": 30.0, "cpu_bf16_speedup": 9.0}
-    second = {"cpu_matmul_fp32_tflops": 0.2, "cpu_memory_copy_gbps": 20.0, "cpu_bf16_speedup": 2.0}
-    rounds = iter([first, second])
-    monkeypatch.setattr(bench, "measure_cpu", lambda: next(rounds))
-    monkeypatch.setattr(bench, "usable_cores", lambda: 2)
-    assert bench.measure_cpu_under_load(2.5) == {  # the speed-up of the faster fp32 round
-        "cpu_matmul_fp32_tflops": 0.2, "cpu_memory_copy_gbps": 30.0, "cpu_bf16_speedup": 2.0,
-        "cpu_bench_rounds": 2}
-    rounds = iter([first])
-    assert bench.measure_cpu_under_load(2.0) == {**first, "cpu_bench_rounds": 1}  # not above
-    rounds = iter([first])
-    assert bench.measure_cpu_under_load(None)["cpu_bench_rounds"] == 1  # no load average
-
-
-def _fp32_precision() -> str:
-    import torch
-
-    matmul = torch.backends.cuda.matmul
-    try:
-        return matmul.fp32_precision
-    except AttributeError:
-        pytest.skip(f"torch {torch.__version__} has no torch.backends.cuda.matmul.fp32_precision")
-
-
-def test_tf32_setting_is_restored_after_the_measurement() -> None:
-    from autotune.hardware.bench import cuda_matmul_precision
-
-    before = _fp32_precision()
-    with cuda_matmul_precision("tf32"):
-        assert _fp32_precision() == "tf32"
-    assert _fp32_precision() == before
-    with pytest.raises(KeyError), cuda_matmul_precision("tf32"):
-        raise KeyError("a failed measurement")
-    assert _fp32_precision() == before
-    with pytest.raises(ValueError, match=r"^precision must be 'tf32' or 'ieee', got 'fast'\.$"):
-        with cuda_matmul_precision("fast"):
-            pass
-
-
-def test_tf32_setting_is_restored_with_the_legacy_api() -> None:
-    code = """
-import torch
-from autotune.hardware import bench
-bench._has_backend_precision = lambda: False  # as on torch before 2.9
-torch.set_float32_matmul_precision("medium")
-with bench.cuda_matmul_precision("tf32"):
-    print(torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
-with bench.cuda_matmul_precision("ieee"):
-    print(torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
-print(torch.get_float32_matmul_precision())
-"""
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n") == ["high True", "highest False", "medium", ""]
-
-
-def test_cuda_figures_measure_fp32_and_tf32_each_under_its_precision(monkeypatch) -> None:
-    import torch
-
-    from autotune.hardware import bench
-
-    before = _fp32_precision()
-    seen = []
-
-    def fake_matmul(device: str, dtype: torch.dtype) -> float:
-        seen.append((dtype, torch.backends.cuda.matmul.fp32_precision))
-        return {torch.float32: 50.0, torch.float16: 400.0, torch.bfloat16: 500.0}[dtype]
-
-    monkeypatch.setattr(bench, "matmul_tflops", fake_matmul)
-    monkeypatch.setattr(bench, "memory_bandwidth_gbps", lambda device: 3000.0)
-    monkeypatch.setattr(bench, "h2d_bandwidth_gbps", lambda pinned: 50.0 if pinned else 20.0)
-    figures = bench.measure_cuda(bf16_supported=True)
-    assert seen[:2] == [(torch.float32, "ieee"), (torch.float32, "tf32")]
-    assert _fp32_precision() == before
-    assert figures == {
-        "cuda_matmul_fp32_tflops": 50.0, "cuda_matmul_tf32_tflops": 50.0,
-        "cuda_matmul_fp16_tflops": 400.0, "cuda_matmul_bf16_tflops": 500.0,
-        "cuda_fp16_speedup": 8.0, "cuda_bf16_speedup": 10.0, "cuda_memory_copy_gbps": 3000.0,
-        "h2d_pinned_gbps": 50.0, "h2d_pageable_gbps": 20.0,
-    }
-    assert "cuda_matmul_bf16_tflops" not in bench.measure_cuda(bf16_supported=False)
-
-
-def test_cuda_benchmarks_without_cuda_raise() -> None:
-    import torch
-
-    from autotune.hardware import bench
-
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present")
-    message = r"^h2d_bandwidth_gbps: CUDA was asked for, but torch sees no CUDA device\.$"
-    with pytest.raises(RuntimeError, match=message):
-        bench.h2d_bandwidth_gbps(pinned=True)
-    with pytest.raises(RuntimeError, match=r"^memory_bandwidth_gbps: CUDA was asked for"):
-        bench.memory_bandwidth_gbps("cuda")
-
-
 def test_logical_cores_follow_the_affinity_mask() -> None:
     if shutil.which("taskset") is None or not hasattr(os, "sched_getaffinity"):
         pytest.skip("needs taskset and os.sched_getaffinity (Linux)")
@@ -465,16 +329,3 @@ def test_an_older_profile_without_the_new_keys_still_loads() -> None:
     assert "torch_bf16_supported" not in profile.software
     text = profile.summary()  # the summary shows what an older profile has, no more
     assert "  CPU matmul:  fp32 " in text and "Memory copy" not in text and "Took:" not in text
-
-
-def test_a_busy_moment_on_one_side_does_not_flip_the_bf16_speedup():
-    from autotune.hardware.bench import cpu_bf16_speedup
-
-    # fp32 takes 2 s and bf16 1 s a round, except one round where another process made
-    # the bf16 matmul take 20 s: one timing each would have read 0.1x and ruled bf16 out.
-    bf16_times = iter([20.0, 1.0, 1.0])
-
-    def timer(device, dtype, size, autocast_dtype=None):
-        return next(bf16_times) if autocast_dtype is not None else 2.0
-
-    assert cpu_bf16_speedup(rounds=3, timer=timer) == pytest.approx(2.0)

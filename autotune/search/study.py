@@ -259,6 +259,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, cfg: Train
     scorer = scorer_of(study)
     measured = {**(attrs or {}), **outcome.value, **(scorer.score(cfg, outcome.value) if outcome.ok else {})}
     value = scorer.value(cfg, outcome.value) if outcome.ok else None
+    _memory_constraint(study, trial, outcome)  # what the process used, whatever its value
     status = outcome.status
     if outcome.ok and outcome.value.get("pruned"):
         status = "pruned"
@@ -270,7 +271,6 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, cfg: Train
         if outcome.detail:
             measured["traceback"] = outcome.detail[-4000:]
     write_trial(trial, {**measured, "status": status}, windows)
-    _memory_constraint(study, trial, outcome)
     if status == "pruned":
         return study.tell(trial, state=TrialState.PRUNED)
     if outcome.ok:
