@@ -173,6 +173,27 @@ def compare(again: dict[str, dict[str, Any]], a: str, b: str, key: str, resample
     return {"ratio": x[f"{key}_level"] / y[f"{key}_level"], "interval": interval, "ratio_of_medians": plain}
 
 
+def _race(study: Any) -> list[dict[str, Any]]:
+    """The tuner's selection race as the study recorded it: per run, its config, trial mean,
+    values by round, level and whether it went on after the first round."""
+    from autotune.config import TrainConfig
+
+    sel = study.user_attrs.get("remeasured") or {}
+    runs = sel.get("candidates", []) + ([sel["default"]] if sel.get("default", {}).get("trial") is None else [])
+    return [{"trial": c.get("trial"), "config": _short(TrainConfig.from_dict(c["config"])), "trial_mean": c.get("trial_mean"),
+             "values": c.get("values"), "rounds": c.get("rounds"), "level": c.get("level"), "dropped": c.get("dropped")}
+            for c in runs if sel]
+
+
+def _trial_log(study: Any) -> list[dict[str, Any]]:
+    """Each trial of the study: number, role, state, value and config (what the search saw)."""
+    from autotune.config import TrainConfig
+
+    return [{"n": t.number, "role": t.user_attrs.get("role"), "state": t.state.name, "value": t.value,
+             "config": _short(TrainConfig.from_dict(t.user_attrs["config"])) if t.user_attrs.get("config") else None}
+            for t in study.trials]
+
+
 def _short(cfg: Any) -> dict[str, Any]:
     from autotune.config import TrainConfig
 
@@ -227,7 +248,9 @@ def one_model(model: str, work: Path, args: argparse.Namespace) -> dict[str, Any
         "grid_failed": [dict(r, config=_short(r["config"])) for r in grid if not r["throughput_samples_per_s"]],
         "tuning": {obj: {"seconds": v["seconds"], "trials": len(v["tuning"].study.trials),
                          "pruned": sum(t.user_attrs.get("status") == "pruned" for t in v["tuning"].study.trials),
-                         "overhead": v["overhead"], "pick": _short(v["tuning"].tuned.train)} for obj, v in tuned.items()},
+                         "overhead": v["overhead"], "pick": _short(v["tuning"].tuned.train),
+                         "race": _race(v["tuning"].study), "trial_log": _trial_log(v["tuning"].study)}
+                   for obj, v in tuned.items()},
         "side_by_side": _public(again),
         "ratios": ratios,
         "compared": compared,

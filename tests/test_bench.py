@@ -154,6 +154,37 @@ def test_cuda_benchmarks_without_cuda_raise() -> None:
         bench.memory_bandwidth_gbps("cuda")
 
 
+def test_bf16_far_slower_in_two_rounds_stops_the_speedup_early():
+    from autotune.hardware.bench import cpu_bf16_speedup
+
+    calls = []
+
+    def timer(device, dtype, size, autocast_dtype=None):
+        calls.append(autocast_dtype)
+        return 100.0 if autocast_dtype is not None else 1.0  # a CPU without bf16 kernels
+
+    assert cpu_bf16_speedup(rounds=5, timer=timer) == pytest.approx(0.01)
+    assert len(calls) == 4  # two rounds, not five
+
+
+def test_a_slow_call_is_timed_fewer_times_within_max_s():
+    import time
+
+    from autotune.hardware.bench import median_time_s
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.05)
+
+    assert median_time_s(slow, max_s=0.12) >= 0.05
+    assert len(calls) == 3  # one warm-up and two timed, not 2 + 5
+    calls.clear()
+    median_time_s(lambda: calls.append(1), max_s=1.0)
+    assert len(calls) == 7  # a fast call: the usual warm-ups and repeats
+
+
 def test_a_busy_moment_on_one_side_does_not_flip_the_bf16_speedup():
     from autotune.hardware.bench import cpu_bf16_speedup
 

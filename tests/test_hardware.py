@@ -310,6 +310,14 @@ def test_fingerprint_differs_between_one_and_two_logical_cores() -> None:
     assert one != two and "-1c-" in one and "-2c-" in two
 
 
+def test_fingerprint_differs_between_cpus_of_one_name_with_other_vector_units() -> None:
+    host = {**collect_host(), "cpu_model": "AMD EPYC"}
+    avx512 = fingerprint({**host, "cpu_flags": ["avx2", "avx512f", "avx512_bf16"]}, [], NA)
+    avx2 = fingerprint({**host, "cpu_flags": ["avx2"]}, [], NA)
+    assert avx512 != avx2 and avx512.rsplit("-", 1)[0] == avx2.rsplit("-", 1)[0]  # the slug alike, the hash not
+    assert fingerprint({**host, "cpu_flags": ["avx512_bf16", "avx2", "avx512f"]}, [], NA) == avx512  # order aside
+
+
 def test_torch_dtype_support_is_recorded() -> None:
     software = collect_profile(measure=False).software
     for key in ("torch_bf16_supported", "torch_fp16_supported"):

@@ -173,6 +173,43 @@ def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, 
     assert all(len(c.values) == 1 for c in nobody.candidates + [nobody.default])
 
 
+@pytest.mark.slow
+def test_selection_halves_after_its_first_round(tiny_task, tmp_path):
+    from autotune.search.select import select
+
+    space = _space([8, 16, 24, 32])
+    study, space = _open(tmp_path, tiny_task, space)
+    enqueue_default(study, space)
+    run_search(study, tiny_task, space, SearchBudget(n_trials=4, trial=FAST), progress=False)
+    sel = select(study, tiny_task, FAST, rounds=2, top=3, progress=False, max_rounds=2, keep=2)
+    runs = sel.candidates + ([sel.default] if sel.default not in sel.candidates else [])
+    assert len(runs) >= 3 and sel.keep == 2
+    went_on = [c for c in runs if not c.dropped]
+    assert len(went_on) == 2
+    assert all(c.rounds == [0, 1] for c in went_on)  # the kept ones: every round
+    assert all(c.rounds == [0] for c in runs if c.dropped)  # the rest: the first only
+    assert not sel.picked.dropped and sel.picked.level == max(c.level for c in went_on)
+    assert all(c.trial_mean is not None for c in sel.candidates)
+    recorded = study.user_attrs["remeasured"]
+    assert recorded["keep"] == 2
+    assert sum(c["dropped"] for c in recorded["candidates"] + [recorded["default"]]) >= 1
+
+
+def test_halving_ranks_on_the_first_round_and_the_trials_together():
+    from autotune.config import TrainConfig
+    from autotune.search.select import Candidate, halve
+
+    def run(value, mean):
+        return Candidate(None, TrainConfig(), {}, values=[value], rounds=[0], trial_mean=mean)
+
+    # Scores: sqrt(100 * 64) = 80, sqrt(90 * 100) ~ 94.9, 85 (no trials: its round alone), 0.
+    lucky_round, steady, untried, failed = run(100.0, 64.0), run(90.0, 100.0), run(85.0, None), Candidate(None, TrainConfig(), {})
+    runs = [lucky_round, steady, untried, failed]
+    assert halve(runs, 2) == [steady, untried]  # in the runs' order
+    assert [c.dropped for c in runs] == [True, False, False, True]
+    assert halve([lucky_round, steady], 1) == [steady]  # the best single round is not enough
+
+
 def test_contenders_are_the_runs_within_the_margin_of_the_best_median():
     from autotune.config import TrainConfig
     from autotune.search.select import Candidate, contenders

@@ -33,6 +33,7 @@ CUDA_SIZE = 4096  # a GPU needs a large matmul before it gets near its peak
 WARMUP = 2
 REPEATS = 5
 INNER = 4  # matmuls per timed repeat, so the clock's resolution does not matter
+CPU_MAX_S = 1.0  # a CPU matmul timing that would take longer is repeated fewer times
 # Copy buffers well above the last-level cache, so the copy streams through memory:
 # server CPUs have tens of MiB of L3; an H100 has 50 MiB of L2, an H200 the same.
 CPU_COPY_BYTES = 256 * 1024**2
@@ -63,9 +64,22 @@ def median_time_s(
     sync: Callable[[], None] = lambda: None,
     warmup: int = WARMUP,
     repeats: int = REPEATS,
+    max_s: float | None = None,
 ) -> float:
-    """Median wall time of ``fn`` in seconds, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
+    """Median wall time of ``fn`` in seconds, after ``warmup`` untimed calls.
+
+    With ``max_s``, a call so slow that all of them would take longer than that is timed
+    fewer times (at least once, after one warm-up call): a kernel without hardware
+    support (bf16 matmuls on a CPU without AVX-512 BF16 run about 100x slower than fp32)
+    needs no five repeats to show it, and must not hold a profile up for half a minute."""
+    start = time.perf_counter()
+    for _ in range(min(warmup, 1)):
+        fn()
+    sync()
+    first_s = time.perf_counter() - start
+    if max_s is not None and warmup and first_s * (warmup - 1 + repeats) > max_s:
+        warmup, repeats = 1, max(1, min(repeats, int(max_s / first_s)))
+    for _ in range(warmup - 1):
         fn()
     sync()
     times_s = []
@@ -101,7 +115,7 @@ def _matmul_time_s(
             for _ in range(INNER):
                 torch.mm(a, b)
 
-    return median_time_s(run, _synchronizer(device)) / INNER
+    return median_time_s(run, _synchronizer(device), max_s=CPU_MAX_S if device.type == "cpu" else None) / INNER
 
 
 def _tflops(size: int, seconds: float) -> float:
@@ -209,6 +223,10 @@ def cpu_matmul_tflops(dtype: torch.dtype = torch.float32, size: int = CPU_SIZE) 
     return matmul_tflops("cpu", dtype, size)
 
 
+# bf16 this many times slower than fp32 in two rounds settles the speed-up below 1.
+CLEARLY_SLOWER = 3.0
+
+
 def cpu_bf16_speedup(size: int = CPU_SIZE, rounds: int = 5,
                      timer: Callable[..., float] | None = None) -> float:
     """fp32 matmul time over bf16-autocast matmul time on the CPU (> 1 means bf16 is faster).
@@ -224,6 +242,8 @@ def cpu_bf16_speedup(size: int = CPU_SIZE, rounds: int = 5,
     for _ in range(rounds):
         fp32_s.append(time_of(cpu, torch.float32, size))
         bf16_s.append(time_of(cpu, torch.float32, size, autocast_dtype=torch.bfloat16))
+        if len(bf16_s) >= 2 and min(bf16_s) > CLEARLY_SLOWER * min(fp32_s):
+            break  # two busy moments on bf16's side in a row are unlikely; more rounds would not make it faster
     return min(fp32_s) / min(bf16_s)
 
 

@@ -374,15 +374,21 @@ def _gib(value: Any) -> Any:
 def fingerprint(host: dict[str, Any], gpus: list[dict[str, Any]], driver_version: str) -> str:
     """A name for the hardware class: a readable slug and a short hash.
 
-    Only stable facts go in (CPU model, logical cores, memory in GiB; per GPU its name,
-    memory in GiB, SM count and the driver's major version), never load, free memory,
-    temperature or time, so two profiles of one machine get the same fingerprint.
+    Only stable facts go in (CPU model, logical cores, memory in GiB, the CPU's vector
+    extensions of ``CPU_FLAGS``; per GPU its name, memory in GiB, SM count and the
+    driver's major version), never load, free memory, temperature or time, so two
+    profiles of one machine get the same fingerprint. The extensions matter because a
+    virtual machine may show only a family name ("AMD EPYC"): two hosts of that name, one
+    with AVX-512 BF16 and one with AVX2 only, train at different speeds and pick
+    different dtypes, and must not share results as one machine.
     """
     driver_major = str(driver_version).split(".")[0]
     gpu_keys = [
         [g["name"], _gib(g["memory_total_bytes"]), g["sm_count"], driver_major] for g in gpus
     ]
-    cpu_key = [host["cpu_model"], host["logical_cores"], _gib(host["memory_total_bytes"])]
+    cpu_key: list[Any] = [host["cpu_model"], host["logical_cores"], _gib(host["memory_total_bytes"])]
+    if host.get("cpu_flags"):
+        cpu_key.append(sorted(host["cpu_flags"]))
     digest = hashlib.sha256(json.dumps([cpu_key, gpu_keys]).encode()).hexdigest()[:8]
     if gpus:
         names = list(dict.fromkeys(_slug(str(g["name"])) for g in gpus))

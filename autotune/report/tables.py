@@ -28,11 +28,15 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
         label = f"trial {c['trial']}" if c.get("trial") is not None else "default (not a trial)"
         if (c.get("trial") is None and sel.get("picked_default")) or (c.get("trial") is not None and c["trial"] == sel.get("picked")):
             label += " **picked**"
+        elif c.get("dropped"):
+            label += " (out after round 1)"
         rows.append([label, knobs_text(c["config"]), c.get("trial_value"), c.get("level", c.get("median")),
                      ", ".join(f"{v:,.0f}" for v in c.get("values", []))])
     intro = (
         f"The best {len(sel.get('candidates', []))} trials and the default config re-measured in turns "
         f"(fresh processes), picked on the {objective} (samples/s) with each round's machine speed taken out"
+        + (f"; after the first round, the {sel['keep']} best by that round and their trials together went on"
+           if sel.get("keep") else "")
         + (f"; after {sel['rounds']} rounds, those within {sel['margin']:.0%} of the best got more rounds, "
            f"up to {sel['max_rounds']}" if sel.get("max_rounds", 0) > sel.get("rounds", 0) else "")
         + ":"

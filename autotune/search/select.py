@@ -6,6 +6,14 @@ again in turns (A B C D, B C D A, ...) in fresh processes, with the default conf
 them, and the pick is the candidate with the best round-adjusted level of those
 re-measurements (``levels``).
 
+The race halves after its first round (successive halving): the first round measures
+``top`` configs (six by default) and the default once each, and only the ``keep`` best
+(three) by the first round and their trials together (the geometric mean of the two: each
+is one noisy look) go on. On a flat landscape the best config is often 4th to 6th by its
+single trial, and a race of the three best trials never sees it; one more measurement
+each of the next three costs about as much as a round of the race, and the default,
+usually far behind, leaves the race there too.
+
 Round-adjusted: on a shared machine the speed of the whole machine drifts over tens of
 seconds, so the runs of one round tend to be fast or slow together (about a quarter of
 the spread of one config's runs on the development machine: benchmarks/round_drift.py).
@@ -50,6 +58,8 @@ class Candidate:
     throughputs: list[float] = field(default_factory=list)  # samples/s, re-measured
     rounds: list[int] = field(default_factory=list)  # the round of each value; empty: 0, 1, 2, ...
     level: float | None = None  # the objective, round-adjusted (``levels``); None until measured
+    trial_mean: float | None = None  # the mean of the config's own trials' objective (the study's look)
+    dropped: bool = False  # left the race after its first round (``halve``)
 
     def median(self) -> float | None:
         return statistics.median(self.values) if self.values else None
@@ -64,7 +74,8 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         return {"trial": self.trial_number, "config": self.config.to_dict(), "values": self.values,
                 "throughputs": self.throughputs, "rounds": self.rounds, "median": self.median(),
-                "level": self.level, "trial_value": self.trial_value}
+                "level": self.level, "trial_value": self.trial_value, "trial_mean": self.trial_mean,
+                "dropped": self.dropped}
 
 
 @dataclass
@@ -76,6 +87,7 @@ class Selection:
     rounds: int = 2  # every run's measurements; contenders within margin got up to max_rounds
     max_rounds: int = 2
     margin: float = 0.0
+    keep: int | None = None  # how many went on after the first round; None: all (no halving)
 
     @property
     def trial_number(self) -> int | None:
@@ -96,7 +108,8 @@ class Selection:
             attrs = dict(study.trials[d["trial"]].user_attrs) if d.get("trial") is not None else {}
             return Candidate(d.get("trial"), TrainConfig.from_dict(d["config"], source="the study's selection"), attrs,
                              d.get("trial_value"), list(d.get("values", [])), list(d.get("throughputs", [])),
-                             list(d.get("rounds", [])), d.get("level", d.get("median")))
+                             list(d.get("rounds", [])), d.get("level", d.get("median")), d.get("trial_mean"),
+                             bool(d.get("dropped", False)))
 
         candidates = [candidate(d) for d in data["candidates"]]
         default = next((c for c in candidates if c.config.to_dict() == data["default"]["config"]), None) or candidate(data["default"])
@@ -105,12 +118,12 @@ class Selection:
         else:
             picked = next(c for c in candidates if c.trial_number == data["picked"])
         return cls(picked, candidates, default, data["objective"], data.get("rounds", 2), data.get("max_rounds", 2),
-                   data.get("margin", 0.0))
+                   data.get("margin", 0.0), data.get("keep"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "picked": self.picked.trial_number, "picked_default": self.picked is self.default,
                 "candidates": [c.to_dict() for c in self.candidates], "default": self.default.to_dict(),
-                "rounds": self.rounds, "max_rounds": self.max_rounds, "margin": self.margin}
+                "rounds": self.rounds, "max_rounds": self.max_rounds, "margin": self.margin, "keep": self.keep}
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -125,17 +138,30 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             f"Reasons seen: {'; '.join(reasons) or 'none'}.",
             hint="Run with --debug, or look at the trials' `reason` in the study.",
         )
-    groups: dict[str, list[optuna.trial.FrozenTrial]] = {}
-    for t in complete:
-        groups.setdefault(repr(t.user_attrs.get("config")), []).append(t)
-
-    def mean(trials: list[optuna.trial.FrozenTrial]) -> float:
-        # A repeat answered from an earlier trial copies its value: not a measurement.
-        measured = [t.value for t in trials if t.user_attrs.get("status") != "duplicate"] or [trials[0].value]
-        return statistics.fmean(measured)
-
-    ranked = sorted(groups.values(), key=mean, reverse=True)
+    ranked = sorted(_groups(complete), key=_trials_mean, reverse=True)
     return [max(trials, key=lambda t: t.value) for trials in ranked]
+
+
+def _groups(trials: list[optuna.trial.FrozenTrial]) -> list[list[optuna.trial.FrozenTrial]]:
+    """``trials`` grouped by config, in order of first appearance."""
+    groups: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in trials:
+        groups.setdefault(repr(t.user_attrs.get("config")), []).append(t)
+    return list(groups.values())
+
+
+def _trials_mean(trials: list[optuna.trial.FrozenTrial]) -> float:
+    # A repeat answered from an earlier trial copies its value: not a measurement.
+    measured = [t.value for t in trials if t.user_attrs.get("status") != "duplicate"] or [trials[0].value]
+    return statistics.fmean(measured)
+
+
+def trial_means(study: optuna.Study) -> list[tuple[TrainConfig, float]]:
+    """Each config the study measured, with the mean of its completed trials' values."""
+    complete = [t for t in study.get_trials(deepcopy=False)
+                if t.state == TrialState.COMPLETE and t.value is not None and t.user_attrs.get("config")]
+    return [(TrainConfig.from_dict(g[0].user_attrs["config"], source=f"trial {g[0].number}"), _trials_mean(g))
+            for g in _groups(complete)]
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -171,14 +197,34 @@ def adjust(runs: list[Candidate]) -> None:
         c.level = level
 
 
-def contenders(runs: list[Candidate], margin: float) -> list[Candidate]:
-    """The measured runs whose level is within ``margin`` (a fraction) of the best level.
+def halve(runs: list[Candidate], keep: int) -> list[Candidate]:
+    """The ``keep`` runs that go on after the race's first round, in ``runs``' order; the
+    others are marked ``dropped``. Ranked on the geometric mean of the first round's level
+    and the config's trial mean (the round's level alone for a run the study never
+    measured, such as a default whose trial was not kept): two noisy looks, one from the
+    search and one side by side, rank closer to the truth than either."""
+    adjust(runs)
+    measured = [c for c in runs if c.values]
+
+    def score(c: Candidate) -> float:
+        level = c.level or 0.0
+        return math.sqrt(level * c.trial_mean) if c.trial_mean and level > 0 else level
+
+    kept = sorted(measured, key=score, reverse=True)[:keep]
+    for c in runs:
+        c.dropped = c not in kept
+    return [c for c in runs if c in kept]
+
+
+def contenders(runs: list[Candidate], margin: float, among: list[Candidate] | None = None) -> list[Candidate]:
+    """The measured runs (of ``among``, default all) whose level is within ``margin`` (a
+    fraction) of the best level; levels are fitted on all ``runs``.
 
     A run's single measurement that reaches the leader's level does not keep it racing:
     where timings vary by a third between minutes (tiny models on a busy CPU), nearly
     every run has one, and racing them all costs more than the search itself."""
     adjust(runs)
-    measured = [c for c in runs if c.values]
+    measured = [c for c in (runs if among is None else among) if c.values]
     if not measured:
         return []
     lead = max(c.level or 0.0 for c in measured)
@@ -198,35 +244,53 @@ def default_run(study: optuna.Study, task: Task, candidates: list[Candidate]) ->
     leaves it at 0, so both spellings are the default: racing them as two configs would
     measure one config twice a round."""
     plain = TrainConfig.from_base(task.base)
-    spelled = [TrainConfig.from_dict(t.user_attrs["config"], source=f"trial {t.number}")
-               for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") == "default" and t.user_attrs.get("config")]
+    spelled = default_configs(study)
     return next((c for c in candidates if c.config == plain or c.config in spelled), None) or Candidate(None, plain, {})
 
 
-def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3, top: int = 3, progress: bool = True,
-           max_rounds: int = 4, margin: float = 0.08) -> Selection:
+def default_configs(study: optuna.Study) -> list[TrainConfig]:
+    """The configs of the study's default trials, as they spelled the default out."""
+    return [TrainConfig.from_dict(t.user_attrs["config"], source=f"trial {t.number}")
+            for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") == "default" and t.user_attrs.get("config")]
+
+
+def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3, top: int = 6, progress: bool = True,
+           max_rounds: int = 4, margin: float = 0.08, keep: int | None = 3) -> Selection:
     """Re-measure the ``top`` best configs and the default in turns; pick on the levels.
 
-    Every run gets ``rounds`` measurements; while more than one is within ``margin`` of
-    the best level (round-adjusted, ``levels``), those get another round, up to
-    ``max_rounds`` in all. The
-    re-measurement is recorded in the study (user attribute ``remeasured``).
+    After the first round only the ``keep`` best go on (``halve``; None or ``keep`` of at
+    least the field: no halving). Those get ``rounds`` measurements; while more than one
+    is within ``margin`` of the best level (round-adjusted, ``levels``), those get another
+    round, up to ``max_rounds`` in all. The pick is the best level of the runs that went
+    on. The re-measurement is recorded in the study (user attribute ``remeasured``).
     """
     scorer = scorer_of(study)
+    means = trial_means(study)
+
+    def mean_of(*configs: TrainConfig) -> float | None:
+        return next((m for cfg, m in means if cfg in configs), None)
+
     candidates = [
         Candidate(t.number, TrainConfig.from_dict(t.user_attrs["config"], source=f"trial {t.number}"),
                   dict(t.user_attrs), t.value)
         for t in ranked_trials(study)[:top]
     ]
+    for c in candidates:
+        c.trial_mean = mean_of(c.config)
     default = default_run(study, task, candidates)
     runs = list(candidates)
     if default not in candidates:
+        default.trial_mean = mean_of(default.config, *default_configs(study))
         runs.append(default)
-    bar = tqdm(total=rounds * len(runs), desc="re-measure", unit="run", disable=not progress)
-    batch = list(runs)
+    halving = keep is not None and keep < len(runs)
+    bar = tqdm(total=len(runs) + (keep if halving else len(runs)) * (rounds - 1), desc="re-measure", unit="run",
+               disable=not progress)
+    batch, going = list(runs), list(runs)
     for done in range(max(rounds, max_rounds)):
+        if done == 1 and halving:
+            batch = going = halve(runs, keep)
         if done >= rounds:
-            batch = contenders(runs, margin)
+            batch = contenders(runs, margin, among=going)
             if len(batch) < 2:
                 break
             bar.total += len(batch)
@@ -246,8 +310,9 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3
     bar.close()
     adjust(runs)
     # The default competes too: when no tuned config beats it side by side, it is kept.
-    measured = [c for c in runs if c.values] or candidates[:1]
+    measured = [c for c in going if c.values] or [c for c in runs if c.values] or candidates[:1]
     picked = max(measured, key=lambda c: c.level or 0.0)
-    selection = Selection(picked, candidates, default, scorer.objective, rounds, max(rounds, max_rounds), margin)
+    selection = Selection(picked, candidates, default, scorer.objective, rounds, max(rounds, max_rounds), margin,
+                          keep if halving else None)
     study.set_user_attr("remeasured", selection.to_dict())
     return selection
