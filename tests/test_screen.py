@@ -105,10 +105,13 @@ def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
     base = best if best.value >= 1.05 * ref else default
     assert study.user_attrs["screening_base"] == {"micro_batch_size": base.params["micro_batch_size"], "accumulation_steps": 1}
     assert accum.params == {"micro_batch_size": base.params["micro_batch_size"], "accumulation_steps": 2}
-    base_values = [t.value for t in study.trials[:accum.number] if t.params == base.params]
-    assert len(base_values) == 2
+    # The base is measured again after its choices (a recheck with ``stage: 2``), also
+    # when it is the default, which then has three measurements.
+    base_values = [t.value for t in study.trials[:combined.number] if t.params == base.params]
+    assert len(base_values) == (3 if base is default else 2)
+    assert study.trials[accum.number + 1].params == base.params and study.trials[accum.number + 1].user_attrs["stage"] == 2
     expected = {"micro_batch_size": base.params["micro_batch_size"],
-                "accumulation_steps": 2 if accum.value >= 1.05 * sum(base_values) / 2 else 1}
+                "accumulation_steps": 2 if accum.value >= 1.05 * sum(base_values) / len(base_values) else 1}
     assert combined.params == expected
     # Then the unmeasured neighbours of the best so far, each one knob away from a config
     # the search was refined around, and none a config measured before.

@@ -57,3 +57,28 @@ def test_a_finished_trial_takes_none_of_the_values(tmp_path):
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         write_trial(trial, ATTRS, WINDOWS)
     assert study.trials[0].user_attrs == {} and study.trials[0].intermediate_values == {}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
+def test_a_second_write_replaces_keys_and_steps_and_keeps_infinities(kind, tmp_path, request):
+    url = storage_url(kind, tmp_path, request)
+    study = optuna.create_study(study_name="s", storage=open_storage(url), direction="maximize")
+    trial = study.ask()
+    write_trial(trial, {"status": "running", "heartbeat": 1.0}, {0: 10.0, 1: 11.0})
+    write_trial(trial, {"status": "ok", "reason": ""}, {1: float("inf"), 2: float("-inf")})
+    study.tell(trial, 1.0)
+    again = optuna.load_study(study_name="s", storage=optuna.storages.get_storage(open_storage(url))).trials[0]
+    assert again.user_attrs == {"status": "ok", "heartbeat": 1.0, "reason": ""}
+    assert again.intermediate_values == {0: 10.0, 1: float("inf"), 2: float("-inf")}
+
+
+def test_on_sqlite_a_trial_takes_a_few_statements_not_one_per_value(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    statements = []
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    write_trial(trial, ATTRS, WINDOWS)
+    # the trial's state, one upsert of the 32 attributes and one of the 3 values
+    assert len([s for s in statements if not s.lstrip().upper().startswith(("BEGIN", "COMMIT", "PRAGMA"))]) <= 4
+    assert len(ATTRS) + len(WINDOWS) > 30

@@ -46,8 +46,12 @@ class SlowTrialPruner(optuna.pruners.BasePruner):
 
 
 def best_completed(study: optuna.Study) -> float | None:
-    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    return max((v for v in values if v is not None), default=None)
+    return best_of(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def best_of(trials: list[optuna.trial.FrozenTrial]) -> float | None:
+    """The best value of the completed ``trials``; None without one."""
+    return max((t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None), default=None)
 
 
 @dataclass(frozen=True)

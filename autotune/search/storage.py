@@ -128,9 +128,12 @@ def write_trial(trial: optuna.Trial, attrs: dict[str, Any] | None = None,
     On a database storage they are written in one transaction, which also means that
     nobody reading the study sees a trial half recorded: a measured trial has some thirty
     values, and with one commit each, ask, values and tell took 44 ms a trial on SQLite (WAL)
-    here, against 30 ms in one. Other storages (the journal) take them one at a time.
-    Either way the trial object sees them as ``trial.set_user_attr`` and ``trial.report``
-    would leave them.
+    here, against 30 ms in one. On SQLite and PostgreSQL the transaction holds one
+    multi-row upsert for the attributes and one for the values (``_bulk_upsert``): one
+    statement per value cost 3.3 ms each on a 2-core AVX2 VM, 114 ms a measured trial.
+    Other databases take one statement per value, other storages (the journal) one call
+    per value. Either way the trial object sees them as ``trial.set_user_attr`` and
+    ``trial.report`` would leave them.
     """
     attrs = dict(attrs or {})
     intermediate = {int(step): float(value) for step, value in (intermediate or {}).items()}
@@ -145,12 +148,58 @@ def write_trial(trial: optuna.Trial, attrs: dict[str, Any] | None = None,
     else:
         storage, models, scoped = rdb
         with scoped(storage.scoped_session, True) as session:
-            for key, value in attrs.items():
-                storage._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
-            for step, value in intermediate.items():
-                storage._set_trial_intermediate_value_without_commit(session, trial._trial_id, step, value)
+            if not _bulk_upsert(storage, models, session, trial._trial_id, attrs, intermediate):
+                _one_by_one(storage, models, session, trial._trial_id, attrs, intermediate)
     trial._cached_frozen_trial.user_attrs.update(attrs)
     trial._cached_frozen_trial.intermediate_values.update(intermediate)
+
+
+def _one_by_one(storage: Any, models: Any, session: Any, trial_id: int, attrs: dict[str, Any],
+                intermediate: dict[int, float]) -> None:
+    for key, value in attrs.items():
+        storage._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+    for step, value in intermediate.items():
+        storage._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+
+
+def _bulk_upsert(storage: Any, models: Any, session: Any, trial_id: int, attrs: dict[str, Any],
+                 intermediate: dict[int, float]) -> bool:
+    """Write ``attrs`` and ``intermediate`` of a running trial as two multi-row upserts
+    (insert, or replace the value of a key or step already there), as Optuna's own
+    one-row upsert does on SQLite and PostgreSQL; False on another database, or an
+    Optuna whose table models moved (nothing written then)."""
+    import json
+    import sqlite3
+
+    name = storage.engine.name
+    try:
+        if name == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+            from sqlalchemy.dialects.sqlite import insert
+        elif name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            return False
+        attr_cls, value_cls = models.TrialUserAttributeModel, models.TrialIntermediateValueModel
+        stored = value_cls.intermediate_value_to_stored_repr
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+    except AttributeError:
+        return False
+    storage.check_trial_is_updatable(trial_id, trial.state)
+    if attrs:
+        stmt = insert(attr_cls).values([{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()])
+        session.execute(stmt.on_conflict_do_update(index_elements=[attr_cls.trial_id, attr_cls.key],
+                                                   set_={"value_json": stmt.excluded.value_json}))
+    if intermediate:
+        rows = []
+        for step, value in intermediate.items():
+            number, kind = stored(value)
+            rows.append({"trial_id": trial_id, "step": step, "intermediate_value": number, "intermediate_value_type": kind})
+        stmt = insert(value_cls).values(rows)
+        session.execute(stmt.on_conflict_do_update(
+            index_elements=[value_cls.trial_id, value_cls.step],
+            set_={"intermediate_value": stmt.excluded.intermediate_value,
+                  "intermediate_value_type": stmt.excluded.intermediate_value_type}))
+    return True
 
 
 def _rdb_backend(storage: Any) -> tuple[Any, Any, Any] | None:

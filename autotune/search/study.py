@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from autotune.config import TrainConfig
 from autotune.search.objective import Scorer
-from autotune.search.prune import Reporting, best_completed
+from autotune.search.prune import Reporting, best_of
 from autotune.search.screen import enqueue_combination, enqueue_refinement, enqueue_screening, enqueue_second_stage, in_stages
 from autotune.search.space import SearchSpace
 from autotune.search.stale import _stale_after, fail_stale_trials, mark_stale, owner, trial_heartbeat
@@ -64,7 +64,11 @@ class SearchBudget:
 
 def scorer_of(study: optuna.Study) -> Scorer:
     """The scorer a study was created with (studies from before scorers: throughput)."""
-    return Scorer.from_dict(study.user_attrs.get("scorer") or {"objective": "throughput"})
+    return _scorer_in(study.user_attrs)
+
+
+def _scorer_in(study_attrs: dict[str, Any]) -> Scorer:
+    return Scorer.from_dict(study_attrs.get("scorer") or {"objective": "throughput"})
 
 
 def default_knobs(space: SearchSpace) -> dict[str, Any]:
@@ -164,21 +168,24 @@ def counts(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state in FINISHED and trial.user_attrs.get("status") not in ("infeasible", "duplicate", "stale")
 
 
-def _measured_before(study: optuna.Study, cfg: TrainConfig) -> optuna.trial.FrozenTrial | None:
-    """An earlier measured trial of the same config that completed or ran out of memory."""
+def _measured_before(trials: list[optuna.trial.FrozenTrial], cfg: TrainConfig) -> optuna.trial.FrozenTrial | None:
+    """Of ``trials``, an earlier measured one of the same config that completed or ran
+    out of memory."""
     wanted = cfg.to_dict()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if t.user_attrs.get("status") in ("ok", "oom", "pruned") and t.user_attrs.get("config") == wanted:
+    for t in trials:
+        if (t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.user_attrs.get("status") in ("ok", "oom", "pruned")
+                and t.user_attrs.get("config") == wanted):
             return t
     return None
 
 
-def _running_elsewhere(study: optuna.Study, cfg: TrainConfig, number: int) -> optuna.trial.FrozenTrial | None:
-    """A trial of the same config that another process is measuring right now (an earlier
-    one: of two that drew the same config at once, the first measures it)."""
+def _running_elsewhere(trials: list[optuna.trial.FrozenTrial], cfg: TrainConfig, number: int) -> optuna.trial.FrozenTrial | None:
+    """Of ``trials``, one of the same config that another process is measuring right now
+    (an earlier one: of two that drew the same config at once, the first measures it)."""
     wanted = cfg.to_dict()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number < number and t.user_attrs.get("config") == wanted and not t.user_attrs.get("recheck"):
+    for t in trials:
+        if (t.state == TrialState.RUNNING and t.number < number and t.user_attrs.get("config") == wanted
+                and not t.user_attrs.get("recheck")):
             return t
     return None
 
@@ -212,9 +219,11 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
     if reason:
         write_trial(trial, {"status": "infeasible", "reason": reason})
         return study.tell(trial, state=TrialState.PRUNED)
+    # One read of the study serves the checks below (each read costs 5-20 ms on SQLite).
+    trials = study.get_trials(deepcopy=False)
     # A recheck (``screen.enqueue_recheck``) measures a config again on purpose.
     recheck = trial.user_attrs.get("recheck")
-    busy = None if recheck else _running_elsewhere(study, cfg, trial.number)
+    busy = None if recheck else _running_elsewhere(trials, cfg, trial.number)
     if busy is not None and trial.user_attrs.get("role") is None:
         write_trial(trial, {"status": "duplicate", "duplicate_of": busy.number,
                             "reason": "another worker was measuring the same config"})
@@ -225,7 +234,8 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
         deadline = time.monotonic() + budget.trial.timeout_s + 2 * _stale_after()
         while not study._storage.get_trial(busy._trial_id).state.is_finished() and time.monotonic() < deadline:
             time.sleep(POLL_S)
-    earlier = None if recheck else _measured_before(study, cfg)
+        trials = study.get_trials(deepcopy=False)
+    earlier = None if recheck else _measured_before(trials, cfg)
     if earlier is not None:
         # The sampler proposed a config it already has: answer from the earlier
         # measurement instead of spending a trial on it (re-measuring is selection's job).
@@ -235,10 +245,12 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
             return study.tell(trial, earlier.value)
         write_trial(trial, {**attrs, "reason": earlier.user_attrs.get("reason", "")})
         return study.tell(trial, state=TrialState.PRUNED)
-    scale = scorer_of(study).value(cfg, {"throughput_samples_per_s": 1.0}) or 1.0
+    study_attrs = study.user_attrs
+    scorer = _scorer_in(study_attrs)
+    scale = scorer.value(cfg, {"throughput_samples_per_s": 1.0}) or 1.0
     report = None
     if budget.prune_below > 0:
-        report = Reporting(best_completed(study), scale, budget.prune_below, budget.prune_after_windows).to_dict()
+        report = Reporting(best_of(trials), scale, budget.prune_below, budget.prune_after_windows).to_dict()
     start = time.perf_counter()
     outcome = run_isolated(
         measure,
@@ -249,17 +261,20 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
     seconds = time.perf_counter() - start
     # Each window in the objective's units, as Optuna's intermediate values.
     windows = {step: rate * scale for step, rate in enumerate(outcome.value.get("window_samples_per_s") or [])}
-    return _tell(study, trial, outcome, cfg, {"trial_seconds": seconds}, windows)
+    return _tell(study, trial, outcome, cfg, {"trial_seconds": seconds}, windows, study_attrs)
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, cfg: TrainConfig,
-          attrs: dict[str, Any] | None = None, windows: dict[int, float] | None = None) -> optuna.trial.FrozenTrial:
+          attrs: dict[str, Any] | None = None, windows: dict[int, float] | None = None,
+          study_attrs: dict[str, Any] | None = None) -> optuna.trial.FrozenTrial:
     """Record the trial's measurements (with ``attrs`` and the ``windows`` as intermediate
-    values, all in one write) and tell the study its value or state."""
-    scorer = scorer_of(study)
+    values, all in one write) and tell the study its value or state. ``study_attrs``: the
+    study's user attributes, when the caller has read them already."""
+    study_attrs = study.user_attrs if study_attrs is None else study_attrs
+    scorer = _scorer_in(study_attrs)
     measured = {**(attrs or {}), **outcome.value, **(scorer.score(cfg, outcome.value) if outcome.ok else {})}
     value = scorer.value(cfg, outcome.value) if outcome.ok else None
-    _memory_constraint(study, trial, outcome)  # what the process used, whatever its value
+    _memory_constraint(study_attrs, trial, outcome)  # what the process used, whatever its value
     status = outcome.status
     if outcome.ok and outcome.value.get("pruned"):
         status = "pruned"
@@ -281,11 +296,11 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, cfg: Train
     return study.tell(trial, state=state)
 
 
-def _memory_constraint(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
+def _memory_constraint(study_attrs: dict[str, Any], trial: optuna.Trial, outcome: Outcome) -> None:
     """Memory over the study's budget (the probe's limit less its headroom) as an Optuna
     constraint: the share of the budget a trial went over by, <= 0 when it stayed within.
     A trial that ran out of memory is over by an unknown amount, counted as 1."""
-    probe = study.user_attrs.get("memory_probe") or {}
+    probe = study_attrs.get("memory_probe") or {}
     if not probe.get("limit_bytes"):
         return
     budget = probe["limit_bytes"] * (1 - probe.get("headroom", 0.0))
