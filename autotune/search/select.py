@@ -6,13 +6,13 @@ again in turns (A B C D, B C D A, ...) in fresh processes, with the default conf
 them, and the pick is the candidate with the best round-adjusted level of those
 re-measurements (``levels``).
 
-The race halves after its first round (successive halving): the first round measures
-``top`` configs (six by default) and the default once each, and only the ``keep`` best
-(three) by the first round and their trials together (the geometric mean of the two: each
-is one noisy look) go on. On a flat landscape the best config is often 4th to 6th by its
-single trial, and a race of the three best trials never sees it; one more measurement
-each of the next three costs about as much as a round of the race, and the default,
-usually far behind, leaves the race there too.
+With ``keep``, the race halves after its first round (successive halving): the first
+round measures ``top`` configs and the default once each, and only the ``keep`` best by
+that round and their trials together (the geometric mean of the two looks) go on. It is
+off by default: on the development VM (benchmarks/README.md, s11 and s12) six candidates
+halved to three dropped the grid's best config twice after one unlucky first-round run
+(one run of a config varies by 10-25% there), and raced in no config that a race of the
+three best trials would have missed.
 
 Round-adjusted: on a shared machine the speed of the whole machine drifts over tens of
 seconds, so the runs of one round tend to be fast or slow together (about a quarter of
@@ -254,12 +254,12 @@ def default_configs(study: optuna.Study) -> list[TrainConfig]:
             for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") == "default" and t.user_attrs.get("config")]
 
 
-def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3, top: int = 6, progress: bool = True,
-           max_rounds: int = 4, margin: float = 0.08, keep: int | None = 3) -> Selection:
+def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3, top: int = 3, progress: bool = True,
+           max_rounds: int = 4, margin: float = 0.08, keep: int | None = None) -> Selection:
     """Re-measure the ``top`` best configs and the default in turns; pick on the levels.
 
-    After the first round only the ``keep`` best go on (``halve``; None or ``keep`` of at
-    least the field: no halving). Those get ``rounds`` measurements; while more than one
+    With ``keep``, only the ``keep`` best go on after the first round (``halve``; None, the
+    default, or ``keep`` of at least the field: no halving). Those get ``rounds`` measurements; while more than one
     is within ``margin`` of the best level (round-adjusted, ``levels``), those get another
     round, up to ``max_rounds`` in all. The pick is the best level of the runs that went
     on. The re-measurement is recorded in the study (user attribute ``remeasured``).
