@@ -144,14 +144,20 @@ def test_a_study_is_scored_by_its_own_scorer_and_refuses_another_objective(tiny_
         open_study(storage, "s", tiny_task, space, space, "fp-test", 0, Scorer("throughput"))
 
 
-@pytest.mark.slow
-def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, tmp_path):
-    from autotune.search.select import select
-
+def _searched(tiny_task, tmp_path):
+    """A study of four measured trials over four micro-batch sizes, the default first."""
     space = _space([8, 16, 24, 32])
     study, space = _open(tmp_path, tiny_task, space)
     enqueue_default(study, space)
     run_search(study, tiny_task, space, SearchBudget(n_trials=4, trial=FAST), progress=False)
+    return study
+
+
+@pytest.mark.slow
+def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, tmp_path):
+    from autotune.search.select import select
+
+    study = _searched(tiny_task, tmp_path)
     sel = select(study, tiny_task, FAST, rounds=2, top=2, progress=False, max_rounds=2)
     assert [c.trial_number for c in sel.candidates] == [t.number for t in sorted(
         (t for t in study.trials if t.user_attrs["status"] == "ok"), key=lambda t: t.value, reverse=True)][:2]
@@ -177,10 +183,7 @@ def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, 
 def test_selection_halves_after_its_first_round(tiny_task, tmp_path):
     from autotune.search.select import select
 
-    space = _space([8, 16, 24, 32])
-    study, space = _open(tmp_path, tiny_task, space)
-    enqueue_default(study, space)
-    run_search(study, tiny_task, space, SearchBudget(n_trials=4, trial=FAST), progress=False)
+    study = _searched(tiny_task, tmp_path)
     sel = select(study, tiny_task, FAST, rounds=2, top=3, progress=False, max_rounds=2, keep=2)
     runs = sel.candidates + ([sel.default] if sel.default not in sel.candidates else [])
     assert len(runs) >= 3 and sel.keep == 2

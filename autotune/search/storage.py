@@ -18,7 +18,9 @@ could both retry the same stale trial.
 
 from __future__ import annotations
 
+import json
 import re
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -168,9 +170,6 @@ def _bulk_upsert(storage: Any, models: Any, session: Any, trial_id: int, attrs: 
     (insert, or replace the value of a key or step already there), as Optuna's own
     one-row upsert does on SQLite and PostgreSQL; False on another database, or an
     Optuna whose table models moved (nothing written then)."""
-    import json
-    import sqlite3
-
     name = storage.engine.name
     try:
         if name == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
