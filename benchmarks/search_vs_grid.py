@@ -23,7 +23,7 @@ its tell that was not spent in the config's training steps (warm-up steps and ti
 windows): process start, model and data building, evaluation, Optuna and SQLite; over
 the trials' wall time.
 
-    .venv/bin/python benchmarks/search_vs_grid.py [--models a.py b.py ...] [--rounds 15]
+    .venv/bin/python benchmarks/search_vs_grid.py [--models a.py b.py ...] [--rounds 20]
 
 Prints a table and writes benchmarks/results/search_vs_grid-<date>.json.
 
@@ -181,7 +181,8 @@ def _race(study: Any) -> list[dict[str, Any]]:
     sel = study.user_attrs.get("remeasured") or {}
     runs = sel.get("candidates", []) + ([sel["default"]] if sel.get("default", {}).get("trial") is None else [])
     return [{"trial": c.get("trial"), "config": _short(TrainConfig.from_dict(c["config"])), "trial_mean": c.get("trial_mean"),
-             "values": c.get("values"), "rounds": c.get("rounds"), "level": c.get("level"), "dropped": c.get("dropped")}
+             "values": c.get("values"), "rounds": c.get("rounds"), "windows": c.get("windows"), "level": c.get("level"),
+             "dropped": c.get("dropped")}
             for c in runs if sel]
 
 
@@ -325,7 +326,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--rounds", type=int, default=15, help="side-by-side re-measurement rounds (default 15)")
+    parser.add_argument("--rounds", type=int, default=20, help="side-by-side re-measurement rounds (default 20)")
     parser.add_argument("--out", type=Path, default=None, help="result file (default benchmarks/results/search_vs_grid-<date>.json)")
     parser.add_argument("--trials", type=int, default=None, help="autotune's budget (default: its own default)")
     parser.add_argument("--grid-limit", type=int, default=None, help="measure only the first N grid configs (to try the script)")

@@ -158,14 +158,18 @@ def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, 
     from autotune.search.select import select
 
     study = _searched(tiny_task, tmp_path)
-    sel = select(study, tiny_task, FAST, rounds=2, top=2, progress=False, max_rounds=2)
+    sel = select(study, tiny_task, FAST, rounds=2, top=2, progress=False, max_rounds=2, run_windows=1)
     assert [c.trial_number for c in sel.candidates] == [t.number for t in sorted(
         (t for t in study.trials if t.user_attrs["status"] == "ok"), key=lambda t: t.value, reverse=True)][:2]
     runs = sel.candidates + ([sel.default] if sel.default not in sel.candidates else [])
     assert all(len(c.values) == 2 for c in runs)
     assert sel.picked.level == max(c.level for c in runs)  # picked on the re-measured levels
     assert all(c.rounds == [0, 1] for c in runs)
+    # A race run times fewer windows than the trials did.
+    assert all(t.user_attrs["windows"] == FAST.windows == 2 for t in study.trials if t.user_attrs["status"] == "ok")
+    assert all(c.windows == [1, 1] for c in runs) and sel.run_windows == 1
     recorded = study.user_attrs["remeasured"]
+    assert recorded["run_windows"] == 1 and [c["windows"] for c in recorded["candidates"]] == [[1, 1], [1, 1]]
     assert [c["rounds"] for c in recorded["candidates"]] == [[0, 1], [0, 1]]
     assert [c["level"] for c in recorded["candidates"]] == [c.level for c in sel.candidates]
     assert recorded["picked"] == sel.trial_number and len(recorded["candidates"]) == 2

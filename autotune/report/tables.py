@@ -34,7 +34,9 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
                      ", ".join(f"{v:,.0f}" for v in c.get("values", []))])
     intro = (
         f"The best {len(sel.get('candidates', []))} trials and the default config re-measured in turns "
-        f"(fresh processes), picked on the {objective} (samples/s) with each round's machine speed taken out"
+        f"(fresh processes"
+        + (f", {sel['run_windows']} timing windows a run" if sel.get("run_windows") else "")
+        + f"), picked on the {objective} (samples/s) with each round's machine speed taken out"
         + (f"; after the first round, the {sel['keep']} best by that round and their trials together went on"
            if sel.get("keep") else "")
         + (f"; after {sel['rounds']} rounds, those within {sel['margin']:.0%} of the best got more rounds, "

@@ -6,13 +6,21 @@ again in turns (A B C D, B C D A, ...) in fresh processes, with the default conf
 them, and the pick is the candidate with the best round-adjusted level of those
 re-measurements (``levels``).
 
+A race run is shorter than a trial: ``run_windows`` timing windows (2) instead of the
+trial's 5, about 1.1-1.5 s instead of 2.6-3.1 s on the development VM. There a process
+runs fast or slow as a whole, so the median of five windows spreads across runs about as
+much as the median of two: per second of measuring, two-window runs told 0.9-7.9 times as
+much (median 2.4) for two configs of each example model (benchmarks/race_runs.py,
+2026-12-02). The race spends that on more rounds and one more candidate, in about the
+time three candidates and three full-length rounds took.
+
 With ``keep``, the race halves after its first round (successive halving): the first
 round measures ``top`` configs and the default once each, and only the ``keep`` best by
 that round and their trials together (the geometric mean of the two looks) go on. It is
 off by default: on the development VM (benchmarks/README.md, s11 and s12) six candidates
 halved to three dropped the grid's best config twice after one unlucky first-round run
 (one run of a config varies by 10-25% there), and raced in no config that a race of the
-three best trials would have missed.
+best few trials would have missed.
 
 Round-adjusted: on a shared machine the speed of the whole machine drifts over tens of
 seconds, so the runs of one round tend to be fast or slow together (about a quarter of
@@ -31,6 +39,7 @@ vary 10-30% between minutes, and the configs clearly behind cost nothing more.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -57,6 +66,7 @@ class Candidate:
     values: list[float] = field(default_factory=list)  # the objective, re-measured
     throughputs: list[float] = field(default_factory=list)  # samples/s, re-measured
     rounds: list[int] = field(default_factory=list)  # the round of each value; empty: 0, 1, 2, ...
+    windows: list[int] = field(default_factory=list)  # timing windows each re-measured value is the median of
     level: float | None = None  # the objective, round-adjusted (``levels``); None until measured
     trial_mean: float | None = None  # the mean of the config's own trials' objective (the study's look)
     dropped: bool = False  # left the race after its first round (``halve``)
@@ -75,7 +85,7 @@ class Candidate:
         return {"trial": self.trial_number, "config": self.config.to_dict(), "values": self.values,
                 "throughputs": self.throughputs, "rounds": self.rounds, "median": self.median(),
                 "level": self.level, "trial_value": self.trial_value, "trial_mean": self.trial_mean,
-                "dropped": self.dropped}
+                "dropped": self.dropped, "windows": self.windows}
 
 
 @dataclass
@@ -88,6 +98,7 @@ class Selection:
     max_rounds: int = 2
     margin: float = 0.0
     keep: int | None = None  # how many went on after the first round; None: all (no halving)
+    run_windows: int | None = None  # timing windows of one race run (None: recorded before they were shorter)
 
     @property
     def trial_number(self) -> int | None:
@@ -109,7 +120,7 @@ class Selection:
             return Candidate(d.get("trial"), TrainConfig.from_dict(d["config"], source="the study's selection"), attrs,
                              d.get("trial_value"), list(d.get("values", [])), list(d.get("throughputs", [])),
                              list(d.get("rounds", [])), d.get("level", d.get("median")), d.get("trial_mean"),
-                             bool(d.get("dropped", False)))
+                             bool(d.get("dropped", False)), list(d.get("windows", [])))
 
         candidates = [candidate(d) for d in data["candidates"]]
         default = next((c for c in candidates if c.config.to_dict() == data["default"]["config"]), None) or candidate(data["default"])
@@ -118,12 +129,13 @@ class Selection:
         else:
             picked = next(c for c in candidates if c.trial_number == data["picked"])
         return cls(picked, candidates, default, data["objective"], data.get("rounds", 2), data.get("max_rounds", 2),
-                   data.get("margin", 0.0), data.get("keep"))
+                   data.get("margin", 0.0), data.get("keep"), data.get("run_windows"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "picked": self.picked.trial_number, "picked_default": self.picked is self.default,
                 "candidates": [c.to_dict() for c in self.candidates], "default": self.default.to_dict(),
-                "rounds": self.rounds, "max_rounds": self.max_rounds, "margin": self.margin, "keep": self.keep}
+                "rounds": self.rounds, "max_rounds": self.max_rounds, "margin": self.margin, "keep": self.keep,
+                "run_windows": self.run_windows}
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -254,9 +266,11 @@ def default_configs(study: optuna.Study) -> list[TrainConfig]:
             for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") == "default" and t.user_attrs.get("config")]
 
 
-def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3, top: int = 3, progress: bool = True,
-           max_rounds: int = 4, margin: float = 0.08, keep: int | None = None) -> Selection:
+def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 4, top: int = 4, progress: bool = True,
+           max_rounds: int = 8, margin: float = 0.08, keep: int | None = None, run_windows: int = 2) -> Selection:
     """Re-measure the ``top`` best configs and the default in turns; pick on the levels.
+
+    Each run is a trial of ``budget`` with at most ``run_windows`` timing windows.
 
     With ``keep``, only the ``keep`` best go on after the first round (``halve``; None, the
     default, or ``keep`` of at least the field: no halving). Those get ``rounds`` measurements; while more than one
@@ -266,6 +280,7 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3
     """
     scorer = scorer_of(study)
     means = trial_means(study)
+    run_budget = dataclasses.replace(budget, windows=max(1, min(budget.windows, run_windows)))
 
     def mean_of(*configs: TrainConfig) -> float | None:
         return next((m for cfg, m in means if cfg in configs), None)
@@ -298,14 +313,15 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3
         for c in rotated(batch, done):
             outcome = run_isolated(
                 measure,
-                {"model_path": str(task.path), "config": c.config.to_dict(), "budget": budget.to_dict()},
-                budget.timeout_s,
+                {"model_path": str(task.path), "config": c.config.to_dict(), "budget": run_budget.to_dict()},
+                run_budget.timeout_s,
             )
             value = scorer.value(c.config, outcome.value) if outcome.ok else None
             if value:
                 c.values.append(value)
                 c.throughputs.append(outcome.value["throughput_samples_per_s"])
                 c.rounds.append(done)
+                c.windows.append(int(outcome.value.get("windows") or 0))
             bar.update(1)
     bar.close()
     adjust(runs)
@@ -313,6 +329,6 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 3
     measured = [c for c in going if c.values] or [c for c in runs if c.values] or candidates[:1]
     picked = max(measured, key=lambda c: c.level or 0.0)
     selection = Selection(picked, candidates, default, scorer.objective, rounds, max(rounds, max_rounds), margin,
-                          keep if halving else None)
+                          keep if halving else None, run_budget.windows)
     study.set_user_attr("remeasured", selection.to_dict())
     return selection
