@@ -184,6 +184,26 @@ def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, 
 
 
 @pytest.mark.slow
+def test_selection_cuts_the_runs_clearly_behind(tiny_task, tmp_path):
+    from autotune.search.select import select
+
+    study = _searched(tiny_task, tmp_path)
+    # A cut of 0%: after the first round only the leader is left, so the race ends there.
+    sel = select(study, tiny_task, FAST, rounds=3, top=2, progress=False, max_rounds=3, cut=0.0, cut_after=1)
+    runs = sel.candidates + ([sel.default] if sel.default not in sel.candidates else [])
+    assert all(c.rounds == [0] for c in runs)
+    assert [c for c in runs if not c.dropped] == [sel.picked]
+    recorded = study.user_attrs["remeasured"]
+    assert (recorded["cut"], recorded["cut_after"]) == (0.0, 1)
+    raced = recorded["candidates"] + ([recorded["default"]] if recorded["default"]["trial"] is None else [])
+    assert sum(not c["dropped"] for c in raced) == 1
+    # A cut of 100%: nobody is that far behind, so every run gets every round.
+    sel = select(study, tiny_task, FAST, rounds=3, top=2, progress=False, max_rounds=3, cut=1.0, cut_after=1)
+    runs = sel.candidates + ([sel.default] if sel.default not in sel.candidates else [])
+    assert all(c.rounds == [0, 1, 2] and not c.dropped for c in runs)
+
+
+@pytest.mark.slow
 def test_selection_halves_after_its_first_round(tiny_task, tmp_path):
     from autotune.search.select import select
 

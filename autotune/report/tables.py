@@ -29,7 +29,7 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
         if (c.get("trial") is None and sel.get("picked_default")) or (c.get("trial") is not None and c["trial"] == sel.get("picked")):
             label += " **picked**"
         elif c.get("dropped"):
-            label += " (out after round 1)"
+            label += f" (out after round {max(c.get('rounds') or [0]) + 1})"
         rows.append([label, knobs_text(c["config"]), c.get("trial_value"), c.get("level", c.get("median")),
                      ", ".join(f"{v:,.0f}" for v in c.get("values", []))])
     intro = (
@@ -39,6 +39,8 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
         + f"), picked on the {objective} (samples/s) with each round's machine speed taken out"
         + (f"; after the first round, the {sel['keep']} best by that round and their trials together went on"
            if sel.get("keep") else "")
+        + (f"; after {sel['cut_after']} rounds, those more than {sel['cut']:.0%} behind the best left the race"
+           if sel.get("cut") is not None and sel.get("cut_after") else "")
         + (f"; after {sel['rounds']} rounds, those within {sel['margin']:.0%} of the best got more rounds, "
            f"up to {sel['max_rounds']}" if sel.get("max_rounds", 0) > sel.get("rounds", 0) else "")
         + ":"

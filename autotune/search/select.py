@@ -11,8 +11,10 @@ trial's 5, about 1.1-1.5 s instead of 2.6-3.1 s on the development VM. There a p
 runs fast or slow as a whole, so the median of five windows spreads across runs about as
 much as the median of two: per second of measuring, two-window runs told 0.9-7.9 times as
 much (median 2.4) for two configs of each example model (benchmarks/race_runs.py,
-2026-12-02). The race spends that on more rounds and one more candidate, in about the
-time three candidates and three full-length rounds took.
+2026-12-02). The race spends that on more rounds and two more candidates: the best five
+trials (in s13, benchmarks/README.md, the grid's best breast-cancer config ranked fifth
+by its trial and was not raced by four), with the runs clearly behind cut after two
+rounds (``cut``), in about the time three candidates and three full-length rounds took.
 
 With ``keep``, the race halves after its first round (successive halving): the first
 round measures ``top`` configs and the default once each, and only the ``keep`` best by
@@ -69,7 +71,7 @@ class Candidate:
     windows: list[int] = field(default_factory=list)  # timing windows each re-measured value is the median of
     level: float | None = None  # the objective, round-adjusted (``levels``); None until measured
     trial_mean: float | None = None  # the mean of the config's own trials' objective (the study's look)
-    dropped: bool = False  # left the race after its first round (``halve``)
+    dropped: bool = False  # left the race before its end (``halve``, or ``cut`` in ``select``)
 
     def median(self) -> float | None:
         return statistics.median(self.values) if self.values else None
@@ -99,6 +101,8 @@ class Selection:
     margin: float = 0.0
     keep: int | None = None  # how many went on after the first round; None: all (no halving)
     run_windows: int | None = None  # timing windows of one race run (None: recorded before they were shorter)
+    cut: float | None = None  # runs this far behind the best level after ``cut_after`` rounds left the race
+    cut_after: int | None = None
 
     @property
     def trial_number(self) -> int | None:
@@ -129,13 +133,13 @@ class Selection:
         else:
             picked = next(c for c in candidates if c.trial_number == data["picked"])
         return cls(picked, candidates, default, data["objective"], data.get("rounds", 2), data.get("max_rounds", 2),
-                   data.get("margin", 0.0), data.get("keep"), data.get("run_windows"))
+                   data.get("margin", 0.0), data.get("keep"), data.get("run_windows"), data.get("cut"), data.get("cut_after"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "picked": self.picked.trial_number, "picked_default": self.picked is self.default,
                 "candidates": [c.to_dict() for c in self.candidates], "default": self.default.to_dict(),
                 "rounds": self.rounds, "max_rounds": self.max_rounds, "margin": self.margin, "keep": self.keep,
-                "run_windows": self.run_windows}
+                "run_windows": self.run_windows, "cut": self.cut, "cut_after": self.cut_after}
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -266,11 +270,17 @@ def default_configs(study: optuna.Study) -> list[TrainConfig]:
             for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") == "default" and t.user_attrs.get("config")]
 
 
-def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 4, top: int = 4, progress: bool = True,
-           max_rounds: int = 8, margin: float = 0.08, keep: int | None = None, run_windows: int = 2) -> Selection:
+def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 4, top: int = 5, progress: bool = True,
+           max_rounds: int = 8, margin: float = 0.08, keep: int | None = None, run_windows: int = 2,
+           cut: float | None = 0.3, cut_after: int = 2) -> Selection:
     """Re-measure the ``top`` best configs and the default in turns; pick on the levels.
 
-    Each run is a trial of ``budget`` with at most ``run_windows`` timing windows.
+    Each run is a trial of ``budget`` with at most ``run_windows`` timing windows. After
+    ``cut_after`` rounds, the runs more than ``cut`` (a fraction) behind the best level
+    leave the race (``dropped``; None: none do). Where one run varies by 15%, two configs'
+    two-run levels differ by about 15% by chance, and 30% is twice that: a config as fast
+    as the leader is rarely cut, and the clearly slow ones (often the default) cost no
+    more rounds.
 
     With ``keep``, only the ``keep`` best go on after the first round (``halve``; None, the
     default, or ``keep`` of at least the field: no halving). Those get ``rounds`` measurements; while more than one
@@ -304,6 +314,15 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 4
     for done in range(max(rounds, max_rounds)):
         if done == 1 and halving:
             batch = going = halve(runs, keep)
+        if cut is not None and done == cut_after and done < rounds:
+            ahead = contenders(runs, cut, among=going)
+            for c in going:
+                c.dropped = c.dropped or c not in ahead
+            bar.total -= (len(going) - len(ahead)) * (rounds - done)
+            bar.refresh()
+            batch = going = ahead
+            if len(going) < 2:
+                break
         if done >= rounds:
             batch = contenders(runs, margin, among=going)
             if len(batch) < 2:
@@ -329,6 +348,6 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 4
     measured = [c for c in going if c.values] or [c for c in runs if c.values] or candidates[:1]
     picked = max(measured, key=lambda c: c.level or 0.0)
     selection = Selection(picked, candidates, default, scorer.objective, rounds, max(rounds, max_rounds), margin,
-                          keep if halving else None, run_budget.windows)
+                          keep if halving else None, run_budget.windows, cut, cut_after)
     study.set_user_attr("remeasured", selection.to_dict())
     return selection
