@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,16 +99,16 @@ def main() -> None:
             "median_train_seconds": statistics.median(r["train_seconds"] for r in rs),
             "median_final_val_accuracy": statistics.median(r["final_val_accuracy"] for r in rs),
         }
-    machine = _machine()
-    print(f"machine: {machine}; model {args.model}; target val accuracy {args.target}")
+    host = machine()
+    print(f"machine: {host}; model {args.model}; target val accuracy {args.target}")
     print(f"{'objective':<11}{'eff. batch':>11}{'reached':>9}{'median s to target':>20}{'median train s':>16}{'final acc':>11}")
     for objective, s in summary.items():
         t = s["median_time_to_target_s"]
         print(f"{objective:<11}{s['effective_batch']:>11}{s['runs_reaching_target']:>9}{'-' if t is None else f'{t:.1f}':>20}"
               f"{s['median_train_seconds']:>16.1f}{s['median_final_val_accuracy']:>11.4f}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    at = commit()
     out = args.out or ROOT / "benchmarks" / "results" / f"goodput_vs_throughput-{Path(args.model).stem}.json"
-    out.write_text(json.dumps({"machine": machine, "commit": commit, "model": args.model, "target": args.target,
+    out.write_text(json.dumps({"machine": host, "commit": at, "model": args.model, "target": args.target,
                                "command": f"benchmarks/goodput_vs_throughput.py --model {args.model} --target {args.target} --repeats {args.repeats}"
                                           + (f" --picks-from {args.picks_from}" if args.picks_from else ""),
                                "picks": {k: v.to_dict() for k, v in picks.items()}, "tuning": tuning,
@@ -132,13 +133,6 @@ def _read_picks(path: Path, model: str) -> tuple[dict[str, Any], dict[str, Any]]
             raise SystemExit(f"{path}: the {objective} pick's lr {got['pick']['lr']} is not what its knobs give ({cfg.lr})")
         picks[objective], tuning[objective] = cfg, {"seconds": got["seconds"], "from": str(path)}
     return picks, tuning
-
-
-def _machine() -> str:
-    from autotune.hardware import collect_host
-
-    host = collect_host()
-    return f"{host['cpu_model']}, {host['logical_cores']} logical cores, {host['memory_total_bytes'] / 2**30:.0f} GiB, no GPU"
 
 
 if __name__ == "__main__":

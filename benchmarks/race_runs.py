@@ -20,10 +20,11 @@ import argparse
 import datetime as dt
 import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -42,7 +43,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from autotune.config import TrainConfig
-    from autotune.hardware import collect_host
     from autotune.search import worker
     from autotune.search.select import rotated
     from autotune.search.trial import TrialBudget, measure
@@ -80,12 +80,11 @@ def main() -> None:
                   f"CV {long['cv']:.3f} / {short['cv']:.3f}, median {long['median_samples_per_s']:,.0f} / "
                   f"{short['median_samples_per_s']:,.0f}; per second, short runs tell "
                   f"{row['information_per_second_short_over_long']:.2f}x", flush=True)
-    host = collect_host()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    at = commit()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "machine": f"{host['cpu_model']}, {host['logical_cores']} logical cores, {host['memory_total_bytes'] / 2**30:.0f} GiB, no GPU",
-        "commit": commit, "command": f"benchmarks/race_runs.py --rounds {args.rounds} --windows {args.windows[0]} {args.windows[1]}",
+        "machine": machine(),
+        "commit": at, "command": f"benchmarks/race_runs.py --rounds {args.rounds} --windows {args.windows[0]} {args.windows[1]}",
         "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
 

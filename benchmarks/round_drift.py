@@ -24,10 +24,11 @@ import json
 import math
 import random
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 # Configs of the sequence model within about 30% of each other (goodput near the top).
@@ -106,16 +107,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    from autotune.hardware import collect_host
 
     rows = measure_rounds(args.model, CONFIGS, args.rounds)
     result = analyse(rows)
-    host = collect_host()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    at = commit()
     out = args.out or ROOT / "benchmarks" / "results" / f"round_drift-{dt.date.today()}.json"
     out.write_text(json.dumps({
-        "machine": f"{host['cpu_model']}, {host['logical_cores']} logical cores, {host['memory_total_bytes'] / 2**30:.0f} GiB, no GPU",
-        "commit": commit, "command": f"benchmarks/round_drift.py --model {args.model} --rounds {args.rounds}",
+        "machine": machine(),
+        "commit": at, "command": f"benchmarks/round_drift.py --model {args.model} --rounds {args.rounds}",
         "configs": CONFIGS, **result, "runs": rows}, indent=2) + "\n")
     for how, v in result["relative_to_first"].items():
         print(f"{how:>6}: " + ", ".join(f"{n} {x:.3f}" for n, x in v.items()))

@@ -41,11 +41,12 @@ import itertools
 import json
 import random
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["examples/digits_cnn.py", "examples/breast_cancer_mlp.py", "examples/sequence_transformer.py"]
@@ -290,17 +291,10 @@ def recheck(path: Path, rounds: int, top: int = 3) -> None:
         out.append({"model": m["model"], "side_by_side": _public(again), "ratios": ratios})
         print(Path(m["model"]).stem, {k: round(v["ratio"], 3) for k, v in ratios.items()})
     target = path.with_name(path.stem + "-recheck.json")
-    target.write_text(json.dumps({"machine": _machine(), "source": path.name, "rounds": rounds, "top": top,
+    target.write_text(json.dumps({"machine": machine(), "source": path.name, "rounds": rounds, "top": top,
                                   "command": f"benchmarks/search_vs_grid.py --recheck {path} --rounds {rounds}",
                                   "models": out}, indent=2, default=str) + "\n")
     print(f"wrote {target}")
-
-
-def _machine() -> str:
-    from autotune.hardware import collect_host
-
-    host = collect_host()
-    return f"{host['cpu_model']}, {host['logical_cores']} logical cores, {host['memory_total_bytes'] / 2**30:.0f} GiB, no GPU"
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
@@ -341,7 +335,7 @@ def main() -> None:
         worker.preload_for(load_task(model).path)
     work = Path(tempfile.mkdtemp(prefix="autotune-grid-"))
     print(f"studies and runs go to {work} (kept, to look into afterwards)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    at = commit()
     out = args.out or ROOT / "benchmarks" / "results" / f"search_vs_grid-{dt.date.today()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = f"benchmarks/search_vs_grid.py --models {' '.join(args.models)} --rounds {args.rounds}"
@@ -351,9 +345,9 @@ def main() -> None:
     for model in args.models:
         rows.append(one_model(model, work, args))
         _print(rows[-1:])
-        out.write_text(json.dumps({"machine": _machine(), "commit": commit, "rounds": args.rounds, "command": command,
+        out.write_text(json.dumps({"machine": machine(), "commit": at, "rounds": args.rounds, "command": command,
                                    "models": rows}, indent=2, default=str) + "\n")  # after each model
-    print(f"machine: {_machine()}")
+    print(f"machine: {machine()}")
     _print(rows)
     print(f"wrote {out}")
 

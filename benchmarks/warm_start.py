@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import commit, machine
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -112,21 +114,14 @@ def main() -> None:
     _print(args, source, best, rows)
     out = ROOT / "benchmarks" / "results" / f"warm_start-{Path(args.model).stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "machine": _machine(), "trials": args.trials,
+    out.write_text(json.dumps({"model": args.model, "machine": machine(), "trials": args.trials,
                                "source_trials": args.source_trials, "source_values": source,
                                "target_best_samples_per_s": best, "runs": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
-def _machine() -> str:
-    from autotune.hardware import collect_host
-
-    host = collect_host()
-    return f"{host['cpu_model']}, {host['logical_cores']} logical cores, {host['memory_total_bytes'] / 2**30:.0f} GiB, no GPU"
-
-
 def _print(args: argparse.Namespace, source: list[float], best: float, rows: list[dict]) -> None:
-    print(f"machine: {_machine()}")
+    print(f"machine: {machine()}")
     print(f"model {args.model}: source (whole machine, {args.source_trials} trials) best {max(source):,.0f} samples/s; "
           f"target (taskset -c 0) best {best:,.0f} samples/s over all studies; budget {args.trials} trials")
     print(f"{'mode':<6}{'seed':>6}{'trials to 95% of best':>24}{'best samples/s':>17}")

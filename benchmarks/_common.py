@@ -1,0 +1,23 @@
+"""What every benchmark's result file names: the machine and the commit it ran at.
+
+The scripts run as ``benchmarks/NAME.py``, so this directory is on their import path."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    """This machine in one line: CPU model, logical cores, memory (no GPU: CPU runs)."""
+    from autotune.hardware import collect_host
+
+    host = collect_host()
+    return f"{host['cpu_model']}, {host['logical_cores']} logical cores, {host['memory_total_bytes'] / 2**30:.0f} GiB, no GPU"
+
+
+def commit() -> str:
+    """The short hash of the checkout's HEAD."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
