@@ -68,6 +68,28 @@ def test_knob_effects_compare_each_screened_choice_with_the_default():
     assert amp[1]["relative"] == pytest.approx(1.2)
 
 
+def test_knob_effects_compare_each_choice_with_the_reference_measured_next_to_it():
+    # The default measured again after three choices (the machine had slowed by half)
+    # and after the last: each choice is over the default's measurements around it.
+    study = _study([
+        _trial(32, "off", 100.0, role="default"),
+        _trial(8, "off", 60.0),
+        _trial(16, "off", 45.0),
+        _trial(64, "off", 40.0),
+        _trial(32, "off", 50.0, role="recheck"),
+        _trial(32, "bf16", 66.0),
+        _trial(32, "off", 60.0, role="recheck"),
+    ])
+    effects = knob_effects(study.trials, DEFAULT, CHOICES)
+    mb = {r["choice"]: r for r in effects["knobs"]["micro_batch_size"]}
+    assert [mb[c]["reference_trials"] for c in (8, 16, 64, 32)] == [[0, 4], [0, 4], [0, 4], [0]]
+    assert [mb[c]["relative"] for c in (8, 16, 64, 32)] == pytest.approx([0.8, 0.6, 40 / 75, 1.0])
+    (off, bf16) = effects["knobs"]["amp"]
+    assert bf16["reference_trials"] == [4, 6] and bf16["relative"] == pytest.approx(1.2)
+    # The rechecks are references, not rows of their own.
+    assert [r["trial"] for r in effects["knobs"]["amp"]] == [0, 5]
+
+
 def test_a_choice_without_a_measurement_has_no_value_and_says_why():
     study = _study([
         _trial(32, "off", 100.0, role="default"),

@@ -106,12 +106,15 @@ def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
     assert study.user_attrs["screening_base"] == {"micro_batch_size": base.params["micro_batch_size"], "accumulation_steps": 1}
     assert accum.params == {"micro_batch_size": base.params["micro_batch_size"], "accumulation_steps": 2}
     # The base is measured again after its choices (a recheck with ``stage: 2``), also
-    # when it is the default, which then has three measurements.
+    # when it is the default; a new base before them too. So it has three measurements.
     base_values = [t.value for t in study.trials[:combined.number] if t.params == base.params]
-    assert len(base_values) == (3 if base is default else 2)
-    assert study.trials[accum.number + 1].params == base.params and study.trials[accum.number + 1].user_attrs["stage"] == 2
+    assert len(base_values) == 3
+    before, after = study.trials[accum.number - 1], study.trials[accum.number + 1]
+    assert before.params == base.params and after.params == base.params and after.user_attrs["stage"] == 2
+    assert before.user_attrs["role"] == "recheck"
+    # Accumulation's gain is over the base's measurements on either side of it.
     expected = {"micro_batch_size": base.params["micro_batch_size"],
-                "accumulation_steps": 2 if accum.value >= 1.05 * sum(base_values) / len(base_values) else 1}
+                "accumulation_steps": 2 if accum.value >= 1.05 * (before.value + after.value) / 2 else 1}
     assert combined.params == expected
     # Then the unmeasured neighbours of the best so far, each one knob away from a config
     # the search was refined around, and none a config measured before.
@@ -193,11 +196,14 @@ def test_a_two_stage_screening_compares_the_other_knobs_with_the_base():
     assert enqueue_second_stage(study, SPACE) == 0 and combination(study, SPACE) is None  # not run yet
     _finish_waiting(study, {(32, "off"): 100.0, (8, "off"): 90.0, (16, "off"): 130.0})
     assert combination(study, SPACE) is None  # the second stage is still to queue
-    assert enqueue_second_stage(study, SPACE) == 2  # bf16 at the new base, then the base again
+    # The new base again (its one measurement is the one that made it the base), bf16 at
+    # it, then the base once more.
+    assert enqueue_second_stage(study, SPACE) == 3
     assert study.user_attrs["screening_base"] == {"micro_batch_size": 16, "amp": "off"}
     assert study.trials[-2].params == {} and study.trials[-2].system_attrs["fixed_params"] == {"micro_batch_size": 16, "amp": "bf16"}
-    assert study.trials[-1].system_attrs["fixed_params"] == {"micro_batch_size": 16, "amp": "off"}
-    assert study.trials[-1].user_attrs["role"] == "recheck"
+    for again in (study.trials[-3], study.trials[-1]):
+        assert again.system_attrs["fixed_params"] == {"micro_batch_size": 16, "amp": "off"}
+        assert again.user_attrs["role"] == "recheck" and again.user_attrs["stage"] == 2
     assert enqueue_second_stage(study, SPACE) == 0  # once
     # bf16 gains 10% over the base (16, off), though it would be 40% over the default.
     _finish_waiting(study, {(16, "off"): 130.0, (16, "bf16"): 143.0})
@@ -226,9 +232,53 @@ def test_a_second_stage_without_a_clear_micro_batch_gain_screens_around_the_defa
     assert roles[-2:] == [({"micro_batch_size": 32, "amp": "bf16"}, "screening"), (DEFAULT, "recheck")]
     defaults = [t.value for t in study.trials if t.params == DEFAULT]
     assert defaults == [100.0, 100.0, 80.0]
-    # Against the first two only, bf16 would have lost 12%; against all three, 6%.
-    assert 88.0 / statistics.fmean(defaults) == pytest.approx(0.943, abs=1e-3)
+    # Against the first two only, bf16 would have lost 12%; against the default's
+    # measurements on either side of it (100 and 80), 2%: still no gain of 5%.
+    assert 88.0 / statistics.fmean(defaults[1:]) == pytest.approx(0.978, abs=1e-3)
     assert combination(study, SPACE) == DEFAULT
+
+
+def test_each_choice_is_compared_with_the_reference_measured_next_to_it():
+    """The machine slows by 30% from the default's second measurement to the end of the
+    second stage's first three choices, then recovers. bf16 (15% faster) measures 80.5 in
+    the slow spell: against the mean of all the default's measurements (85) it would
+    lose 5%; against the two nearest it (70 each, in the spell too) it gains its 15%."""
+    from autotune.search.screen import REFERENCE_EVERY, enqueue_screening, enqueue_second_stage, reference_level
+
+    assert REFERENCE_EVERY == 3
+    space = _space({"micro_batch_size": {"choices": [8, 16, 32]}, "amp": {"choices": ["off", "bf16"]},
+                    "num_workers": {"choices": [0, 1, 2]}, "cpu_threads": {"choices": [1, 2]}})
+    default = {"micro_batch_size": 32, "amp": "off", "num_workers": 0, "cpu_threads": 2}
+    dists = {"micro_batch_size": CategoricalDistribution([8, 16, 32]), "amp": CategoricalDistribution(["off", "bf16"]),
+             "num_workers": CategoricalDistribution([0, 1, 2]), "cpu_threads": CategoricalDistribution([1, 2])}
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(default, user_attrs={"role": "default"})
+    assert enqueue_screening(study, space, default) == 3  # 8, 16, the default again
+    speed = {(32, "off", 0, 2): 100.0, (8, "off", 0, 2): 80.0, (16, "off", 0, 2): 85.0,
+             (32, "bf16", 0, 2): 115.0, (32, "off", 1, 2): 90.0, (32, "off", 2, 2): 85.0, (32, "off", 0, 1): 60.0}
+    slow = {3, 4, 5, 6, 7}  # the trials measured in the slow spell
+    order = []
+
+    def run_queued():
+        while any(t.state == TrialState.WAITING for t in study.trials):
+            trial = study.ask()
+            key = tuple(trial.suggest_categorical(k, d.choices) for k, d in dists.items())
+            study.tell(trial, speed[key] * (0.7 if trial.number in slow else 1.0))
+            order.append((key, trial.user_attrs["role"]))
+
+    run_queued()
+    # No micro-batch gains 5%: the other knobs are screened around the default, which is
+    # measured again after every three of their four choices and after the last.
+    assert enqueue_second_stage(study, space) == 6
+    run_queued()
+    assert [role for _, role in order[4:]] == ["screening"] * 3 + ["recheck", "screening", "recheck"]
+    assert [key for key, _ in order[4:7]] == [(32, "bf16", 0, 2), (32, "off", 1, 2), (32, "off", 2, 2)]
+    refs = [(t.number, t.value) for t in study.trials if t.params == default]
+    assert [n for n, _ in refs] == [0, 3, 7, 9]
+    assert reference_level(refs, 4) == (pytest.approx(70.0), [3, 7])
+    assert reference_level(refs, 8) == (pytest.approx(85.0), [7, 9])
+    assert combination(study, space) == {**default, "amp": "bf16"}
+    assert 115.0 * 0.7 / statistics.fmean(v for _, v in refs) < 1.0
 
 
 def test_the_climb_stays_where_it_is_for_a_lead_within_the_noise():
@@ -309,7 +359,7 @@ def test_a_lucky_default_measured_twice_no_longer_hides_a_gain():
         for k, d in DISTS.items():
             trial.suggest_categorical(k, d.choices)
         study.tell(trial, next(answers))
-    assert enqueue_second_stage(study, SPACE) == 2
+    assert enqueue_second_stage(study, SPACE) == 3  # the new base, bf16 at it, the base again
     assert study.user_attrs["screening_base"] == {"micro_batch_size": 16, "amp": "off"}
 
 

@@ -13,7 +13,7 @@ import warnings
 from typing import Any, Sequence
 
 # Roles of the trials that screen one knob at a time (``search/screen.py``).
-DEFAULT_ROLE, SCREENING_ROLE = "default", "screening"
+DEFAULT_ROLE, SCREENING_ROLE, RECHECK_ROLE = "default", "screening", "recheck"
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -69,11 +69,21 @@ def knob_effects(trials: Sequence[Any], default: dict[str, Any] | None, choices:
     from (the study's ``screening_default``), ``choices`` each searched knob's choices.
     A study screened in two stages has a ``base`` (``screening_base``): ``lead`` (the
     micro-batch) was screened around ``default``, every other knob around ``base``.
+
+    A choice's ``relative`` is its value over the mean of the reference config's
+    measurements nearest before and after it (``reference_trials``), as the search
+    judged it; the reference's own first trial is the row at 1.0.
     """
+    from autotune.search.screen import reference_level
+
     if default is None:
         return {"reason": "the study did not screen the knobs one at a time (a warm start, or a study from an "
                           "older version)", "knobs": {}}
     screened = [t for t in trials if t.user_attrs.get("role") in (DEFAULT_ROLE, SCREENING_ROLE) and t.state.is_finished()]
+    # The reference configs' measurements: their screening trials and the rechecks
+    # measured between the choices.
+    measured = [t for t in trials if t.user_attrs.get("role") in (DEFAULT_ROLE, SCREENING_ROLE, RECHECK_ROLE)
+                and t.state.is_finished()]
     first = next((t for t in screened if t.user_attrs.get("role") == DEFAULT_ROLE), None)
     if first is None:
         return {"reason": "the default trial has not finished", "knobs": {}}
@@ -84,8 +94,15 @@ def knob_effects(trials: Sequence[Any], default: dict[str, Any] | None, choices:
         if name not in default or len(options) < 2:
             continue
         ref, ref_trial = (default, first) if name == lead or base == default else (base, base_trial)
-        rows = [_effect_row(t, name, screening_value(ref_trial), ref_trial.number)
-                for t in screened if _others_at(t, name, ref)]
+        # The lead's choices were judged on the first stage's measurements of the default.
+        refs = [(t.number, v) for t in measured if _matches(t, ref) and (v := screening_value(t)) is not None
+                and not (name == lead and base != default and t.user_attrs.get("stage") == 2)]
+        rows = []
+        for t in screened:
+            if _others_at(t, name, ref):
+                level, near = (screening_value(ref_trial), [ref_trial.number]) if t.number == ref_trial.number \
+                    else reference_level(refs, t.number)
+                rows.append(_effect_row(t, name, level, ref_trial.number, near))
         rows.sort(key=lambda r: options.index(r["choice"]) if r["choice"] in options else len(options))
         if len(rows) > 1:
             knobs[name] = rows
@@ -103,7 +120,7 @@ def _others_at(trial: Any, name: str, ref: dict[str, Any]) -> bool:
     return all(trial.params.get(k) == v for k, v in ref.items() if k != name)
 
 
-def _effect_row(trial: Any, name: str, base_value: float | None, base_trial: int) -> dict[str, Any]:
+def _effect_row(trial: Any, name: str, base_value: float | None, base_trial: int, reference_trials: list[int]) -> dict[str, Any]:
     value = screening_value(trial)
     attrs = trial.user_attrs
     note = attrs.get("reason") or ("stopped early as clearly slow" if attrs.get("status") == "pruned" else "")
@@ -116,6 +133,7 @@ def _effect_row(trial: Any, name: str, base_value: float | None, base_trial: int
         "value": value,
         "relative": value / base_value if value is not None and base_value else None,
         "base_trial": base_trial,
+        "reference_trials": reference_trials,
         "throughput_samples_per_s": attrs.get("throughput_samples_per_s"),
         "note": str(note),
     }

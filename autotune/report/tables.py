@@ -106,11 +106,13 @@ def effects_table(search: dict[str, Any]) -> Table | None:
         intro = (f"The screening trials measured each choice of `{eff['lead']}` with every other knob at its default "
                  f"(trial {eff.get('default_trial')}), then each choice of the other knobs with every other knob at the "
                  f"base: the default with {eff['lead']} = {fmt(base.get(eff['lead']))} (trial {eff.get('base_trial')}). "
-                 f"The {objective} (samples/s) of each, and its ratio to the trial it was screened around.")
+                 f"The {objective} (samples/s) of each, and its ratio to the config it was screened around, as measured "
+                 f"just before and after it (that config is measured again every few choices: the machine's speed drifts).")
         header = ["knob", "choice", "trial", objective, "vs default or base", "samples/s", "note"]
     else:
         intro = (f"The screening trials measured each choice of each knob with every other knob at its default "
-                 f"(trial {eff.get('default_trial')}): the {objective} (samples/s) of each, and its ratio to the default's.")
+                 f"(trial {eff.get('default_trial')}): the {objective} (samples/s) of each, and its ratio to the default's, "
+                 f"as measured just before and after it (the default is measured again every few choices).")
         header = ["knob", "choice", "trial", objective, "vs default", "samples/s", "note"]
     return Table(intro, header, rows)
 

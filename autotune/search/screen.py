@@ -22,15 +22,21 @@ current config's neighbours are all measured; then the neighbours of the configs
 
 One trial of a config can be lucky by 10-20% on a busy machine, and every gain above is a
 ratio to a reference config: a lucky reference hides every real gain, and a lucky
-incumbent stops the climb. The machine's own speed also drifts by 20-30% over minutes,
-and a reference measured only before the choices it is compared with would carry that
-drift into every gain. So each stage's reference is measured on both sides of its
-choices (the default first and again after the micro-batch's choices; the base, a
-screened micro-batch or the default, again after the other knobs' choices), a config's score is
-the mean of its measurements, and when every neighbour of the climb's config has been
-measured, that config is measured once more (a recheck) before the climb is done with
-it: if its mean falls behind another config's, the climb moves there. The sampler (TPE)
-goes on from all of these.
+incumbent stops the climb. The machine's own speed also drifts by 20-30% over minutes:
+a stage of seven choices measured in a slow minute, against a reference measured before
+it in a fast one, loses every gain (in one benchmark run here bf16 was dropped so, and
+the grid's best config was a bf16 one). So each stage's reference (the default for the
+micro-batch; the base, a screened micro-batch or the default, for the other knobs) is
+measured again after every ``REFERENCE_EVERY`` of its choices and after the last, and
+each choice's gain is its value over the mean of the reference's measurements nearest
+before and after it: no choice is more than two trials from a measurement of what it is
+compared with. A base other than the default is also measured once more before its
+choices: its one earlier measurement is the one that made it the base, so it is more
+likely lucky than not, and would hide the gains of the first choices after it. A
+config's score in the climb is the mean of its measurements, and when every neighbour
+of the climb's config has been measured, that config is measured once more (a recheck)
+before the climb is done with it: if its mean falls behind another config's, the climb
+moves there. The sampler (TPE) goes on from all of these.
 
 Range knobs (``low``/``high``) are not screened. Configs ruled out unrun (too big for the
 memory limit, too few optimizer steps) cost nothing; a pruned trial counts as the value
@@ -59,6 +65,10 @@ MIN_MOVE = 1.03
 NEAR = 0.10
 # Screened first; the other knobs are screened at its best choice.
 LEAD = "micro_batch_size"
+# A stage's reference config is measured again after every this many of its choices
+# (and after the last): each choice is then compared with a measurement at most two
+# trials away, for one extra trial per three choices.
+REFERENCE_EVERY = 3
 
 
 def screening_configs(space: SearchSpace, default: dict[str, Any], knobs: list[str] | None = None) -> list[dict[str, Any]]:
@@ -80,14 +90,28 @@ def enqueue_screening(study: optuna.Study, space: SearchSpace, default: dict[str
     The rest follow from ``enqueue_second_stage`` once these have finished."""
     screened = _screened_knobs(space)
     first = [LEAD] if LEAD in screened and len(screened) > 1 else screened
-    configs = screening_configs(space, default, first)
-    for knobs in configs:
-        study.enqueue_trial(knobs, user_attrs={"role": SCREENING})
-    if configs:  # the default's second measurement, after the others: less alike in noise
-        enqueue_recheck(study, default)
+    queued = _enqueue_stage(study, screening_configs(space, default, first), default)
     study.set_user_attr("screening_default", default)
     study.set_user_attr("screening_rest", [n for n in screened if n not in first])
-    return len(configs) + bool(configs)
+    return queued
+
+
+def _enqueue_stage(study: optuna.Study, configs: list[dict[str, Any]], reference: dict[str, Any],
+                   first: bool = False, **attrs: Any) -> int:
+    """Queue one stage's screening ``configs`` with ``reference`` measured again after
+    every ``REFERENCE_EVERY`` of them and after the last (and with ``first`` before
+    them too); returns how many were queued."""
+    queued = 0
+    if first and configs:
+        enqueue_recheck(study, reference, **attrs)
+        queued += 1
+    for i, knobs in enumerate(configs, 1):
+        study.enqueue_trial(knobs, user_attrs={"role": SCREENING, **attrs})
+        queued += 1
+        if i % REFERENCE_EVERY == 0 or i == len(configs):
+            enqueue_recheck(study, reference, **attrs)
+            queued += 1
+    return queued
 
 
 def enqueue_recheck(study: optuna.Study, knobs: dict[str, Any], **attrs: Any) -> None:
@@ -106,21 +130,35 @@ def _screened_done(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.
 
 def _best_choice(screened: list[optuna.trial.FrozenTrial], name: str, ref: dict[str, Any],
                  min_gain: float) -> tuple[Any, float] | None:
-    """The choice of ``name`` that scored best with every other knob as in ``ref``, and
-    its gain over ``ref``'s own choice; None when none beat it by ``min_gain``."""
-    measured: dict[Any, list[float]] = {}
+    """The choice of ``name`` that gained most with every other knob as in ``ref``, and
+    that gain; None when none gained ``min_gain``. A trial's gain is its value over the
+    mean of ``ref``'s measurements nearest before and after it (``reference_level``)."""
+    refs = [(t.number, v) for t in screened
+            if all(t.params.get(k) == v for k, v in ref.items()) and (v := _score(t)) is not None]
+    gains: dict[Any, list[float]] = {}
     for t in screened:
-        if all(t.params.get(k) == v for k, v in ref.items() if k != name):
+        if t.params.get(name) != ref[name] and all(t.params.get(k) == v for k, v in ref.items() if k != name):
             value = _score(t)
             if value is not None:
-                measured.setdefault(t.params.get(name), []).append(value)
-    scores = {choice: sum(values) / len(values) for choice, values in measured.items()}
-    if not scores or max(scores, key=scores.get) == ref[name]:
+                level = reference_level(refs, t.number)[0]
+                gains.setdefault(t.params.get(name), []).append(value / level if level else float("inf"))
+    if not gains:
         return None
+    scores = {choice: sum(values) / len(values) for choice, values in gains.items()}
     choice = max(scores, key=scores.get)
-    base = scores.get(ref[name])
-    gain = scores[choice] / base if base else float("inf")
-    return (choice, gain) if gain >= min_gain else None
+    return (choice, scores[choice]) if scores[choice] >= min_gain else None
+
+
+def reference_level(refs: list[tuple[int, float]], number: int) -> tuple[float | None, list[int]]:
+    """The level a screening trial ``number`` is compared with: the mean value of the
+    reference config's measurements ``refs`` ((trial number, value) pairs) nearest
+    before and after it, and their trial numbers; (None, []) without any."""
+    before = [r for r in refs if r[0] < number]
+    after = [r for r in refs if r[0] > number]
+    near = ([max(before)] if before else []) + ([min(after)] if after else [])
+    if not near:
+        return None, []
+    return sum(v for _, v in near) / len(near), [n for n, _ in near]
 
 
 Claim = Callable[[str], bool]
@@ -153,13 +191,10 @@ def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: floa
     best = _best_choice(screened, LEAD, default, min_gain)
     base = {**default, LEAD: best[0]} if best else dict(default)
     configs = screening_configs(space, base, [n for n in rest if n in space.params])
-    for knobs in configs:
-        study.enqueue_trial(knobs, user_attrs={"role": SCREENING, "stage": 2})
-    if configs:  # the base once more, after its choices: measured on both sides of them
-        enqueue_recheck(study, base, stage=2)
+    queued = _enqueue_stage(study, configs, base, first=base != default, stage=2)
     # Last: the combination is due once this is set and every queued screening trial ran.
     study.set_user_attr("screening_base", base)
-    return len(configs) + bool(configs)
+    return queued
 
 
 def combination(study: optuna.Study, space: SearchSpace,
