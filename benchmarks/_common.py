@@ -21,3 +21,12 @@ def machine() -> str:
 def commit() -> str:
     """The short hash of the checkout's HEAD."""
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+
+def write_result(path: Path, command: str, **payload: object) -> None:
+    """Write a result file: the machine, the commit and the command, then ``payload``."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), "commit": commit(), "command": command, **payload}, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

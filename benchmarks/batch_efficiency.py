@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
-from _common import commit, machine
+from _common import machine, write_result
 from goodput_vs_throughput import full_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,11 +88,8 @@ def main() -> None:
               f"{fmt(r['measured_samples_ratio_train_loss'])}")
     out = args.out or ROOT / "benchmarks" / "results" / f"batch_efficiency-{Path(args.model).stem}-{dt.date.today()}.json"
     command = f"benchmarks/batch_efficiency.py --model {args.model} --batches {' '.join(map(str, batches))}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "commit": commit(), "command": command, "model": args.model,
-                               "noise_scale": b_noise, "reference_batch": b0, "targets": targets, "rows": rows,
-                               "runs": runs}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    write_result(out, command, model=args.model, noise_scale=b_noise, reference_batch=b0, targets=targets, rows=rows,
+                 runs=runs)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import commit, machine
+from _common import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["examples/digits_cnn.py", "examples/breast_cancer_mlp.py", "examples/sequence_transformer.py"]
@@ -100,9 +99,7 @@ def main() -> None:
               f"{r['epochs'][-1]['efficiency_256_over_16']:.2f}")
     command = f"benchmarks/noise_scale_growth.py --epochs {args.epochs} --threads {args.threads}"
     command += "" if args.models == MODELS else " --models " + " ".join(args.models)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(), "commit": commit(), "command": command, "models": results}, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    write_result(args.out, command, models=results)
 
 
 if __name__ == "__main__":

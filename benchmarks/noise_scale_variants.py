@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
-from _common import commit, machine
+from _common import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["examples/digits_cnn.py", "examples/breast_cancer_mlp.py", "examples/sequence_transformer.py"]
@@ -94,9 +93,7 @@ def main() -> None:
         print(f"{Path(m).stem} | " + " | ".join("n/a" if by[v] is None else f"{by[v]:,.0f}" for v in VARIANTS))
     command = f"benchmarks/noise_scale_variants.py --threads {args.threads}"
     command += "" if args.models == MODELS else " --models " + " ".join(args.models)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(), "commit": commit(), "command": command, "noise_scales": results}, indent=2) + "\n")
-    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    write_result(args.out, command, noise_scales=results)
 
 
 if __name__ == "__main__":
