@@ -72,9 +72,11 @@ def knob_effects(trials: Sequence[Any], default: dict[str, Any] | None, choices:
 
     A choice's ``relative`` is its value over the mean of the reference config's
     measurements nearest before and after it (``reference_trials``), as the search
-    judged it; the reference's own first trial is the row at 1.0.
+    judged it; the reference's own first trial is the row at 1.0. ``pairs`` holds the
+    same rows for the knobs screened together as well (``screen.PAIRS``), keyed
+    ``"a + b"``, each row's ``choice`` a list of the pair's values.
     """
-    from autotune.search.screen import reference_level
+    from autotune.search.screen import PAIRS, reference_level
 
     if default is None:
         return {"reason": "the study did not screen the knobs one at a time (a warm start, or a study from an "
@@ -106,10 +108,26 @@ def knob_effects(trials: Sequence[Any], default: dict[str, Any] | None, choices:
         rows.sort(key=lambda r: options.index(r["choice"]) if r["choice"] in options else len(options))
         if len(rows) > 1:
             knobs[name] = rows
+    # Pairs screened together: both knobs changed, every other at the reference.
+    pairs = {}
+    for pair in PAIRS:
+        if not all(n in knobs for n in pair):
+            continue
+        ref, ref_trial = (default, first) if lead in pair or base == default else (base, base_trial)
+        refs = [(t.number, v) for t in measured if _matches(t, ref) and (v := screening_value(t)) is not None]
+        rows = []
+        for t in screened:
+            if all(t.params.get(n) != ref.get(n) for n in pair) and \
+                    all(t.params.get(k) == v for k, v in ref.items() if k not in pair):
+                level, near = reference_level(refs, t.number)
+                row = _effect_row(t, pair[0], level, ref_trial.number, near)
+                rows.append({**row, "choice": [t.params.get(n) for n in pair]})
+        if rows:
+            pairs[" + ".join(pair)] = rows
     reason = None if knobs else "no screening trial has finished yet"
     return {"default_trial": first.number, "default_value": screening_value(first),
             "base_trial": base_trial.number, "base": base, "lead": lead if base != default else None,
-            "knobs": knobs, "reason": reason}
+            "knobs": knobs, "pairs": pairs, "reason": reason}
 
 
 def _matches(trial: Any, knobs: dict[str, Any]) -> bool:

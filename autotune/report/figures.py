@@ -77,11 +77,14 @@ def importances(values: dict[str, float]) -> bytes:
 def knob_effects(effects: dict[str, Any]) -> bytes:
     """Each screened choice's objective over the config it was screened around (the
     default, or for a two-stage screening the base for the knobs after the first), one bar per choice,
-    grouped and coloured by knob; a choice without a measurement is marked on the axis."""
+    grouped and coloured by knob (a pair screened together is a group of its own); a
+    choice without a measurement is marked on the axis."""
     labels, values, colours, notes = [], [], [], []
-    for k, (name, rows) in enumerate(effects["knobs"].items()):
+    groups = list(effects["knobs"].items()) + list((effects.get("pairs") or {}).items())
+    for k, (name, rows) in enumerate(groups):
         for r in rows:
-            labels.append(f"{name} = {_choice(r['choice'])}")
+            choice = " + ".join(map(_choice, r["choice"])) if isinstance(r["choice"], list) else _choice(r["choice"])
+            labels.append(f"{name} = {choice}")
             values.append(r.get("relative"))
             colours.append(PALETTE[k % len(PALETTE)])
             notes.append(r.get("status") or "")

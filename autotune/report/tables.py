@@ -100,6 +100,11 @@ def effects_table(search: dict[str, Any]) -> Table | None:
             label = " (default)" if r["trial"] == eff.get("default_trial") else " (base)" if is_ref else ""
             rows.append([name, fmt(r["choice"]) + label, r["trial"], r.get("value"),
                          ratio(r.get("relative")), r.get("throughput_samples_per_s"), r.get("note") or ""])
+    # Knobs screened together as well: one row per pair of choices.
+    for name, choices in (eff.get("pairs") or {}).items():
+        for r in choices:
+            rows.append([name, " + ".join(fmt(c) for c in r["choice"]), r["trial"], r.get("value"),
+                         ratio(r.get("relative")), r.get("throughput_samples_per_s"), r.get("note") or ""])
     objective = search.get("objective") or "objective"
     if eff.get("lead"):
         base = eff.get("base") or {}

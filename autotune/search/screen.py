@@ -9,12 +9,16 @@ more knobs often never tries the best value of one of them.
 The micro-batch is screened first, around the default; the other knobs then around the
 default with the best screened micro-batch (the base). How much a dtype, a thread count or
 a DataLoader worker gains depends most on how much work a step holds: bf16 matmuls that
-lose at 32 samples can win at 256. Then the config that takes, for every knob, the choice
-that scored best in its screening trial (by at least 5% over the base's: less is noise) is
+lose at 32 samples can win at 256. The knobs of each ``PAIRS`` entry (the AMP dtype and
+channels_last) are also screened together, both changed at once: each can lose alone and
+both win together. Then the config that takes, for every knob, the choice
+that scored best in its screening trial (by at least 5% over the base's: less is noise;
+a pair's choices when the pair gained more than its knobs' own choices together) is
 measured, and then the neighbours of the best config so far (adjacent choices of an
 ordered knob, every other choice of the rest, and the moves that keep the effective batch:
 half the micro-batch with twice the accumulation, or the reverse): a knob's best choice
-can still change with the others. They are measured one at a time, and as soon as one is better by at least
+can still change with the others. They are measured one at a time, those the screening
+expects most of first (``screened_estimate``), and as soon as one is better by at least
 3%, the neighbours of that one follow instead (a local search one knob at a time, first
 improvement; a smaller lead is noise and would only send the climb sideways), until the
 current config's neighbours are all measured; then the neighbours of the configs within
@@ -69,6 +73,11 @@ LEAD = "micro_batch_size"
 # (and after the last): each choice is then compared with a measurement at most two
 # trials away, for one extra trial per three choices.
 REFERENCE_EVERY = 3
+# Knobs screened together as well as alone: a mixed-precision dtype and a memory layout
+# can each lose alone and win together (oneDNN's bf16 convolutions on the CPU and
+# tensor-core convolutions on a GPU want channels_last; measured on the digits CNN here:
+# bf16 alone 0.72 of the base, channels_last alone 0.86, both the grid's fastest).
+PAIRS = (("amp", "channels_last"),)
 
 
 def screening_configs(space: SearchSpace, default: dict[str, Any], knobs: list[str] | None = None) -> list[dict[str, Any]]:
@@ -77,6 +86,18 @@ def screening_configs(space: SearchSpace, default: dict[str, Any], knobs: list[s
     out = []
     for name in _screened_knobs(space) if knobs is None else knobs:
         out += [{**default, name: c} for c in space.params[name].choices if c != default.get(name)]
+    return out
+
+
+def pair_configs(space: SearchSpace, base: dict[str, Any], knobs: list[str]) -> list[dict[str, Any]]:
+    """The configs around ``base`` that change both knobs of a ``PAIRS`` entry (both in
+    ``knobs``) to another choice each."""
+    screened = _screened_knobs(space)
+    out = []
+    for a, b in PAIRS:
+        if a in knobs and b in knobs and a in screened and b in screened:
+            out += [{**base, a: ca, b: cb} for ca in space.params[a].choices if ca != base.get(a)
+                    for cb in space.params[b].choices if cb != base.get(b)]
     return out
 
 
@@ -90,7 +111,7 @@ def enqueue_screening(study: optuna.Study, space: SearchSpace, default: dict[str
     The rest follow from ``enqueue_second_stage`` once these have finished."""
     screened = _screened_knobs(space)
     first = [LEAD] if LEAD in screened and len(screened) > 1 else screened
-    queued = _enqueue_stage(study, screening_configs(space, default, first), default)
+    queued = _enqueue_stage(study, screening_configs(space, default, first) + pair_configs(space, default, first), default)
     study.set_user_attr("screening_default", default)
     study.set_user_attr("screening_rest", [n for n in screened if n not in first])
     return queued
@@ -128,25 +149,33 @@ def _screened_done(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.
     return screened
 
 
-def _best_choice(screened: list[optuna.trial.FrozenTrial], name: str, ref: dict[str, Any],
-                 min_gain: float) -> tuple[Any, float] | None:
-    """The choice of ``name`` that gained most with every other knob as in ``ref``, and
-    that gain; None when none gained ``min_gain``. A trial's gain is its value over the
-    mean of ``ref``'s measurements nearest before and after it (``reference_level``)."""
+def _gains(screened: list[optuna.trial.FrozenTrial], names: tuple[str, ...],
+           ref: dict[str, Any]) -> dict[tuple[Any, ...], float]:
+    """The mean gain of each combination of other choices of ``names`` (every one changed)
+    with every other knob as in ``ref``. A trial's gain is its value over the mean of
+    ``ref``'s measurements nearest before and after it (``reference_level``)."""
     refs = [(t.number, v) for t in screened
             if all(t.params.get(k) == v for k, v in ref.items()) and (v := _score(t)) is not None]
-    gains: dict[Any, list[float]] = {}
+    gains: dict[tuple[Any, ...], list[float]] = {}
     for t in screened:
-        if t.params.get(name) != ref[name] and all(t.params.get(k) == v for k, v in ref.items() if k != name):
+        if all(t.params.get(n) != ref.get(n) for n in names) \
+                and all(t.params.get(k) == v for k, v in ref.items() if k not in names):
             value = _score(t)
             if value is not None:
                 level = reference_level(refs, t.number)[0]
-                gains.setdefault(t.params.get(name), []).append(value / level if level else float("inf"))
-    if not gains:
+                gains.setdefault(tuple(t.params.get(n) for n in names), []).append(value / level if level else float("inf"))
+    return {choice: sum(values) / len(values) for choice, values in gains.items()}
+
+
+def _best_choice(screened: list[optuna.trial.FrozenTrial], name: str, ref: dict[str, Any],
+                 min_gain: float) -> tuple[Any, float] | None:
+    """The choice of ``name`` that gained most with every other knob as in ``ref``, and
+    that gain (``_gains``); None when none gained ``min_gain``."""
+    scores = _gains(screened, (name,), ref)
+    if not scores:
         return None
-    scores = {choice: sum(values) / len(values) for choice, values in gains.items()}
     choice = max(scores, key=scores.get)
-    return (choice, scores[choice]) if scores[choice] >= min_gain else None
+    return (choice[0], scores[choice]) if scores[choice] >= min_gain else None
 
 
 def reference_level(refs: list[tuple[int, float]], number: int) -> tuple[float | None, list[int]]:
@@ -190,7 +219,8 @@ def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: floa
         return 0
     best = _best_choice(screened, LEAD, default, min_gain)
     base = {**default, LEAD: best[0]} if best else dict(default)
-    configs = screening_configs(space, base, [n for n in rest if n in space.params])
+    rest = [n for n in rest if n in space.params]
+    configs = screening_configs(space, base, rest) + pair_configs(space, base, rest)
     queued = _enqueue_stage(study, configs, base, first=base != default, stage=2)
     # Last: the combination is due once this is set and every queued screening trial ran.
     study.set_user_attr("screening_base", base)
@@ -207,7 +237,10 @@ def combination(study: optuna.Study, space: SearchSpace,
 
     When the combination is not ``feasible`` (two changes that each fit may not together:
     a bigger micro-batch and more accumulation leave too few optimizer steps), the change
-    that gained least in its screening trial goes back to its default, until it is."""
+    that gained least in its screening trial goes back to its default, until it is.
+
+    A pair of ``PAIRS`` screened together (both knobs changed) is taken instead of its
+    knobs' own best choices when it gained more than the product of their gains."""
     default = study.user_attrs.get("screening_default")
     trials = study.get_trials(deepcopy=False)
     if default is None or any(t.user_attrs.get("role") == COMBINATION for t in trials):
@@ -218,22 +251,81 @@ def combination(study: optuna.Study, space: SearchSpace,
     screened = _screened_done(trials)
     if screened is None:
         return None
-    base = study.user_attrs.get("screening_base", default)
+    singles, pairs, _ = _screening_gains(study, space, screened)
     best, gains = dict(default), {}
+    for name, scores in singles.items():
+        choice = max(scores, key=scores.get) if scores else None
+        if choice is not None and scores[choice] >= min_gain:
+            best[name], gains[(name,)] = choice, scores[choice]
+    # A pair screened together replaces its knobs' own choices when it gained more than
+    # they do together (as far as one trial each tells: the product of their gains).
+    for pair, scores in pairs.items():
+        choices = max(scores, key=scores.get)
+        alone = 1.0
+        for n in pair:
+            alone *= gains.get((n,), 1.0)
+        if scores[choices] >= min_gain and scores[choices] > alone:
+            for n, c in zip(pair, choices):
+                best[n] = c
+                gains.pop((n,), None)
+            gains[pair] = scores[choices]
+    while gains and not feasible(best):
+        weakest = min(gains, key=gains.get)
+        for n in weakest:
+            best[n] = default[n]
+        del gains[weakest]
+    return best
+
+
+def _screening_gains(study: optuna.Study, space: SearchSpace, screened: list[optuna.trial.FrozenTrial]
+                     ) -> tuple[dict[str, dict[Any, float]], dict[tuple[str, ...], dict[tuple[Any, ...], float]], dict[str, Any]]:
+    """Each screened knob's choices' gains over their reference, each screened pair's, and
+    the reference each knob was screened at (its choice in the default, or in the base)."""
+    default = study.user_attrs["screening_default"]
+    staged = study.user_attrs.get("screening_rest")
+    base = study.user_attrs.get("screening_base", default)
+    singles, refs = {}, {}
     for name in _screened_knobs(space):
         # The micro-batch was screened around the default, the rest around the base.
         ref = default if (staged and name == LEAD) or name not in base else base
         # The micro-batch is judged as the second stage judged it: on the first stage's
         # trials (a later measurement of the default belongs to the other knobs' stage).
         pool = [t for t in screened if t.user_attrs.get("stage") != 2] if staged and name == LEAD else screened
-        found = _best_choice(pool, name, ref, min_gain)
-        if found:
-            best[name], gains[name] = found
-    while gains and not feasible(best):
-        weakest = min(gains, key=gains.get)
-        best[weakest] = default[weakest]
-        del gains[weakest]
-    return best
+        singles[name] = {c[0]: g for c, g in _gains(pool, (name,), ref).items()}
+        refs[name] = ref.get(name)
+    pairs = {}
+    for pair in PAIRS:
+        if all(n in singles and n in default for n in pair):
+            scores = _gains(screened, pair, base if staged and LEAD not in pair else default)
+            if scores:
+                pairs[pair] = scores
+    return singles, pairs, refs
+
+
+def screened_estimate(study: optuna.Study, space: SearchSpace) -> Callable[[dict[str, Any]], float]:
+    """The screening's estimate of a config's score, relative to the references: the
+    product of its choices' screened gains, with a pair screened together counted as that
+    pair's gain (1 for a choice the screening did not measure). Only its ratios mean
+    anything: the climb tries the neighbours it expects most of first."""
+    screened = [] if study.user_attrs.get("screening_default") is None else \
+        _screened_done(study.get_trials(deepcopy=False)) or []
+    if not screened:
+        return lambda knobs: 1.0
+    singles, pairs, refs = _screening_gains(study, space, screened)
+
+    def estimate(knobs: dict[str, Any]) -> float:
+        value, paired = 1.0, set()
+        for pair, scores in pairs.items():
+            choices = tuple(knobs.get(n) for n in pair)
+            if choices in scores:
+                value *= scores[choices]
+                paired.update(pair)
+        for name, scores in singles.items():
+            if name not in paired and knobs.get(name) != refs[name]:
+                value *= scores.get(knobs.get(name), 1.0)
+        return value
+
+    return estimate
 
 
 def _score(trial: optuna.trial.FrozenTrial) -> float | None:
@@ -334,7 +426,7 @@ def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float 
         study.set_user_attr("refined_around", around + [incumbent])
     tried = [{k: t.params.get(k, v) for k, v in default.items()} for t in trials if t.state.is_finished()]
     step = f"climb-{sum(t.user_attrs.get('role') in (REFINE, RECHECK) for t in trials)}"
-    role, knobs = next(_climb_steps(space, scores, incumbent, tried), (None, None))
+    role, knobs = next(_climb_steps(space, scores, incumbent, tried, screened_estimate(study, space)), (None, None))
     if role is None or not claim(step):
         return 0
     if role == RECHECK:
@@ -345,13 +437,19 @@ def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float 
 
 
 def _climb_steps(space: SearchSpace, scores: dict[str, tuple[dict[str, Any], list[float]]], incumbent: dict[str, Any],
-                 tried: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+                 tried: list[dict[str, Any]], estimate: Callable[[dict[str, Any]], float] = lambda knobs: 1.0
+                 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """The climb's next trials, in order: the unmeasured neighbours of its config, that
     config again if it was measured once, then the unmeasured neighbours of the configs
     within NEAR of it, best first. (Those configs are as good as the climb's as far as a
     few noisy trials can tell: a climb from one of them can reach what none from the
-    climb's config does.)"""
-    for knobs in neighbours(space, incumbent):
+    climb's config does.) A config's neighbours come in the order of the screening's
+    ``estimate`` of them, highest first: the budget may end before the last, and a choice
+    that lost by half in its screening trial is the least likely to win now."""
+    def ordered(config: dict[str, Any]) -> list[dict[str, Any]]:
+        return sorted(neighbours(space, config), key=lambda knobs: -estimate(knobs))
+
+    for knobs in ordered(incumbent):
         if knobs not in tried:
             yield REFINE, knobs
     if len(scores[repr(incumbent)][1]) < 2:
@@ -360,6 +458,6 @@ def _climb_steps(space: SearchSpace, scores: dict[str, tuple[dict[str, Any], lis
     near = sorted((s for s in scores.values() if s[0] != incumbent and _mean(s[1]) >= (1 - NEAR) * lead),
                   key=lambda s: -_mean(s[1]))
     for config, _ in near:
-        for knobs in neighbours(space, config):
+        for knobs in ordered(config):
             if knobs not in tried:
                 yield REFINE, knobs
