@@ -391,3 +391,43 @@ def test_a_short_runs_evaluation_loads_in_process_and_a_full_runs_with_the_worke
     full = _prepare(tiny_task, cfg, torch.device("cpu"), max_steps=None)
     assert (short.train_loader.num_workers, short.val_loader.num_workers) == (2, 0)
     assert (full.train_loader.num_workers, full.val_loader.num_workers) == (2, 2)
+
+
+def test_checks_evaluate_every_so_many_samples_off_the_runs_clock(tiny_task):
+    """Evaluation is made slow (each validation forward sleeps): the checks' training
+    times and the epochs' rows leave it out, the run's wall time does not."""
+    build = tiny_task.build_model
+    slept = []
+
+    def slow_to_evaluate():
+        model = build()
+        forward = model.forward
+
+        def timed(*args, **kwargs):
+            if not torch.is_grad_enabled():
+                time.sleep(0.02)
+                slept.append(0.02)
+            return forward(*args, **kwargs)
+
+        model.forward = timed
+        return model
+
+    tiny_task.build_model = slow_to_evaluate
+    train_size = len(tiny_task.datasets()[0])
+    began = time.perf_counter()
+    result = train(tiny_task, dataclasses.replace(_cfg(micro_batch_size=8), epochs=2), CPU, eval_each_epoch=True,
+                   eval_every_samples=train_size // 2)
+    wall = time.perf_counter() - began
+    assert [c["samples"] for c in result.checks] == [train_size // 2 * k for k in (1, 2, 3, 4)]
+    assert all(0 <= c["val_accuracy"] <= 1 for c in result.checks)
+    # The check at an epoch's end sees what that epoch's evaluation sees.
+    assert result.checks[1]["val_loss"] == pytest.approx(result.history[0]["val_loss"])
+    assert result.checks[3]["val_loss"] == pytest.approx(result.history[1]["val_loss"])
+    times = [c["train_seconds"] for c in result.checks]
+    assert times == sorted(times)
+    trained = sum(row["seconds"] for row in result.history)
+    assert times[-1] == pytest.approx(trained, abs=0.01)
+    # Every evaluation (four checks, two epoch ends, the final one) is outside it.
+    assert wall - trained >= sum(slept)
+    with pytest.raises(ValueError, match="eval_every_samples"):
+        train(tiny_task, _cfg(micro_batch_size=8), CPU, eval_every_samples=0)

@@ -49,7 +49,7 @@ def sync_fn(device: torch.device) -> Callable[[], None]:
 class TrainResult:
     steps: int  # optimizer steps taken
     samples: int  # training samples processed
-    seconds: float  # wall time of the loop, evaluation included (earlier processes' too when resumed)
+    seconds: float  # wall time of the loop, evaluation included (earlier processes' too when resumed; not ``checks``)
     stopped_by: str  # "epochs", "meter", "max_steps" or "max_seconds"
     train_loss: float
     peak_memory_bytes: int
@@ -64,6 +64,9 @@ class TrainResult:
     resumed_at: dict[str, int] | None = None  # where a resumed run went on from
     processes: int = 1  # ranks that trained together (``--nproc``)
     config: dict[str, Any] = field(default_factory=dict)  # what each rank trained with
+    # With ``eval_every_samples``: {samples, train_seconds, val_loss, val_accuracy} per check;
+    # train_seconds is training time only (no evaluation, at epoch ends or at checks).
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -187,6 +190,7 @@ def train(
     checkpoints: Checkpointer | None = None,
     resume: dict[str, Any] | None = None,
     target_accuracy: float | None = None,
+    eval_every_samples: int | None = None,
     dist: Dist = SINGLE,
 ) -> TrainResult:
     """Train a fresh model from ``task`` with ``cfg``; see the module docstring.
@@ -197,12 +201,20 @@ def train(
     (``engine.distributed``). `cpu_threads` and `cudnn_benchmark` are process-wide torch
     settings: they hold for the run (model building and evaluation included) and are
     restored when it ends.
+
+    ``eval_every_samples`` (for benchmarks that time a run to a target accuracy more
+    finely than once per epoch) also evaluates whenever the samples trained reach the next
+    multiple of it, with the run's clock stopped meanwhile; each such check is a row of
+    ``TrainResult.checks``. Not with ``checkpoints`` or ``resume``.
     """
+    if eval_every_samples is not None and (eval_every_samples < 1 or checkpoints is not None or resume is not None):
+        raise ValueError("eval_every_samples must be a positive count, and not with checkpoints or resume")
     device = device or pick_device()
     with knobs.cpu_threads(device.type, cfg.cpu_threads), knobs.cudnn_benchmark(cfg.cudnn_benchmark):
         reset_peak_memory(device)
         run = _prepare(task, cfg, device, max_steps, eval_in_process=max_eval_batches is not None, d=dist)
         loop = _Loop(run, task, cfg, device, meter, checkpoints, target_accuracy, resume, dist)
+        loop.eval_every = eval_every_samples
         progress = progress and dist.main
         run.model.train()
         stopped_by = ""
@@ -236,6 +248,7 @@ def train(
         resumed_at=loop.resumed_at,
         processes=dist.world,
         config=cfg.to_dict(),
+        checks=loop.checks,
     )
 
 
@@ -250,6 +263,8 @@ class _Loop:
         self.checkpoints, self.target_accuracy = checkpoints, target_accuracy
         self.clock = knobs.CompileClock(sync_fn(device), enabled=cfg.compile)
         self.pos, self.pending, self.resumed_at = Position(), None, None
+        self.eval_every: int | None = None
+        self.checks: list[dict[str, Any]] = []
         if resume is not None:
             self.pos, self.pending = checkpoint.restore(resume, self._stateful(), cfg.to_dict(), d.rank, d.world)
             self.resumed_at = {"epoch": self.pos.epoch, "epoch_batches": self.pos.epoch_batches, "steps": self.pos.steps}
@@ -296,6 +311,8 @@ class _Loop:
             pos.steps, pos.samples, pos.epoch_batches = pos.steps + 1, pos.samples + n, pos.epoch_batches + len(group)
             pos.epoch_samples += n
             bar.update(1)
+            if self.eval_every is not None and pos.samples >= (len(self.checks) + 1) * self.eval_every:
+                self._check()
             if progress and pos.steps % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", samples_s=f"{pos.epoch_samples / max(self.elapsed() - pos.epoch_began_s, 1e-9):,.0f}")
             stopped_by = _stop_reason(pos.steps, self.process_began, self.meter, max_steps, max_seconds)
@@ -330,6 +347,19 @@ class _Loop:
             if improved:
                 self.checkpoints.save(state, BEST)
         return row
+
+    def _check(self) -> None:
+        """Evaluate in the middle of an epoch (``eval_every_samples``), off the run's clock."""
+        run, pos = self.run, self.pos
+        sync_fn(self.device)()
+        # Training time only: the epochs so far (their rows' seconds exclude the evaluation
+        # after each) and this one up to here.
+        train_seconds = sum(r["seconds"] for r in pos.history) + self.elapsed() - pos.epoch_began_s
+        paused = time.perf_counter()
+        ev = evaluate(run.module, run.val_loader, self.task, self.device, self.cfg.amp, None, self.cfg.channels_last, self.dist)
+        self.checks.append({"samples": pos.samples, "train_seconds": train_seconds, "val_loss": ev.loss,
+                            "val_accuracy": ev.accuracy})
+        self.began += time.perf_counter() - paused
 
     def _track(self, ev: EvalResult, epoch: int, now: float) -> bool:
         """Note the time-to-target (``now``: the run's clock after the evaluation);
