@@ -173,15 +173,15 @@ def test_refinement_climbs_one_knob_at_a_time_until_no_neighbour_is_better():
         assert enqueue_refinement(study, space) == 0  # one at a time
         climbed += _finish_waiting(study, values, dists)
     # Around (16, off), 8 and 32 were measured: (16, bf16) is next and better, so its
-    # neighbours follow at once ((16, off, fp16) is never tried), in the order the
-    # screening expects most of: (16, fp16) (bf16 -> fp16 screened at 0.8 / 0.95), then
-    # (8, bf16) (16 -> 8 at 0.9 / 1.2). Around (8, bf16), (16, bf16) is known and
-    # (8, fp16) is worse: the climb ends there, once (8, bf16) is measured a second time;
-    # (16, bf16), within 10% of it, has no neighbour left to measure.
-    assert climbed == [{"micro_batch_size": 16, "amp": "bf16"}, {"micro_batch_size": 16, "amp": "fp16"},
-                       {"micro_batch_size": 8, "amp": "bf16"}, {"micro_batch_size": 8, "amp": "fp16"},
-                       {"micro_batch_size": 8, "amp": "bf16"}]
-    assert [t.user_attrs["role"] for t in study.trials[-2:]] == ["refine", "recheck"]
+    # neighbours follow at once ((16, off, fp16) is never tried), those that change the
+    # micro-batch first; around (8, bf16), (16, bf16) is known and (8, fp16) is worse:
+    # the climb ends there, once (8, bf16) is measured a second time. Then (16, bf16),
+    # within 10% of it, has its last neighbour measured: (16, fp16), which is worse, and
+    # nothing is left within 10%.
+    assert climbed == [{"micro_batch_size": 16, "amp": "bf16"}, {"micro_batch_size": 8, "amp": "bf16"},
+                       {"micro_batch_size": 8, "amp": "fp16"}, {"micro_batch_size": 8, "amp": "bf16"},
+                       {"micro_batch_size": 16, "amp": "fp16"}]
+    assert [t.user_attrs["role"] for t in study.trials[-2:]] == ["recheck", "refine"]
     assert study.user_attrs["refined_around"] == [
         {"micro_batch_size": 16, "amp": "off"}, {"micro_batch_size": 16, "amp": "bf16"}, {"micro_batch_size": 8, "amp": "bf16"}]
 

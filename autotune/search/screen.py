@@ -17,8 +17,9 @@ a pair's choices when the pair gained more than its knobs' own choices together)
 measured, and then the neighbours of the best config so far (adjacent choices of an
 ordered knob, every other choice of the rest, and the moves that keep the effective batch:
 half the micro-batch with twice the accumulation, or the reverse): a knob's best choice
-can still change with the others. They are measured one at a time, those the screening
-expects most of first (``screened_estimate``), and as soon as one is better by at least
+can still change with the others. They are measured one at a time (those that change the
+micro-batch first, then the rest in the order the screening expects most of,
+``screened_estimate``), and as soon as one is better by at least
 3%, the neighbours of that one follow instead (a local search one knob at a time, first
 improvement; a smaller lead is noise and would only send the climb sideways), until the
 current config's neighbours are all measured; then the neighbours of the configs within
@@ -443,11 +444,15 @@ def _climb_steps(space: SearchSpace, scores: dict[str, tuple[dict[str, Any], lis
     config again if it was measured once, then the unmeasured neighbours of the configs
     within NEAR of it, best first. (Those configs are as good as the climb's as far as a
     few noisy trials can tell: a climb from one of them can reach what none from the
-    climb's config does.) A config's neighbours come in the order of the screening's
+    climb's config does.) A config's neighbours that change the micro-batch come first,
+    as ``neighbours`` lists them: what a batch gains depends most on the other knobs (a
+    step in bf16 with channels_last holds more work than the default's, which the
+    micro-batch was screened at). The rest follow in the order of the screening's
     ``estimate`` of them, highest first: the budget may end before the last, and a choice
     that lost by half in its screening trial is the least likely to win now."""
     def ordered(config: dict[str, Any]) -> list[dict[str, Any]]:
-        return sorted(neighbours(space, config), key=lambda knobs: -estimate(knobs))
+        return sorted(neighbours(space, config),
+                      key=lambda knobs: (knobs.get(LEAD) == config.get(LEAD), -estimate(knobs)))
 
     for knobs in ordered(incumbent):
         if knobs not in tried:
