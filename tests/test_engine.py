@@ -14,7 +14,8 @@ from torch.utils.data import TensorDataset
 
 from autotune.config import Base, TrainConfig, scaled_lr
 from autotune.engine import knobs
-from autotune.engine.loop import NonFiniteLossError, train
+from autotune.engine.loop import train
+from autotune.engine.step import NonFiniteLossError
 from autotune.engine.measure import ThroughputMeter
 from autotune.engine.memory import is_oom
 from autotune.errors import ConfigError
@@ -384,11 +385,11 @@ def test_real_cpu_allocation_failure_is_oom():
 
 
 def test_a_short_runs_evaluation_loads_in_process_and_a_full_runs_with_the_workers(tiny_task):
-    from autotune.engine.loop import _prepare
+    from autotune.engine.step import prepare
 
     cfg = TrainConfig.from_base(tiny_task.base, num_workers=2, persistent_workers=True)
-    short = _prepare(tiny_task, cfg, torch.device("cpu"), max_steps=4, eval_in_process=True)
-    full = _prepare(tiny_task, cfg, torch.device("cpu"), max_steps=None)
+    short = prepare(tiny_task, cfg, torch.device("cpu"), max_steps=4, eval_in_process=True)
+    full = prepare(tiny_task, cfg, torch.device("cpu"), max_steps=None)
     assert (short.train_loader.num_workers, short.val_loader.num_workers) == (2, 0)
     assert (full.train_loader.num_workers, full.val_loader.num_workers) == (2, 2)
 

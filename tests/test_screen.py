@@ -12,7 +12,8 @@ from optuna.trial import TrialState, create_trial
 
 from autotune.report import knob_effects
 from autotune.search import SearchBudget, TrialBudget, enqueue_default, open_study, parse_space, run_search
-from autotune.search.screen import combination, enqueue_refinement, neighbours, screening_configs
+from autotune.search.climb import enqueue_refinement, neighbours
+from autotune.search.screen import combination, screening_configs
 
 FAST = TrialBudget(warmup_steps=1, window_s=0.02, windows=2, max_eval_batches=1, timeout_s=60)
 

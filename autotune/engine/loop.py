@@ -7,8 +7,6 @@ goes for ``cfg.epochs`` epochs with progress bars and an evaluation after each e
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import math
 import sys
 import time
@@ -23,15 +21,10 @@ from autotune.engine import checkpoint, distributed, knobs
 from autotune.engine.checkpoint import BEST, LAST, Checkpointer, Position
 from autotune.engine.distributed import SINGLE, Dist
 from autotune.engine.evaluation import EvalResult, evaluate
-from autotune.engine.data import batch_len, make_loader, to_device
 from autotune.engine.measure import ThroughputMeter
 from autotune.engine.memory import peak_memory_bytes, reset_peak_memory
-from autotune.errors import TrialError
-from autotune.task import Task, call_model
-
-
-class NonFiniteLossError(TrialError):
-    """The training loss became NaN or infinite."""
+from autotune.engine.step import Run, check_finite, groups, prepare, skipped_steps, timed_step
+from autotune.task import Task
 
 
 def pick_device() -> torch.device:
@@ -67,112 +60,6 @@ class TrainResult:
     # With ``eval_every_samples``: {samples, train_seconds, val_loss, val_accuracy} per check;
     # train_seconds is training time only (no evaluation, at epoch ends or at checks).
     checks: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class _Run:
-    """The live objects of one training run, built fresh by ``_prepare``."""
-
-    model: torch.nn.Module  # what the training steps call: ``module``, compiled under `compile`
-    module: torch.nn.Module  # the plain model: evaluated, and its weights are the result
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
-    steps_per_epoch: int
-    total_steps: int
-
-
-def _prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int | None, eval_in_process: bool = False,
-             d: Dist = SINGLE) -> _Run:
-    generator = knobs.seed_everything(cfg.seed)
-    module = task.build_model()
-    if cfg.checkpointing:
-        knobs.enable_checkpointing(task.blocks(module))
-    module.to(device, memory_format=knobs.memory_format(cfg.channels_last))
-    optimizer = task.make_optimizer(module.parameters(), cfg.lr, cfg.weight_decay)
-    train_set, val_set = task.datasets()
-    train_loader = make_loader(train_set, cfg, device, train=True, collate_fn=task.collate_fn, generator=generator, dist=d)
-    # A short run's few evaluation batches are loaded in this process: starting the
-    # config's workers again for them took longer than the evaluation itself (1-2 s).
-    val_cfg = dataclasses.replace(cfg, num_workers=0, persistent_workers=False) if eval_in_process else cfg
-    val_loader = make_loader(val_set, val_cfg, device, train=False, collate_fn=task.collate_fn, dist=d)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulation_steps)
-    total = steps_per_epoch * cfg.epochs
-    if max_steps is not None:
-        total = min(total, max_steps)
-    return _Run(
-        model=knobs.compiled(distributed.wrap(module, d, device), cfg.compile),
-        module=module,
-        optimizer=optimizer,
-        scaler=knobs.grad_scaler(device.type, cfg.amp),
-        scheduler=knobs.lr_scheduler(optimizer, cfg.warmup, total, cfg.schedule),
-        train_loader=train_loader,
-        val_loader=val_loader,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total,
-    )
-
-
-def _groups(loader: torch.utils.data.DataLoader, k: int) -> Iterator[tuple[list[Any], float]]:
-    """Micro-batches in groups of ``k`` (the last group of an epoch may be shorter), each
-    with the seconds spent waiting for the loader to hand it over."""
-    it = iter(loader)
-    while True:
-        start = time.perf_counter()
-        group = list(itertools.islice(it, k))
-        if not group:
-            return
-        yield group, time.perf_counter() - start
-
-
-def optimizer_step(run: _Run, task: Task, cfg: TrainConfig, group: list[Any], device: torch.device) -> tuple[torch.Tensor, int]:
-    """Forward/backward every micro-batch of ``group``, then one optimizer step.
-
-    Each micro-batch's mean loss is weighted by its share of the group's samples, so the
-    accumulated gradient equals that of one batch holding the whole group, a short last
-    group included. Returns the group's summed loss (on the device) and its sample count.
-    """
-    sizes = [batch_len(target) for _, target in group]
-    total = sum(sizes)
-    loss_sum = torch.zeros((), device=device)
-    non_blocking = cfg.pin_memory and device.type == "cuda"
-    for i, ((inputs, target), size) in enumerate(zip(group, sizes)):
-        inputs = to_device(inputs, device, non_blocking, cfg.channels_last)
-        target = to_device(target, device, non_blocking)
-        with distributed.no_sync(run.model, last=i == len(group) - 1):
-            with knobs.autocast(device.type, cfg.amp):
-                loss = task.loss(call_model(run.model, inputs), target)
-            run.scaler.scale(loss * (size / total)).backward()
-        loss_sum += loss.detach().float() * size
-    if cfg.grad_clip > 0:
-        run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step()
-    return loss_sum, total
-
-
-def _timed_step(run: _Run, task: Task, cfg: TrainConfig, group: list[Any], device: torch.device, waited: float, meter: ThroughputMeter | None, clock: knobs.CompileClock) -> tuple[torch.Tensor, int]:
-    """``optimizer_step``, told to the throughput meter (when there is one) and the clock."""
-    if meter is not None:
-        meter.waited(waited)
-    started = time.perf_counter()
-    loss_sum, n = optimizer_step(run, task, cfg, group, device)
-    clock.step(started)
-    if meter is not None:
-        meter.step(n)
-    return loss_sum, n
-
-
-def _check_finite(loss_sum: torch.Tensor, samples: int, step: int) -> float:
-    value = float(loss_sum) / max(samples, 1)
-    if not math.isfinite(value):
-        raise NonFiniteLossError(f"training loss became {value} at optimizer step {step}")
-    return value
 
 
 def train(
@@ -212,7 +99,7 @@ def train(
     device = device or pick_device()
     with knobs.cpu_threads(device.type, cfg.cpu_threads), knobs.cudnn_benchmark(cfg.cudnn_benchmark):
         reset_peak_memory(device)
-        run = _prepare(task, cfg, device, max_steps, eval_in_process=max_eval_batches is not None, d=dist)
+        run = prepare(task, cfg, device, max_steps, eval_in_process=max_eval_batches is not None, d=dist)
         loop = _Loop(run, task, cfg, device, meter, checkpoints, target_accuracy, resume, dist)
         loop.eval_every = eval_every_samples
         progress = progress and dist.main
@@ -256,7 +143,7 @@ class _Loop:
     """The moving parts of one run's loop: its live objects, where it is (``Position``),
     its clocks, and its checkpoints."""
 
-    def __init__(self, run: _Run, task: Task, cfg: TrainConfig, device: torch.device, meter: ThroughputMeter | None,
+    def __init__(self, run: Run, task: Task, cfg: TrainConfig, device: torch.device, meter: ThroughputMeter | None,
                  checkpoints: Checkpointer | None, target_accuracy: float | None, resume: dict[str, Any] | None,
                  d: Dist = SINGLE):
         self.run, self.task, self.cfg, self.device, self.meter, self.dist = run, task, cfg, device, meter, d
@@ -295,7 +182,7 @@ class _Loop:
         else:
             self.pos.epoch_began_s = self.elapsed()
         self.epoch_start = {name: g.get_state() for name, g in generators.items()}
-        return _groups(self.run.train_loader, self.cfg.accumulation_steps)
+        return groups(self.run.train_loader, self.cfg.accumulation_steps)
 
     def run_epoch(self, progress: bool, max_steps: int | None, max_seconds: float | None) -> str:
         """Train the rest of the current epoch; returns why it stopped early, or ""."""
@@ -306,7 +193,7 @@ class _Loop:
                    desc=f"epoch {pos.epoch + 1}", unit="step", leave=False, disable=not progress or not sys.stderr.isatty())
         stopped_by = ""
         for group, waited in groups:
-            loss_sum, n = _timed_step(self.run, self.task, cfg, group, self.device, waited, self.meter, self.clock)
+            loss_sum, n = timed_step(self.run, self.task, cfg, group, self.device, waited, self.meter, self.clock)
             epoch_loss += loss_sum
             pos.steps, pos.samples, pos.epoch_batches = pos.steps + 1, pos.samples + n, pos.epoch_batches + len(group)
             pos.epoch_samples += n
@@ -329,7 +216,7 @@ class _Loop:
         """The epoch's history row (evaluated when asked), then the epoch-end checkpoints."""
         pos, run = self.pos, self.run
         loss_sum, samples = distributed.all_sum([pos.epoch_loss, pos.epoch_samples], self.dist, self.device)
-        loss = _check_finite(torch.tensor(loss_sum), int(samples), pos.steps)
+        loss = check_finite(torch.tensor(loss_sum), int(samples), pos.steps)
         seconds = self.elapsed() - pos.epoch_began_s
         row = {"epoch": epoch + 1, "train_loss": loss, "lr": run.optimizer.param_groups[0]["lr"], "samples": int(samples),
                "seconds": seconds, "samples_per_s": samples / seconds if seconds > 0 else None}
@@ -385,18 +272,6 @@ class _Loop:
                                    list(ranks))
         self.checkpoints.save(state, LAST)
         return state
-
-
-def skipped_steps(scaler: torch.amp.GradScaler) -> int:
-    """Optimizer steps fp16's loss scaler skipped (inf/NaN gradients) in a short run.
-
-    Every skip halves the scale and it only grows back after ``growth_interval`` (2,000)
-    clean steps, so within a shorter run the skips are log2(initial / current scale); read
-    once at the end, so no step waits for the device.
-    """
-    if not scaler.is_enabled():
-        return 0
-    return max(0, round(math.log2(knobs.INIT_SCALE / scaler.get_scale())))
 
 
 def _stop_reason(steps: int, start: float, meter: ThroughputMeter | None, max_steps: int | None, max_seconds: float | None) -> str:

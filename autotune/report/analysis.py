@@ -76,7 +76,7 @@ def knob_effects(trials: Sequence[Any], default: dict[str, Any] | None, choices:
     same rows for the knobs screened together as well (``screen.PAIRS``), keyed
     ``"a + b"``, each row's ``choice`` a list of the pair's values.
     """
-    from autotune.search.screen import PAIRS, reference_level
+    from autotune.search.screen import PAIRS, changed_only, reference_level
 
     if default is None:
         return {"reason": "the study did not screen the knobs one at a time (a warm start, or a study from an "
@@ -117,8 +117,7 @@ def knob_effects(trials: Sequence[Any], default: dict[str, Any] | None, choices:
         refs = [(t.number, v) for t in measured if _matches(t, ref) and (v := screening_value(t)) is not None]
         rows = []
         for t in screened:
-            if all(t.params.get(n) != ref.get(n) for n in pair) and \
-                    all(t.params.get(k) == v for k, v in ref.items() if k not in pair):
+            if changed_only(t, pair, ref):
                 level, near = reference_level(refs, t.number)
                 row = _effect_row(t, pair[0], level, ref_trial.number, near)
                 rows.append({**row, "choice": [t.params.get(n) for n in pair]})

@@ -14,34 +14,22 @@ channels_last) are also screened together, both changed at once: each can lose a
 both win together. Then the config that takes, for every knob, the choice
 that scored best in its screening trial (by at least 5% over the base's: less is noise;
 a pair's choices when the pair gained more than its knobs' own choices together) is
-measured, and then the neighbours of the best config so far (adjacent choices of an
-ordered knob, every other choice of the rest, and the moves that keep the effective batch:
-half the micro-batch with twice the accumulation, or the reverse): a knob's best choice
-can still change with the others. They are measured one at a time (those that change the
-micro-batch first, then the rest in the order the screening expects most of,
-``screened_estimate``), and as soon as one is better by at least
-3%, the neighbours of that one follow instead (a local search one knob at a time, first
-improvement; a smaller lead is noise and would only send the climb sideways), until the
-current config's neighbours are all measured; then the neighbours of the configs within
-10% of it (a few trials cannot rank configs that close).
+measured. The climb from there (``climb.py``) tries its neighbours, ordered by the
+screening's estimate of them (``screened_estimate``).
 
 One trial of a config can be lucky by 10-20% on a busy machine, and every gain above is a
-ratio to a reference config: a lucky reference hides every real gain, and a lucky
-incumbent stops the climb. The machine's own speed also drifts by 20-30% over minutes:
-a stage of seven choices measured in a slow minute, against a reference measured before
-it in a fast one, loses every gain (in one benchmark run here bf16 was dropped so, and
-the grid's best config was a bf16 one). So each stage's reference (the default for the
-micro-batch; the base, a screened micro-batch or the default, for the other knobs) is
-measured again after every ``REFERENCE_EVERY`` of its choices and after the last, and
-each choice's gain is its value over the mean of the reference's measurements nearest
-before and after it: no choice is more than two trials from a measurement of what it is
-compared with. A base other than the default is also measured once more before its
-choices: its one earlier measurement is the one that made it the base, so it is more
-likely lucky than not, and would hide the gains of the first choices after it. A
-config's score in the climb is the mean of its measurements, and when every neighbour
-of the climb's config has been measured, that config is measured once more (a recheck)
-before the climb is done with it: if its mean falls behind another config's, the climb
-moves there. The sampler (TPE) goes on from all of these.
+ratio to a reference config: a lucky reference hides every real gain. The machine's own
+speed also drifts by 20-30% over minutes: a stage of seven choices measured in a slow
+minute, against a reference measured before it in a fast one, loses every gain (in one
+benchmark run here bf16 was dropped so, and the grid's best config was a bf16 one). So
+each stage's reference (the default for the micro-batch; the base, a screened micro-batch
+or the default, for the other knobs) is measured again after every ``REFERENCE_EVERY`` of
+its choices and after the last, and each choice's gain is its value over the mean of the
+reference's measurements nearest before and after it: no choice is more than two trials
+from a measurement of what it is compared with. A base other than the default is also
+measured once more before its choices: its one earlier measurement is the one that made
+it the base, so it is more likely lucky than not, and would hide the gains of the first
+choices after it.
 
 Range knobs (``low``/``high``) are not screened. Configs ruled out unrun (too big for the
 memory limit, too few optimizer steps) cost nothing; a pruned trial counts as the value
@@ -52,7 +40,7 @@ knob around the default at once, and is read that way.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -63,11 +51,6 @@ SCREENING, COMBINATION, REFINE, RECHECK = "screening", "combination", "refine", 
 # Two trials of one config differ by a few percent on a quiet machine (5-10% on a busy
 # one): a screened gain below this keeps the default in the combination.
 MIN_GAIN = 1.05
-# A neighbour must beat the climb's current config by this much to move the climb there.
-MIN_MOVE = 1.03
-# Once the climb is done, the neighbours of configs within this share of its config's
-# score are measured too: a few trials cannot rank configs closer than this.
-NEAR = 0.10
 # Screened first; the other knobs are screened at its best choice.
 LEAD = "micro_batch_size"
 # A stage's reference config is measured again after every this many of its choices
@@ -85,7 +68,7 @@ def screening_configs(space: SearchSpace, default: dict[str, Any], knobs: list[s
     """The one-factor-at-a-time configs around ``default`` (the searched knobs' values),
     for ``knobs`` (default: every screened knob)."""
     out = []
-    for name in _screened_knobs(space) if knobs is None else knobs:
+    for name in screened_knobs(space) if knobs is None else knobs:
         out += [{**default, name: c} for c in space.params[name].choices if c != default.get(name)]
     return out
 
@@ -93,7 +76,7 @@ def screening_configs(space: SearchSpace, default: dict[str, Any], knobs: list[s
 def pair_configs(space: SearchSpace, base: dict[str, Any], knobs: list[str]) -> list[dict[str, Any]]:
     """The configs around ``base`` that change both knobs of a ``PAIRS`` entry (both in
     ``knobs``) to another choice each."""
-    screened = _screened_knobs(space)
+    screened = screened_knobs(space)
     out = []
     for a, b in PAIRS:
         if a in knobs and b in knobs and a in screened and b in screened:
@@ -102,7 +85,8 @@ def pair_configs(space: SearchSpace, base: dict[str, Any], knobs: list[str]) -> 
     return out
 
 
-def _screened_knobs(space: SearchSpace) -> list[str]:
+def screened_knobs(space: SearchSpace) -> list[str]:
+    """The knobs with a list of choices: the ones screened, and moved by the climb."""
     return [n for n in space.searched() if space.params[n].choices is not None]
 
 
@@ -110,7 +94,7 @@ def enqueue_screening(study: optuna.Study, space: SearchSpace, default: dict[str
     """Queue the first screening trials after whatever is queued already (the micro-batch's
     choices when it is searched with other knobs, else every knob's); returns how many.
     The rest follow from ``enqueue_second_stage`` once these have finished."""
-    screened = _screened_knobs(space)
+    screened = screened_knobs(space)
     first = [LEAD] if LEAD in screened and len(screened) > 1 else screened
     queued = _enqueue_stage(study, screening_configs(space, default, first) + pair_configs(space, default, first), default)
     study.set_user_attr("screening_default", default)
@@ -159,8 +143,7 @@ def _gains(screened: list[optuna.trial.FrozenTrial], names: tuple[str, ...],
             if all(t.params.get(k) == v for k, v in ref.items()) and (v := _score(t)) is not None]
     gains: dict[tuple[Any, ...], list[float]] = {}
     for t in screened:
-        if all(t.params.get(n) != ref.get(n) for n in names) \
-                and all(t.params.get(k) == v for k, v in ref.items() if k not in names):
+        if changed_only(t, names, ref):
             value = _score(t)
             if value is not None:
                 level = reference_level(refs, t.number)[0]
@@ -168,15 +151,11 @@ def _gains(screened: list[optuna.trial.FrozenTrial], names: tuple[str, ...],
     return {choice: sum(values) / len(values) for choice, values in gains.items()}
 
 
-def _best_choice(screened: list[optuna.trial.FrozenTrial], name: str, ref: dict[str, Any],
-                 min_gain: float) -> tuple[Any, float] | None:
-    """The choice of ``name`` that gained most with every other knob as in ``ref``, and
-    that gain (``_gains``); None when none gained ``min_gain``."""
-    scores = _gains(screened, (name,), ref)
-    if not scores:
-        return None
-    choice = max(scores, key=scores.get)
-    return (choice[0], scores[choice]) if scores[choice] >= min_gain else None
+def changed_only(trial: optuna.trial.FrozenTrial, names: tuple[str, ...], ref: dict[str, Any]) -> bool:
+    """Whether ``trial`` changed every knob of ``names`` from ``ref`` and no other: a
+    screening trial of those knobs (together, for more than one)."""
+    return all(trial.params.get(n) != ref.get(n) for n in names) \
+        and all(trial.params.get(k) == v for k, v in ref.items() if k not in names)
 
 
 def reference_level(refs: list[tuple[int, float]], number: int) -> tuple[float | None, list[int]]:
@@ -191,10 +170,12 @@ def reference_level(refs: list[tuple[int, float]], number: int) -> tuple[float |
     return sum(v for _, v in near) / len(near), [n for n, _ in near]
 
 
+# Of several processes sharing a study, the one that gets ``claim(key)`` queues that
+# step (``storage.py``); a process searching alone always gets it.
 Claim = Callable[[str], bool]
 
 
-def _alone(key: str) -> bool:
+def alone(key: str) -> bool:
     return True
 
 
@@ -207,7 +188,7 @@ def in_stages(study: optuna.Study) -> bool:
     return not combined or not combined[0].state.is_finished()
 
 
-def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: float = MIN_GAIN, claim: Claim = _alone) -> int:
+def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: float = MIN_GAIN, claim: Claim = alone) -> int:
     """Once the micro-batch's screening trials have finished, queue the other knobs'
     choices around the base: the default with the best screened micro-batch (when it beat
     the default's by ``min_gain``). Returns how many were queued; 0 when not due, or when
@@ -218,8 +199,9 @@ def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: floa
     screened = _screened_done(study.get_trials(deepcopy=False))
     if screened is None or not claim("second-stage"):
         return 0
-    best = _best_choice(screened, LEAD, default, min_gain)
-    base = {**default, LEAD: best[0]} if best else dict(default)
+    scores = _gains(screened, (LEAD,), default)
+    best = max(scores, key=scores.get) if scores else None
+    base = {**default, LEAD: best[0]} if best and scores[best] >= min_gain else dict(default)
     rest = [n for n in rest if n in space.params]
     configs = screening_configs(space, base, rest) + pair_configs(space, base, rest)
     queued = _enqueue_stage(study, configs, base, first=base != default, stage=2)
@@ -286,7 +268,7 @@ def _screening_gains(study: optuna.Study, space: SearchSpace, screened: list[opt
     staged = study.user_attrs.get("screening_rest")
     base = study.user_attrs.get("screening_base", default)
     singles, refs = {}, {}
-    for name in _screened_knobs(space):
+    for name in screened_knobs(space):
         # The micro-batch was screened around the default, the rest around the base.
         ref = default if (staged and name == LEAD) or name not in base else base
         # The micro-batch is judged as the second stage judged it: on the first stage's
@@ -339,7 +321,7 @@ def _score(trial: optuna.trial.FrozenTrial) -> float | None:
 
 
 def enqueue_combination(study: optuna.Study, space: SearchSpace,
-                        feasible: Callable[[dict[str, Any]], bool] = lambda knobs: True, claim: Claim = _alone) -> bool:
+                        feasible: Callable[[dict[str, Any]], bool] = lambda knobs: True, claim: Claim = alone) -> bool:
     """Queue the combination when it is due (and this process got its claim). One equal
     to a config already measured is answered from that trial, as any repeated proposal is."""
     best = combination(study, space, feasible)
@@ -347,122 +329,3 @@ def enqueue_combination(study: optuna.Study, space: SearchSpace,
         return False
     study.enqueue_trial(best, user_attrs={"role": COMBINATION})
     return True
-
-
-def neighbours(space: SearchSpace, incumbent: dict[str, Any]) -> list[dict[str, Any]]:
-    """Configs one knob away from ``incumbent``: for numeric knobs the next smaller and
-    larger choice, for the others every other choice. Then the moves that keep the
-    effective batch: half the micro-batch with twice the accumulation, and the reverse
-    (the same samples per optimizer step, so the same statistical efficiency, with another
-    trade of memory traffic against per-step overhead: one knob at a time never gets
-    there, since either change alone leaves the effective batch, or too few steps)."""
-    out = []
-    for name in _screened_knobs(space):
-        choices, current = list(space.params[name].choices), incumbent.get(name)
-        if current not in choices:
-            continue
-        if all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices):
-            ordered = sorted(choices)
-            i = ordered.index(current)
-            near = ordered[max(0, i - 1): i] + ordered[i + 1: i + 2]
-        else:
-            near = [c for c in choices if c != current]
-        out += [{**incumbent, name: c} for c in near]
-    mb, acc = (space.params.get(n) for n in ("micro_batch_size", "accumulation_steps"))
-    if mb is not None and acc is not None and mb.choices and acc.choices and len(mb.choices) > 1 and len(acc.choices) > 1:
-        m, a = incumbent.get("micro_batch_size"), incumbent.get("accumulation_steps")
-        for m2, a2 in ((m // 2 if m else None, a * 2 if a else None), (m * 2 if m else None, a // 2 if a else None)):
-            if m2 in mb.choices and a2 in acc.choices:
-                out.append({**incumbent, "micro_batch_size": m2, "accumulation_steps": a2})
-    return out
-
-
-def config_scores(trials: list[optuna.trial.FrozenTrial], default: dict[str, Any]) -> dict[str, tuple[dict[str, Any], list[float]]]:
-    """Each measured config's knobs and objective values (its completed trials; a repeated
-    proposal answered from an earlier trial is not a measurement), by ``repr`` of its knobs."""
-    out: dict[str, tuple[dict[str, Any], list[float]]] = {}
-    for t in trials:
-        if t.state == TrialState.COMPLETE and t.value is not None and t.user_attrs.get("status") != "duplicate":
-            knobs = {k: t.params.get(k, v) for k, v in default.items()}
-            out.setdefault(repr(knobs), (knobs, []))[1].append(t.value)
-    return out
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float = MIN_MOVE, claim: Claim = _alone) -> int:
-    """Once the combination has finished, queue the next unmeasured neighbour of the
-    climb's current config, one at a time; returns how many were queued (0 or 1).
-
-    Configs are compared by the mean of their measurements. The current config is the
-    best one, unless the config the climb is at already scored within ``min_move`` of it:
-    then the climb stays (first improvement by a margin: when a neighbour turns out
-    clearly better, the next ones are its neighbours). Once every neighbour of the current
-    config is measured, the config itself is measured once more (``RECHECK``) if it was
-    measured only once. Then the unmeasured neighbours of the configs within ``NEAR`` of
-    it follow, best first (should one of them turn out clearly better, the climb moves
-    there). Nothing is queued while a refinement or recheck is pending, nor once all of
-    these are measured: the sampler goes on from there, and should it find a clearly
-    better config, the climb starts again around it. Of several processes sharing the study, the one that gets the claim for
-    this step of the climb queues it."""
-    default = study.user_attrs.get("screening_default")
-    trials = study.get_trials(deepcopy=False)
-    combined = [t for t in trials if t.user_attrs.get("role") == COMBINATION]
-    if default is None or not combined or not combined[0].state.is_finished():
-        return 0
-    if any(t.user_attrs.get("role") in (REFINE, RECHECK) and not t.state.is_finished() for t in trials):
-        return 0
-    scores = config_scores(trials, default)
-    if not scores:
-        return 0
-    best = max(scores.values(), key=lambda s: _mean(s[1]))
-    around = study.user_attrs.get("refined_around", [])
-    incumbent = best[0]
-    if around and repr(around[-1]) in scores:
-        if _mean(best[1]) < min_move * _mean(scores[repr(around[-1])][1]):
-            incumbent = around[-1]
-    if not around or around[-1] != incumbent:
-        study.set_user_attr("refined_around", around + [incumbent])
-    tried = [{k: t.params.get(k, v) for k, v in default.items()} for t in trials if t.state.is_finished()]
-    step = f"climb-{sum(t.user_attrs.get('role') in (REFINE, RECHECK) for t in trials)}"
-    role, knobs = next(_climb_steps(space, scores, incumbent, tried, screened_estimate(study, space)), (None, None))
-    if role is None or not claim(step):
-        return 0
-    if role == RECHECK:
-        enqueue_recheck(study, knobs)
-    else:
-        study.enqueue_trial(knobs, user_attrs={"role": REFINE})
-    return 1
-
-
-def _climb_steps(space: SearchSpace, scores: dict[str, tuple[dict[str, Any], list[float]]], incumbent: dict[str, Any],
-                 tried: list[dict[str, Any]], estimate: Callable[[dict[str, Any]], float] = lambda knobs: 1.0
-                 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The climb's next trials, in order: the unmeasured neighbours of its config, that
-    config again if it was measured once, then the unmeasured neighbours of the configs
-    within NEAR of it, best first. (Those configs are as good as the climb's as far as a
-    few noisy trials can tell: a climb from one of them can reach what none from the
-    climb's config does.) A config's neighbours that change the micro-batch come first,
-    as ``neighbours`` lists them: what a batch gains depends most on the other knobs (a
-    step in bf16 with channels_last holds more work than the default's, which the
-    micro-batch was screened at). The rest follow in the order of the screening's
-    ``estimate`` of them, highest first: the budget may end before the last, and a choice
-    that lost by half in its screening trial is the least likely to win now."""
-    def ordered(config: dict[str, Any]) -> list[dict[str, Any]]:
-        return sorted(neighbours(space, config),
-                      key=lambda knobs: (knobs.get(LEAD) == config.get(LEAD), -estimate(knobs)))
-
-    for knobs in ordered(incumbent):
-        if knobs not in tried:
-            yield REFINE, knobs
-    if len(scores[repr(incumbent)][1]) < 2:
-        yield RECHECK, incumbent
-    lead = _mean(scores[repr(incumbent)][1])
-    near = sorted((s for s in scores.values() if s[0] != incumbent and _mean(s[1]) >= (1 - NEAR) * lead),
-                  key=lambda s: -_mean(s[1]))
-    for config, _ in near:
-        for knobs in ordered(config):
-            if knobs not in tried:
-                yield REFINE, knobs

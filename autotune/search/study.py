@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from autotune.config import TrainConfig
 from autotune.search.objective import Scorer
 from autotune.search.prune import Reporting, best_of
-from autotune.search.screen import enqueue_combination, enqueue_refinement, enqueue_screening, enqueue_second_stage, in_stages
+from autotune.search.climb import enqueue_refinement
+from autotune.search.screen import enqueue_combination, enqueue_screening, enqueue_second_stage, in_stages
 from autotune.search.space import SearchSpace
 from autotune.search.stale import _stale_after, fail_stale_trials, mark_stale, owner, trial_heartbeat
 from autotune.search.storage import claim, write_trial
