@@ -14,7 +14,8 @@ In one run on this machine:
 3. For each run: the training wall time (evaluation excluded) until the validation
    accuracy first reaches ``--target``, at those checks and at epoch ends (an epoch is
    coarse: a pick that gets there early in an epoch is timed at its end); the table gives
-   the medians.
+   the medians, and a line under it each A-B pair's ratio of the two times and in how
+   many pairs the goodput pick got there first.
 
     .venv/bin/python benchmarks/goodput_vs_throughput.py [--model examples/digits_cnn.py] [--target 0.97] [--repeats 3]
         [--eval-every SAMPLES] [--picks-from benchmarks/results/search_vs_grid-DATE.json] [--out RESULT.json]
@@ -125,6 +126,7 @@ def main() -> None:
             "median_train_seconds": statistics.median(r["train_seconds"] for r in rs),
             "median_final_val_accuracy": statistics.median(r["final_val_accuracy"] for r in rs),
         }
+    pairs = paired(runs)
     host = machine()
     print(f"machine: {host}; model {args.model}; target val accuracy {args.target}; checks every {eval_every} samples")
     print(f"{'objective':<11}{'eff. batch':>11}{'reached':>9}{'median s to target':>20}{'samples':>9}"
@@ -134,6 +136,9 @@ def main() -> None:
         print(f"{objective:<11}{s['effective_batch']:>11}{s['runs_reaching_target']:>9}{'-' if t is None else f'{t:.2f}':>20}"
               f"{'-' if n is None else f'{n:.0f}':>9}{'-' if e is None else f'{e:.2f}':>14}"
               f"{s['median_train_seconds']:>16.1f}{s['median_final_val_accuracy']:>11.4f}")
+    if pairs:
+        print(f"goodput pick sooner in {pairs['goodput_sooner']} of {pairs['pairs']} A-B pairs; time ratios (goodput / "
+              f"throughput) {', '.join(f'{r:.2f}' for r in pairs['ratios'])}, median {pairs['median_ratio']:.2f}")
     at = commit()
     out = args.out or ROOT / "benchmarks" / "results" / f"goodput_vs_throughput-{Path(args.model).stem}.json"
     out.write_text(json.dumps({"machine": host, "commit": at, "model": args.model, "target": args.target,
@@ -142,8 +147,22 @@ def main() -> None:
                                           + (f" --eval-every {args.eval_every}" if args.eval_every else "")
                                           + (f" --picks-from {args.picks_from}" if args.picks_from else ""),
                                "picks": {k: v.to_dict() for k, v in picks.items()}, "tuning": tuning,
-                               "summary": summary, "runs": runs}, indent=2, default=str) + "\n")
+                               "summary": summary, "pairs": pairs, "runs": runs}, indent=2, default=str) + "\n")
     print(f"wrote {out}")
+
+
+def paired(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """The A-B pairs side by side: each pair's goodput / throughput time to target (the two
+    runs of a pair ran one after the other, so they share most of the machine's mood),
+    and in how many pairs the goodput pick got there first. None unless both picks
+    reached the target in every run."""
+    g, t = runs.get("goodput", []), runs.get("throughput", [])
+    times = [(a["time_to_target_s"], b["time_to_target_s"]) for a, b in zip(g, t)]
+    if not times or any(a is None or b is None for a, b in times):
+        return None
+    ratios = [a / b for a, b in times]
+    return {"pairs": len(times), "goodput_sooner": sum(a < b for a, b in times), "ratios": ratios,
+            "median_ratio": statistics.median(ratios)}
 
 
 def _read_picks(path: Path, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
