@@ -19,6 +19,7 @@ from autotune.engine.loop import train
 from autotune.errors import AutotuneError
 from autotune.task import load_task
 from tests.run_checks import assert_same_final_run
+from tests.training import _weights
 
 ASSETS = Path(__file__).parent / "assets"
 CRASHY = ASSETS / "crashy_mlp.py"
@@ -46,10 +47,6 @@ def test_checkpoints_are_written_atomically_and_read_back(tmp_path):
     save_atomic({"something": "else"}, tmp_path / "other.pt")
     with pytest.raises(AutotuneError, match="is not a checkpoint this version of autotune wrote"):
         load(tmp_path / "other.pt")
-
-
-def _weights(result) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in result.model.state_dict().items()}
 
 
 def test_resuming_from_a_mid_epoch_checkpoint_in_process_gives_the_same_weights(tmp_path):
