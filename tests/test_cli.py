@@ -11,7 +11,7 @@ from autotune.cli import main
 from autotune.hardware import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_PROFILE = ROOT / "profiles" / "cpu-amd-epyc-2c-24gib-ba403d39.yaml"
+CPU_PROFILE = ROOT / "profiles" / "cpu-amd-epyc-2c-24gib-a972690e.yaml"
 H100_FIXTURE = ROOT / "tests" / "fixtures" / "fixture_gpu_h100_profile.yaml"
 
 

@@ -34,7 +34,6 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
     from fake_pynvml import A100, H100, FakeNvml, fake_api_names
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED_PROFILE = ROOT / "profiles" / "cpu-amd-epyc-2c-24gib-ba403d39.yaml"
 # The same machine's profile as first committed, before the bandwidth keys existed.
 OLDER_PROFILE = ROOT / "tests" / "fixtures" / "fixture_cpu_profile_before_bandwidth.yaml"
 NO_DRIVER = (
@@ -326,13 +325,18 @@ def test_torch_dtype_support_is_recorded() -> None:
     assert software["torch_num_threads"] >= 1
 
 
-def test_committed_profile_loads() -> None:
-    assert load_profile(COMMITTED_PROFILE).fingerprint == COMMITTED_PROFILE.stem
+@pytest.mark.parametrize("path", sorted((ROOT / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
+def test_each_committed_profile_is_named_by_the_fingerprint_its_facts_give_now(path: Path) -> None:
+    # A profile whose fingerprint came from an older scheme would never match its own
+    # machine by name again (a run there writes a second profile).
+    profile = load_profile(path)
+    assert profile.fingerprint == path.stem
+    assert fingerprint(profile.host, profile.gpus, profile.nvml["driver_version"]) == path.stem
 
 
 def test_an_older_profile_without_the_new_keys_still_loads() -> None:
     profile = load_profile(OLDER_PROFILE)
-    assert profile.fingerprint == COMMITTED_PROFILE.stem
+    assert profile.fingerprint == "cpu-amd-epyc-2c-24gib-ba403d39"
     assert "cpu_memory_copy_gbps" not in profile.measured
     assert "torch_bf16_supported" not in profile.software
     text = profile.summary()  # the summary shows what an older profile has, no more
