@@ -55,6 +55,7 @@ def measure(model_path: str, config: dict[str, Any], max_seconds: float = 10.0, 
     batches = (to_device(b, device) for b in itertools.chain.from_iterable(itertools.repeat(loader)))
     first = next(batches)
     flops = train_step_flops(model, lambda m: loss_of(m, *first))
+    batches = itertools.chain([first], batches)  # the noise scale starts from the same first batch
     observations: list[NoiseScale] = []
     start = time.perf_counter()
     if len(loader) >= GNS_GROUP:
