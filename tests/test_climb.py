@@ -12,9 +12,14 @@ from tests.screenings import DEFAULT, DISTS, SPACE, _finish_waiting, _run_queued
 from tests.spaces import _space
 
 
+def _three_amps():
+    """A space of three micro-batches and three amp modes, with its distributions."""
+    return (_space({"micro_batch_size": {"choices": [8, 16, 32]}, "amp": {"choices": ["off", "bf16", "fp16"]}}),
+            {**DISTS, "amp": CategoricalDistribution(["off", "bf16", "fp16"])})
+
+
 def test_refinement_climbs_one_knob_at_a_time_until_no_neighbour_is_better():
-    space = _space({"micro_batch_size": {"choices": [8, 16, 32]}, "amp": {"choices": ["off", "bf16", "fp16"]}})
-    dists = {**DISTS, "amp": CategoricalDistribution(["off", "bf16", "fp16"])}
+    space, dists = _three_amps()
     study = _study([
         (DEFAULT, "default", 100.0),
         ({"micro_batch_size": 8, "amp": "off"}, "screening", 90.0),
@@ -42,10 +47,8 @@ def test_refinement_climbs_one_knob_at_a_time_until_no_neighbour_is_better():
         {"micro_batch_size": 16, "amp": "off"}, {"micro_batch_size": 16, "amp": "bf16"}, {"micro_batch_size": 8, "amp": "bf16"}]
 
 
-
 def test_the_climb_stays_where_it_is_for_a_lead_within_the_noise():
-    space = _space({"micro_batch_size": {"choices": [8, 16, 32]}, "amp": {"choices": ["off", "bf16", "fp16"]}})
-    dists = {**DISTS, "amp": CategoricalDistribution(["off", "bf16", "fp16"])}
+    space, dists = _three_amps()
     study = _study([
         (DEFAULT, "default", 100.0),
         ({"micro_batch_size": 16, "amp": "off"}, "combination", 120.0),

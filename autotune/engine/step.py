@@ -132,6 +132,7 @@ def timed_step(run: Run, task: Task, cfg: TrainConfig, group: list[Any], device:
 
 
 def check_finite(loss_sum: torch.Tensor, samples: int, step: int) -> float:
+    """The mean loss of ``samples`` from their summed loss; NonFiniteLossError if NaN or inf."""
     value = float(loss_sum) / max(samples, 1)
     if not math.isfinite(value):
         raise NonFiniteLossError(f"training loss became {value} at optimizer step {step}")
