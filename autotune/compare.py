@@ -42,6 +42,9 @@ TUNED_KNOBS = (
     "channels_last",
     "cudnn_benchmark",
     "compile",
+    "fp32_precision",
+    "optimizer_impl",
+    "expandable_segments",
     "lr",
 )
 _GIB = 1024**3

@@ -28,6 +28,13 @@ SCHEMA_VERSION = 1
 AMP_MODES = ("off", "fp16", "bf16")
 LR_RULES = ("linear", "sqrt", "none")
 SCHEDULES = ("cosine", "onecycle")
+# How fp32 matmuls and convolutions run on a GPU: true fp32, or TF32 tensor cores (sm_80+).
+FP32_PRECISIONS = ("ieee", "tf32")
+# The optimizer's implementation: torch's own pick, a per-parameter loop, one kernel per
+# op over all parameters (foreach), or one fused kernel for the whole step.
+OPTIMIZER_IMPLS = ("auto", "plain", "foreach", "fused")
+# torch.compile off, or on in one of its modes ("reduce-overhead" adds CUDA graphs).
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 def _doc(text: str, **kwargs: Any) -> Any:
@@ -119,8 +126,22 @@ class TrainConfig:
         "GPU: let cuDNN time its conv algorithms per input shape and keep the fastest",
         default=False,
     )
-    compile: bool = _doc(
-        "torch.compile the model; its compile time is counted against the run it serves",
+    compile: str = _doc(
+        "torch.compile mode: off, default, max-autotune-no-cudagraphs or reduce-overhead (CUDA graphs); "
+        "its compile time is counted against the run it serves",
+        default="off",
+    )
+    fp32_precision: str = _doc(
+        "GPU: fp32 matmuls and convolutions as ieee (true fp32) or tf32 (tensor cores, sm_80+)",
+        default="ieee",
+    )
+    optimizer_impl: str = _doc(
+        "GPU: the optimizer's implementation: auto (torch's pick), plain, foreach or fused",
+        default="auto",
+    )
+    expandable_segments: bool = _doc(
+        "GPU: the CUDA caching allocator grows segments in place instead of adding new ones "
+        "(less fragmentation in long runs)",
         default=False,
     )
     lr_rule: str = _doc(
@@ -147,6 +168,8 @@ class TrainConfig:
     seed: int = _doc("seed for torch, numpy, random and the data order", default=0)
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):  # configs written when compile was a switch
+            object.__setattr__(self, "compile", compile_mode(self.compile))
         _check_train_config(self)
 
     @property
@@ -185,6 +208,18 @@ class TrainConfig:
             raise ConfigError(f"{source}: {exc.message}", hint=exc.hint) from None
 
 
+def compile_mode(value: Any) -> Any:
+    """A compile choice as a mode: ``False`` (also how YAML reads an unquoted ``off``) is
+    "off" and ``True`` is "default"; anything else is returned as it is."""
+    if isinstance(value, bool):
+        return "default" if value else "off"
+    return value
+
+
+_STRING_CHOICES = {"amp": AMP_MODES, "lr_rule": LR_RULES, "schedule": SCHEDULES, "compile": COMPILE_MODES,
+                   "fp32_precision": FP32_PRECISIONS, "optimizer_impl": OPTIMIZER_IMPLS}
+
+
 def _check_train_config(cfg: TrainConfig) -> None:
     positive = ("micro_batch_size", "accumulation_steps", "base_batch_size", "epochs")
     for name in positive:
@@ -194,16 +229,9 @@ def _check_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"`num_workers` must be >= 0, but got {cfg.num_workers}.")
     if cfg.cpu_threads < 0:
         raise ConfigError(f"`cpu_threads` must be >= 0, but got {cfg.cpu_threads}.")
-    if cfg.amp not in AMP_MODES:
-        raise ConfigError(f"`amp` must be one of {', '.join(AMP_MODES)}, but got {cfg.amp!r}.")
-    if cfg.lr_rule not in LR_RULES:
-        raise ConfigError(
-            f"`lr_rule` must be one of {', '.join(LR_RULES)}, but got {cfg.lr_rule!r}."
-        )
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(
-            f"`schedule` must be one of {', '.join(SCHEDULES)}, but got {cfg.schedule!r}."
-        )
+    for name, allowed in _STRING_CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"`{name}` must be one of {', '.join(allowed)}, but got {getattr(cfg, name)!r}.")
     if not (cfg.lr > 0 and cfg.base_lr > 0):
         raise ConfigError(f"`lr` and `base_lr` must be > 0, but got {cfg.lr} and {cfg.base_lr}.")
     if not 0 <= cfg.warmup <= 0.5:
@@ -227,6 +255,8 @@ def _typed_fields(cls: type, data: Any, source: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in data.items():
         default = known[name].default
+        if name == "compile":
+            value = compile_mode(value)
         out[name] = _coerce(value, type(default), f"{source}: `{name}`")
     return out
 

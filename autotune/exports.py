@@ -101,12 +101,12 @@ def _common_notes(cfg: TrainConfig, skip: tuple[str, ...] = (), checkpointing: s
                   compile: str | None = None) -> list[str]:
     """Knobs that no target's config file holds, with what to do instead; with
     ``checkpointing`` / ``compile``, how to do those in code where the target's file has
-    no key for them."""
+    no key for them (``compile`` may hold ``{call}``: the ``torch.compile`` call)."""
     notes = []
     if checkpointing and cfg.checkpointing:
         notes.append(f"checkpointing = true: {checkpointing}")
-    if compile and cfg.compile:
-        notes.append(f"compile = true: {compile}")
+    if compile and cfg.compile != "off":
+        notes.append(f"compile = {cfg.compile}: {compile.format(call=_compile_call(cfg))}")
     if "cpu_threads" not in skip and cfg.cpu_threads:
         notes.append(f"cpu_threads = {cfg.cpu_threads}: call torch.set_num_threads({cfg.cpu_threads}) before training "
                      "(CPU training only)")
@@ -114,7 +114,25 @@ def _common_notes(cfg: TrainConfig, skip: tuple[str, ...] = (), checkpointing: s
         notes.append("channels_last = true: model.to(memory_format=torch.channels_last) and the same for 4-D inputs")
     if "cudnn_benchmark" not in skip and cfg.cudnn_benchmark:
         notes.append("cudnn_benchmark = true: torch.backends.cudnn.benchmark = True")
+    if "fp32_precision" not in skip and cfg.fp32_precision != "ieee":
+        notes.append(f"fp32_precision = {cfg.fp32_precision}: torch.backends.cuda.matmul.fp32_precision = "
+                     f"\"{cfg.fp32_precision}\" and torch.backends.cudnn.conv.fp32_precision = \"{cfg.fp32_precision}\" "
+                     "before training (torch before 2.9: the allow_tf32 flags of both)")
+    if "optimizer_impl" not in skip and cfg.optimizer_impl != "auto":
+        notes.append(f"optimizer_impl = {cfg.optimizer_impl}: build the optimizer with {_IMPL_ARGS[cfg.optimizer_impl]}")
+    if "expandable_segments" not in skip and cfg.expandable_segments:
+        notes.append("expandable_segments = true: start training with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+                     "in the environment")
     return notes
+
+
+# The optimizer arguments of each implementation (torch's AdamW, SGD, ... take both).
+_IMPL_ARGS = {"plain": "foreach=False, fused=False", "foreach": "foreach=True", "fused": "fused=True"}
+
+
+def _compile_call(cfg: TrainConfig) -> str:
+    mode = "" if cfg.compile in ("off", "default") else f', mode="{cfg.compile}"'
+    return f"torch.compile(model{mode})"
 
 
 def _device(tuned: TunedConfig) -> str:
@@ -144,7 +162,7 @@ def _lightning(tuned: TunedConfig) -> Export:
         cfg, skip=("cudnn_benchmark",),
         checkpointing="wrap the model's repeated blocks in torch.utils.checkpoint.checkpoint inside your "
                       "LightningModule (no Trainer flag does it outside FSDP)",
-        compile="model = torch.compile(model) before trainer.fit")
+        compile="model = {call} before trainer.fit")
     mapped = {"amp": "trainer.precision", "accumulation_steps": "trainer.accumulate_grad_batches",
               "epochs": "trainer.max_epochs", "cudnn_benchmark": "trainer.benchmark",
               "grad_clip": "trainer.gradient_clip_val", "seed": "seed_everything",
@@ -186,15 +204,23 @@ def _hf(tuned: TunedConfig) -> Export:
         "dataloader_num_workers": cfg.num_workers,
         "dataloader_pin_memory": cfg.pin_memory,
         "dataloader_persistent_workers": cfg.persistent_workers,
-        "torch_compile": cfg.compile,
-        "optim": "adamw_torch",
+        "torch_compile": cfg.compile != "off",
+        "tf32": cfg.fp32_precision == "tf32" and _device(tuned) == "cuda",
+        "optim": "adamw_torch_fused" if cfg.optimizer_impl == "fused" else "adamw_torch",
     }
-    notes = _common_notes(cfg)
+    if cfg.compile not in ("off", "default"):
+        args["torch_compile_mode"] = cfg.compile
+    # TrainingArguments' adamw_torch is torch's AdamW with torch's own pick (foreach on a GPU).
+    skip = ("fp32_precision",) + (("optimizer_impl",) if cfg.optimizer_impl != "plain" else ())
+    notes = _common_notes(cfg, skip=skip)
     mapped = {"micro_batch_size": "per_device_train_batch_size", "accumulation_steps": "gradient_accumulation_steps",
               "lr": "learning_rate", "weight_decay": "weight_decay", "epochs": "num_train_epochs",
               "grad_clip": "max_grad_norm", "seed": "seed", "amp": "bf16/fp16", "checkpointing": "activation_checkpointing",
               "num_workers": "dataloader_num_workers", "pin_memory": "dataloader_pin_memory",
-              "persistent_workers": "dataloader_persistent_workers", "compile": "torch_compile"}
+              "persistent_workers": "dataloader_persistent_workers", "compile": "torch_compile / torch_compile_mode",
+              "fp32_precision": "tf32"}
+    if cfg.optimizer_impl != "plain":
+        mapped["optimizer_impl"] = "optim"
     if cfg.schedule == "cosine":
         args.update(lr_scheduler_type="cosine", warmup_steps=cfg.warmup)
         mapped.update(schedule="lr_scheduler_type", warmup="warmup_steps (a fraction below 1 is a ratio)")
@@ -227,9 +253,9 @@ def _accelerate(tuned: TunedConfig) -> Export:
         "downcast_bf16": "no",
     }
     mapped = {"amp": "mixed_precision"}
-    if cfg.compile:
-        doc["dynamo_config"] = {"dynamo_backend": "INDUCTOR"}
-        mapped["compile"] = "dynamo_config.dynamo_backend"
+    if cfg.compile != "off":
+        doc["dynamo_config"] = {"dynamo_backend": "INDUCTOR", "dynamo_mode": cfg.compile}
+        mapped["compile"] = "dynamo_config.dynamo_backend / dynamo_mode"
     notes = _common_notes(cfg, checkpointing="wrap the model's repeated blocks in torch.utils.checkpoint.checkpoint")
     notes += [
         f"accumulation_steps = {cfg.accumulation_steps}: Accelerator(gradient_accumulation_steps="
@@ -265,7 +291,10 @@ def _deepspeed(tuned: TunedConfig) -> Export:
     notes = _common_notes(
         cfg, checkpointing="call deepspeed.checkpointing.checkpoint (or torch.utils.checkpoint) around the model's "
                            "repeated blocks; the config's activation_checkpointing section only tunes that call",
-        compile="engine.compile() after deepspeed.initialize")
+        compile="engine.compile() after deepspeed.initialize, with compile_kwargs={{\"mode\": ...}} for a mode",
+        skip=("optimizer_impl",) if cfg.optimizer_impl == "fused" else ())
+    if cfg.optimizer_impl == "fused":  # DeepSpeed's AdamW is its own fused kernel (FusedAdam)
+        mapped["optimizer_impl"] = "optimizer.type (DeepSpeed's AdamW is its fused FusedAdam)"
     total = _total_steps(tuned)
     if total is not None and cfg.schedule == "cosine":
         doc["scheduler"] = {"type": "WarmupCosineLR", "params": {

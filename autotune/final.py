@@ -19,7 +19,7 @@ import torch
 
 from autotune.config import TrainConfig, scaled_lr, write_atomic
 from autotune.engine import distributed
-from autotune.engine.checkpoint import LAST, Checkpointer, save_atomic
+from autotune.engine.checkpoint import LAST, Checkpointer, save_atomic, to_cpu
 from autotune.engine.distributed import SINGLE, Dist
 from autotune.engine.loop import EvalResult, TrainResult, pick_device, train as train_loop
 from autotune.errors import AutotuneError
@@ -78,7 +78,8 @@ def run_rank(task: Task, cfg: TrainConfig, out: Path, progress: bool, log: Any, 
     result = train_loop(task, cfg, device, progress=progress, eval_each_epoch=True, checkpoints=checkpoints,
                         resume=resume, target_accuracy=final.target_accuracy, dist=d)
     if d.main:
-        save_atomic(result.model.state_dict(), out / WEIGHTS_FILE)
+        # CPU tensors: model.pt loads with torch.load(..., weights_only=True) on any machine.
+        save_atomic(to_cpu(result.model.state_dict()), out / WEIGHTS_FILE)
         if final.target_accuracy is not None:
             reached = (f"in {result.time_to_target_s:.1f} s (epoch {result.target_epoch})"
                        if result.time_to_target_s is not None else "not reached")
@@ -86,16 +87,22 @@ def run_rank(task: Task, cfg: TrainConfig, out: Path, progress: bool, log: Any, 
     return result
 
 
-def per_rank_config(cfg: TrainConfig, nproc: int, gpus: list[dict[str, Any]], log: Any = print) -> TrainConfig:
+def per_rank_config(cfg: TrainConfig, nproc: int, gpus: list[dict[str, Any]], log: Any = print,
+                    devices: list[dict[str, Any]] | None = None) -> TrainConfig:
     """The config each of ``nproc`` ranks trains with.
 
-    The tuned micro-batch is per rank, sized on the first GPU: when a smaller card is
-    among the first ``nproc``, the micro-batch shrinks by their memory ratio, since every
-    rank takes the same batch. The effective batch is ``nproc`` times the tuned one, so
-    the learning rate is scaled to it by the config's own rule.
+    The tuned micro-batch is per rank, sized on CUDA device 0: when a smaller card is
+    among the devices of ranks 0 to ``nproc`` - 1 (CUDA devices 0 to ``nproc`` - 1, each
+    with its memory as torch reports it, matched to the profile's ``gpus`` by
+    ``hardware.devices.cuda_gpus``; ``devices`` defaults to what torch sees), the
+    micro-batch shrinks by their memory ratio, since every rank takes the same batch.
+    Without CUDA devices it stays as tuned. The effective batch is ``nproc`` times the
+    tuned one, so the learning rate is scaled to it by the config's own rule.
     """
+    from autotune.hardware.devices import cuda_gpus
+
     micro = cfg.micro_batch_size
-    sizes = [g.get("memory_total_bytes") for g in gpus[:nproc]]
+    sizes = [g.get("memory_total_bytes") for g in cuda_gpus(gpus, devices)[:nproc]]
     if len(sizes) == nproc and all(isinstance(s, (int, float)) and s > 0 for s in sizes) and min(sizes) < sizes[0]:
         micro = max(1, int(micro * min(sizes) / sizes[0]))
         log(f"autotune: the smallest of the {nproc} GPUs has {min(sizes) / sizes[0]:.0%} of the first one's memory: "

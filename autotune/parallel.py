@@ -7,7 +7,8 @@ if no trial runs any more and it claims the finalization first, selects, writes
 tuned.yaml, trains and reports: once, from whichever process finished last. ``autotune finalize`` does that last part by hand.
 
 ``autotune run --workers N`` starts N workers itself: on a machine with GPUs one per GPU
-(``CUDA_VISIBLE_DEVICES``), so every trial has a device to itself; on the CPU, each on its
+this process sees (each gets one entry of its ``CUDA_VISIBLE_DEVICES``), so every trial
+has a device to itself; on the CPU, each on its
 own share of the cores (CPU affinity), with thread counts above the share gated out of the
 space. Shared between parallel trials, and so not isolated by this: on a GPU machine the
 host CPU, the disk and the PCIe links (a DataLoader-heavy trial can slow its neighbour);
@@ -23,43 +24,63 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from autotune.errors import AutotuneError, ConfigError
+from autotune.hardware.devices import cuda_gpus, visible_devices
 
 WORKER_LOG = "worker-{i}.log"  # in the run directory
 
 
 @dataclass(frozen=True)
 class WorkerPlan:
-    """One worker process: the GPU it may see, or the CPUs it may run on."""
+    """One worker process: the GPU it may see (an entry of ``CUDA_VISIBLE_DEVICES``: an
+    index, a ``GPU-`` UUID or a ``MIG-`` id), or the CPUs it may run on."""
 
     index: int
-    gpu: int | None = None
+    gpu: str | None = None
     cpus: list[int] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(self.gpu)
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu
         return env
 
     def describe(self) -> str:
-        return f"GPU {self.gpu}" if self.gpu is not None else f"CPUs {_ranges(self.cpus)}"
+        if self.gpu is None:
+            return f"CPUs {_ranges(self.cpus)}"
+        return f"GPU {self.gpu}" if self.gpu.isdigit() else self.gpu
 
 
-def plan_workers(n: int, gpu_count: int | None = None, cpus: list[int] | None = None) -> list[WorkerPlan]:
+def plan_workers(n: int, gpu_count: int | None = None, cpus: list[int] | None = None,
+                 env: Mapping[str, str] | None = None) -> list[WorkerPlan]:
     """``n`` workers: one per GPU where there are GPUs, else each with an equal share of
-    this process's CPUs (the first ones get one more where they do not divide evenly)."""
+    this process's CPUs (the first ones get one more where they do not divide evenly).
+
+    ``gpu_count`` is how many CUDA devices this process sees (torch's count, which
+    follows ``CUDA_VISIBLE_DEVICES``). Worker i sees the i-th of them: the i-th entry of
+    this process's ``CUDA_VISIBLE_DEVICES`` (from ``env``, default ``os.environ``) where
+    it is set, so workers stay on the GPUs this process was given; index i otherwise.
+    """
     if gpu_count is None:
         import torch
 
         gpu_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpu_count:
-        if n > gpu_count:
-            raise ConfigError(f"--workers {n} asks for more workers than this machine has GPUs ({gpu_count}); "
-                              "each worker runs its trials on a GPU of its own.", hint=f"Use --workers {gpu_count} or fewer.")
-        return [WorkerPlan(i, gpu=i) for i in range(n)]
+        visible = visible_devices((os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES"))
+        if visible is None:
+            gpus = [str(i) for i in range(gpu_count)]
+        elif visible and visible[0].startswith("MIG-"):
+            gpus = visible  # CUDA may show one process only one MIG device; each worker uses one
+        else:
+            gpus = visible[:gpu_count]
+        if n > len(gpus):
+            seen = "" if visible is None else f", CUDA_VISIBLE_DEVICES={','.join(visible)}"
+            raise ConfigError(f"--workers {n} asks for more workers than the GPUs this process sees "
+                              f"({len(gpus)}{seen}); each worker runs its trials on a GPU of its own.",
+                              hint=f"Use --workers {len(gpus)} or fewer.")
+        return [WorkerPlan(i, gpu=gpus[i]) for i in range(n)]
     cpus = sorted(os.sched_getaffinity(0)) if cpus is None and hasattr(os, "sched_getaffinity") else cpus
     cpus = cpus or list(range(os.cpu_count() or 1))
     if n > len(cpus):
@@ -74,16 +95,27 @@ def plan_workers(n: int, gpu_count: int | None = None, cpus: list[int] | None = 
     return plans
 
 
-def trial_device(profile: Any) -> str:
+def trial_device(profile: Any, devices: list[dict[str, Any]] | None = None) -> str:
     """What a trial runs on, which every worker of a study must have alike: the GPU
-    model (memory, SMs, driver major version), or the CPU model and memory."""
-    if profile.gpus:
-        g = profile.gpus[0]
+    model (memory, SMs, driver major version), or the CPU model and memory.
+
+    The GPU is the one this process trains on, CUDA device 0, as torch describes it
+    (``devices``, default ``hardware.devices.cuda_devices()``): under
+    ``CUDA_VISIBLE_DEVICES`` it need not be the profile's first GPU, and a MIG slice
+    has its own memory and SMs. Where torch sees no device, the profile's first GPU.
+    """
+    if profile.device == "cuda":
+        found = cuda_gpus(profile.gpus, devices)
+        g = found[0] if found else (profile.gpus[0] if profile.gpus else {})
         driver = str(profile.nvml.get("driver_version", "")).split(".")[0]
-        return f"GPU {g.get('name')}, {round((g.get('memory_total_bytes') or 0) / 2**30)} GiB, " \
-               f"{g.get('sm_count')} SMs, driver {driver}"
+        return f"GPU {g.get('name')}, {_gib(g.get('memory_total_bytes'))} GiB, {g.get('sm_count')} SMs, driver {driver}"
     host = profile.host
-    return f"CPU {host.get('cpu_model')}, {round((host.get('memory_total_bytes') or 0) / 2**30)} GiB"
+    return f"CPU {host.get('cpu_model')}, {_gib(host.get('memory_total_bytes'))} GiB"
+
+
+def _gib(value: Any) -> Any:
+    """Bytes in whole GiB; a value that is not a number ("N/A") as it is."""
+    return round(value / 2**30) if isinstance(value, (int, float)) else value
 
 
 def _ranges(cpus: list[int]) -> str:

@@ -27,6 +27,7 @@ from autotune.search import (
     enqueue_default,
     fail_stale_trials,
     gate,
+    gpu_facts,
     has_conv2d,
     load_space,
     open_study,
@@ -39,6 +40,7 @@ from autotune.search.objective import Scorer
 from autotune.search.limits import apply_limits, default_limit_bytes, probe_limits
 from autotune.search.storage import redact, sqlite_url
 from autotune.search.opening import study_exists
+from autotune.search.screen import sized_trials
 from autotune.search.study import scorer_of
 from autotune.search.select import Selection
 from autotune.run_data import report_data, search_data, selection_data, versions
@@ -75,6 +77,9 @@ class RunOptions:
     # Worker processes running trials at once (one per GPU; on the CPU, each on its share
     # of the cores); 1 runs them in this process.
     workers: int = 1
+    # Raise the budget to hold the whole screening of each knob's choices and a few trials
+    # after it (``screen.sized_trials``): the CLI's default when --trials is not given.
+    size_budget: bool = False
 
 
 def default_out(model_path: str | Path) -> Path:
@@ -161,11 +166,16 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
     worker processes (``parallel``), and this process selects once they are done."""
     plans = parallel.plan_workers(opts.workers) if opts.workers > 1 else []
     s = setup_study(model_path, opts, log, plans)
+    budget = opts.budget
+    if opts.size_budget and sized_trials(budget.n_trials, s.space) > budget.n_trials:
+        budget = dataclasses.replace(budget, n_trials=sized_trials(budget.n_trials, s.space))
+        s.study.set_user_attr("budget", budget.to_dict())  # where workers read it
+        log(f"autotune: budget {budget.n_trials} trials, for the screening of each knob's choices (--trials sets it)")
     before = len(s.study.get_trials(deepcopy=False))
     if plans:
-        parallel.run_workers(s.study, opts.budget, s.task.path, s.storage, opts.out, plans, opts.progress, log)
+        parallel.run_workers(s.study, budget, s.task.path, s.storage, opts.out, plans, opts.progress, log)
     # With workers: whatever budget a stopped worker left.
-    run_search(s.study, s.task, s.space, opts.budget, progress=opts.progress and not plans)
+    run_search(s.study, s.task, s.space, budget, progress=opts.progress and not plans)
     ran = len(s.study.get_trials(deepcopy=False)) - before
     return select_and_save(s.task, s.profile, s.study, s.space, s.storage, opts, ran, log)
 
@@ -345,7 +355,9 @@ def _facts(profile: HardwareProfile, task: Task, plans: list[Any] | None = None)
         has_blocks=bool(task.blocks(model)),
         train_size=len(task.datasets()[0]),
         has_conv=has_conv2d(model),
+        **gpu_facts(profile.device, task.make_optimizer(model.parameters(), task.base.lr, task.base.weight_decay)),
     )
+
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

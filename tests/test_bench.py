@@ -196,3 +196,113 @@ def test_a_busy_moment_on_one_side_does_not_flip_the_bf16_speedup():
         return next(bf16_times) if autocast_dtype is not None else 2.0
 
     assert cpu_bf16_speedup(rounds=3, timer=timer) == pytest.approx(2.0)
+
+
+def test_releasing_frees_what_a_failed_call_made_before_releasing():
+    import weakref
+
+    import torch
+
+    from autotune.hardware.timing import releasing
+
+    made: list[weakref.ref] = []
+    alive_at_release: list[bool] = []
+
+    def benchmark() -> None:
+        buffer = torch.ones(1024)
+        made.append(weakref.ref(buffer))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    # Without clearing, the traceback's frame would keep ``buffer`` alive until the
+    # exception is gone: past the release, which could then give nothing back.
+    with pytest.raises(RuntimeError, match="illegal memory access") as failure:
+        with releasing(lambda: alive_at_release.append(made[0]() is not None)):
+            benchmark()
+    assert alive_at_release == [False]
+    assert failure.traceback[-1].name == "benchmark"  # the traceback still says where it failed
+    with releasing(lambda: alive_at_release.append(True)):
+        pass
+    assert alive_at_release == [False, True]  # released on success too
+
+
+def test_measure_cuda_releases_its_memory_also_when_a_benchmark_fails(monkeypatch) -> None:
+    import torch
+
+    from autotune.hardware import bench
+
+    calls: list[str] = []
+
+    def failing_matmul(device: str, dtype: torch.dtype) -> float:
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(bench, "matmul_tflops", failing_matmul)
+    monkeypatch.setattr(bench, "release_cuda_memory", lambda: calls.append("released"))
+    with pytest.raises(RuntimeError, match="^CUDA out of memory$"):
+        bench.measure_cuda(bf16_supported=True)
+    assert calls == ["released"]
+    monkeypatch.setattr(bench, "matmul_tflops", lambda device, dtype: 10.0)
+    monkeypatch.setattr(bench, "memory_bandwidth_gbps", lambda device: 3000.0)
+    monkeypatch.setattr(bench, "h2d_bandwidth_gbps", lambda pinned: 50.0)
+    assert bench.measure_cuda(bf16_supported=False)["cuda_matmul_fp32_tflops"] == 10.0
+    assert calls == ["released", "released"]
+
+
+@pytest.mark.parametrize("once_s", [1e-6, 1.4e-3, 0.018, 0.05, 0.14, 0.6, 3.0])
+def test_cuda_matmul_timing_fills_its_repeats_and_stays_bounded(once_s):
+    from autotune.hardware import bench
+
+    inner, warmup, repeats = bench.cuda_matmul_plan(once_s)
+    assert 1 <= inner <= bench.CUDA_MAX_INNER and warmup >= 1 and repeats >= 1
+    per_repeat_s = inner * once_s
+    # Each repeat lasts about CUDA_REPEAT_S unless one matmul is longer or the cap is hit.
+    if inner < bench.CUDA_MAX_INNER and once_s < bench.CUDA_REPEAT_S:
+        assert bench.CUDA_REPEAT_S / 2 < per_repeat_s <= bench.CUDA_REPEAT_S
+    # Warm-up and timed repeats stay within CUDA_MAX_S, except that a matmul is always
+    # timed at least once after one warm-up, however long it takes.
+    assert (warmup + repeats) * per_repeat_s <= max(bench.CUDA_MAX_S, 2 * once_s)
+    if once_s <= bench.CUDA_REPEAT_S / 4:
+        assert (warmup, repeats) == (bench.WARMUP, bench.REPEATS)
+
+
+NEEDS_CUDA = pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA device")
+
+
+@NEEDS_CUDA
+def test_measure_cuda_gives_back_the_memory_it_took_and_stays_bounded() -> None:
+    import time
+
+    import torch
+
+    from autotune.hardware import bench
+
+    torch.cuda.init()
+    before = (torch.cuda.memory_reserved(), torch.cuda.memory_allocated())
+    start = time.perf_counter()
+    figures = bench.measure_cuda(bf16_supported=torch.cuda.is_bf16_supported())
+    took_s = time.perf_counter() - start
+    assert (torch.cuda.memory_reserved(), torch.cuda.memory_allocated()) == before
+    assert took_s < 15, f"the CUDA benchmarks took {took_s:.1f} s"
+    assert all(value > 0 for value in figures.values()), figures
+
+
+@NEEDS_CUDA
+def test_event_timing_agrees_with_the_host_clock_for_long_gpu_work() -> None:
+    import time
+
+    import torch
+
+    from autotune.hardware.timing import cuda_median_time_s
+
+    a = torch.randn(4096, 4096, device="cuda")
+
+    def work() -> None:
+        for _ in range(20):
+            a @ a
+
+    work()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    work()
+    torch.cuda.synchronize()
+    host_s = time.perf_counter() - start
+    assert cuda_median_time_s(work, warmup=1, repeats=3) == pytest.approx(host_s, rel=0.3)

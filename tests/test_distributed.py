@@ -1,10 +1,13 @@
 """The final run on several processes: the per-rank config, the samplers' partition, and
 a real `autotune train --nproc 2` through torchrun with gloo on the CPU, compared with
-a single-process run of the same effective batch, and one killed mid-epoch and resumed."""
+a single-process run of the same effective batch, and one killed mid-epoch and resumed;
+two ranks training in real processes count their collectives. CUDA is hidden from these
+runs, so a machine with GPUs (one is not enough for two ranks) runs them on the CPU too."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -14,19 +17,20 @@ import pytest
 import torch
 
 from autotune.config import TrainConfig, TunedConfig, scaled_lr
-from autotune.engine.checkpoint import LAST, ResumableSampler, load
+from autotune.engine.checkpoint import LAST, Checkpointer, ResumableSampler, load
 from autotune.engine.distributed import Dist, ShardSampler
 from autotune.final import per_rank_config
 from tests.run_checks import assert_same_final_run
 
 ASSETS = Path(__file__).parent / "assets"
 GiB = 2**30
+ON_THE_CPU = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # torchrun's ranks: gloo on the CPU, GPUs or not
 
 
 def test_each_rank_keeps_the_tuned_micro_batch_and_the_lr_follows_the_larger_batch():
     cfg = TrainConfig(micro_batch_size=64, accumulation_steps=2, base_lr=0.001, base_batch_size=32, lr_rule="linear")
     same = [{"memory_total_bytes": 80 * GiB}] * 2
-    got = per_rank_config(cfg, 2, same, log=lambda _: None)
+    got = per_rank_config(cfg, 2, [], log=lambda _: None, devices=same)
     assert got.micro_batch_size == 64
     assert got.lr == pytest.approx(0.001 * 64 * 2 * 2 / 32)
     assert per_rank_config(cfg, 2, [], log=lambda _: None).micro_batch_size == 64  # no GPU facts: as tuned
@@ -35,15 +39,16 @@ def test_each_rank_keeps_the_tuned_micro_batch_and_the_lr_follows_the_larger_bat
 def test_mixed_gpus_size_the_micro_batch_by_the_smallest_card():
     cfg = TrainConfig(micro_batch_size=64, accumulation_steps=1, base_lr=0.001, base_batch_size=32, lr_rule="sqrt")
     logs: list[str] = []
-    got = per_rank_config(cfg, 2, [{"memory_total_bytes": 80 * GiB}, {"memory_total_bytes": 24 * GiB}], log=logs.append)
+    got = per_rank_config(cfg, 2, [], log=logs.append,
+                          devices=[{"memory_total_bytes": 80 * GiB}, {"memory_total_bytes": 24 * GiB}])
     assert got.micro_batch_size == int(64 * 24 / 80)
     assert got.lr == pytest.approx(scaled_lr(0.001, 32, got.micro_batch_size * 2, "sqrt"))
     assert "micro-batch 64 -> 19 per rank" in logs[0]
     # A smaller card beyond the ones used does not matter; an unknown size ("N/A") leaves it.
     three = [{"memory_total_bytes": 80 * GiB}] * 2 + [{"memory_total_bytes": 8 * GiB}]
-    assert per_rank_config(cfg, 2, three, log=logs.append).micro_batch_size == 64
-    assert per_rank_config(cfg, 2, [{"memory_total_bytes": 80 * GiB}, {"memory_total_bytes": "N/A"}],
-                           log=logs.append).micro_batch_size == 64
+    assert per_rank_config(cfg, 2, [], log=logs.append, devices=three).micro_batch_size == 64
+    unknown = [{"memory_total_bytes": 80 * GiB}, {"memory_total_bytes": "N/A"}]
+    assert per_rank_config(cfg, 2, [], log=logs.append, devices=unknown).micro_batch_size == 64
 
 
 def test_the_ranks_batches_together_are_the_single_process_batch():
@@ -58,6 +63,22 @@ def test_the_ranks_batches_together_are_the_single_process_batch():
     assert sorted(shards[0] + shards[1]) == list(range(n))  # validation: every item once
 
 
+def test_every_rank_trains_on_as_many_full_micro_batches():
+    from torch.utils.data import TensorDataset
+
+    from autotune.engine.data import make_loader
+
+    items = TensorDataset(torch.arange(21), torch.arange(21))
+    cfg = TrainConfig(micro_batch_size=4)
+    # 11 items a rank (21 padded to 22): two micro-batches of 4 each; the 3 left over wait
+    # for another epoch's order. Validation shards every item once, the short batch kept.
+    for r in range(2):
+        loader = make_loader(items, cfg, torch.device("cpu"), train=True, dist=Dist(r, 2))
+        assert [len(x) for x, _ in loader] == [4, 4] and len(loader) == 2
+    val = [make_loader(items, cfg, torch.device("cpu"), train=False, dist=Dist(r, 2)) for r in range(2)]
+    assert sorted(int(i) for loader in val for x, _ in loader for i in x) == list(range(21))
+
+
 @pytest.mark.slow
 def test_nproc_2_on_the_cpu_trains_like_one_process_with_twice_the_micro_batch(tmp_path):
     base = dict(accumulation_steps=2, epochs=3, base_lr=0.01, base_batch_size=8, lr_rule="sqrt", warmup=0.2, seed=0,
@@ -70,7 +91,7 @@ def test_nproc_2_on_the_cpu_trains_like_one_process_with_twice_the_micro_batch(t
         done = subprocess.run(
             [sys.executable, "-m", "autotune", "train", str(ASSETS / "tiny_mlp.py"), "--config", str(tmp_path / f"{name}.yaml"),
              "--out", str(tmp_path / name), "--no-progress", *extra],
-            capture_output=True, text=True, timeout=300)
+            capture_output=True, text=True, timeout=300, env=ON_THE_CPU)
         assert done.returncode == 0, done.stdout + done.stderr
         reports[name] = json.loads((tmp_path / name / "report.json").read_text())
         logs[name] = done.stdout
@@ -100,7 +121,7 @@ def test_nproc_2_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_pat
         cmd = [sys.executable, "-m", "autotune", "train", str(ASSETS / "crashy_mlp.py"), "--config",
                str(tmp_path / "tuned.yaml"), "--out", str(tmp_path / out), "--no-progress", "--nproc", "2",
                "--checkpoint-every", "1", *extra]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**ON_THE_CPU, **(env or {})})
 
     whole = train("whole")
     assert whole.returncode == 0, whole.stdout + whole.stderr
@@ -112,6 +133,7 @@ def test_nproc_2_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_pat
     state = load(tmp_path / "killed" / "checkpoints" / LAST)
     assert state["position"]["epoch"] == 1 and state["position"]["epoch_batches"] > 0
     assert len(state["rng"]) == 2  # each rank's random state, for its own dropout
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # each seeded its own way
     assert not (tmp_path / "killed" / "model.pt").exists()
     resumed = train("killed", "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -120,5 +142,44 @@ def test_nproc_2_killed_mid_epoch_and_resumed_ends_with_the_same_weights(tmp_pat
     # One process of one run alone with another world size: refused, saying why.
     alone = subprocess.run([sys.executable, "-m", "autotune", "train", str(ASSETS / "crashy_mlp.py"), "--config",
                             str(tmp_path / "tuned.yaml"), "--out", str(tmp_path / "killed"), "--no-progress",
-                            "--resume"], capture_output=True, text=True, timeout=300)
+                            "--resume"], capture_output=True, text=True, timeout=300, env=ON_THE_CPU)
     assert alone.returncode == 1 and "written by a run of 2 process(es); this one has 1" in alone.stderr
+
+
+def _rank(rank: int, folder: Path, results: "mp.Queue") -> None:
+    """One of two ranks: a final run with a checkpoint every 600 s, counting the
+    all-reduces the Python side asks for (DDP's gradient all-reduce is not among them)."""
+    import torch.distributed as dist
+
+    from autotune.engine.loop import train
+    from autotune.task import load_task
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=2)
+    calls: list[int] = []
+    all_reduce = dist.all_reduce
+    dist.all_reduce = lambda *args, **kwargs: calls.append(1) or all_reduce(*args, **kwargs)
+    cfg = TrainConfig(micro_batch_size=2, epochs=5, lr=0.01, base_lr=0.01, seed=0, cpu_threads=1)
+    ckpt = Checkpointer(folder / "checkpoints", every_s=600.0, enabled=rank == 0)
+    result = train(load_task(ASSETS / "tiny_mlp.py"), cfg, torch.device("cpu"), checkpoints=ckpt, dist=Dist(rank, 2))
+    results.put((rank, result.steps, len(calls)))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_on_time_checkpoints_without_a_collective_every_step(tmp_path):
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=_rank, args=(rank, tmp_path, results)) for rank in range(2)]
+    for p in ranks:
+        p.start()
+    got = sorted(results.get(timeout=240) for _ in ranks)
+    for p in ranks:
+        p.join(timeout=60)
+    assert [p.exitcode for p in ranks] == [0, 0]
+    steps = 5 * 96 // 2 // 2  # 5 epochs of 24 steps on each rank's 48 items
+    assert [s for _, s, _ in got] == [steps, steps]
+    # Per epoch one loss sum, at the end the evaluation's and the sample count's, and a few
+    # comparisons of the ranks' clocks: nothing like one every step.
+    assert all(0 < calls < steps / 4 for _, _, calls in got), got
+    assert load(tmp_path / "checkpoints" / LAST)["position"]["epoch"] == 5

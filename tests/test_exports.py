@@ -22,7 +22,8 @@ from autotune.exports import DERIVED, TARGETS, export, write_export
 
 # Every knob away from its default, so that each must be mapped or listed.
 BUSY = TrainConfig(micro_batch_size=48, accumulation_steps=3, num_workers=2, pin_memory=True, persistent_workers=True,
-                   cpu_threads=2, amp="bf16", checkpointing=True, channels_last=True, cudnn_benchmark=True, compile=True,
+                   cpu_threads=2, amp="bf16", checkpointing=True, channels_last=True, cudnn_benchmark=True,
+                   compile="reduce-overhead", fp32_precision="tf32", optimizer_impl="fused", expandable_segments=True,
                    lr_rule="linear", base_lr=0.002, base_batch_size=16, lr=0.018, warmup=0.1, schedule="cosine",
                    epochs=7, weight_decay=0.05, grad_clip=0.5, seed=11)
 TUNED = TunedConfig(train=BUSY, provenance={"model_file": "model.py", "model_sha256": "ab" * 32, "train_samples": 1000,
@@ -32,10 +33,11 @@ TUNED = TunedConfig(train=BUSY, provenance={"model_file": "model.py", "model_sha
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
-def test_every_knob_is_mapped_or_listed_as_not_expressible(target, schedule):
+@pytest.mark.parametrize("impl", ["fused", "foreach", "plain"])
+def test_every_knob_is_mapped_or_listed_as_not_expressible(target, schedule, impl):
     import dataclasses
 
-    tuned = dataclasses.replace(TUNED, train=dataclasses.replace(BUSY, schedule=schedule))
+    tuned = dataclasses.replace(TUNED, train=dataclasses.replace(BUSY, schedule=schedule, optimizer_impl=impl))
     result = export(tuned, target)
     notes = " ".join(result.notes)
     for name in BUSY.to_dict():
@@ -76,7 +78,10 @@ def test_hf_export_parses_as_real_training_arguments(tmp_path):
     # Exported as tuned; TrainingArguments itself turns pinning off with use_cpu.
     assert json.loads(path.read_text())["dataloader_pin_memory"] is True
     assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine"
-    assert args.torch_compile
+    assert args.torch_compile and args.torch_compile_mode == "reduce-overhead"
+    assert args.optim == "adamw_torch_fused" or getattr(args.optim, "value", None) == "adamw_torch_fused"
+    # Tuned on the CPU: TF32 is not asked of TrainingArguments (it refuses it without an Ampere GPU).
+    assert not args.tf32
     # The warmup fraction: 10% of 1,000 steps is 100.
     assert args.get_warmup_steps(1000) == 100
 
@@ -90,6 +95,27 @@ def test_accelerate_export_loads_with_accelerates_config_loader(tmp_path):
     assert str(cfg.mixed_precision).lower().endswith("bf16")
     assert cfg.num_processes == 1 and cfg.use_cpu
     assert str(cfg.dynamo_config.get("dynamo_backend", "")).upper().endswith("INDUCTOR")
+    assert cfg.dynamo_config["dynamo_mode"] == "reduce-overhead"
+
+
+def test_gpu_knobs_reach_the_targets_that_have_settings_for_them():
+    import dataclasses
+
+    gpu = dataclasses.replace(TUNED, measured={**TUNED.measured, "device": "cuda"})
+    hf = json.loads(export(gpu, "hf").text)
+    assert hf["tf32"] is True and hf["optim"] == "adamw_torch_fused" and hf["torch_compile_mode"] == "reduce-overhead"
+    plain = export(dataclasses.replace(gpu, train=dataclasses.replace(BUSY, optimizer_impl="plain",
+                                                                     fp32_precision="ieee", compile="default")), "hf")
+    doc = json.loads(plain.text)
+    assert doc["optim"] == "adamw_torch" and doc["tf32"] is False and "torch_compile_mode" not in doc
+    assert "optimizer_impl = plain: build the optimizer with foreach=False, fused=False" in plain.notes
+    lightning = export(gpu, "lightning")
+    assert 'compile = reduce-overhead: model = torch.compile(model, mode="reduce-overhead") before trainer.fit' \
+        in lightning.notes
+    assert any(n.startswith("fp32_precision = tf32: torch.backends.cuda.matmul.fp32_precision") for n in lightning.notes)
+    assert any(n.startswith("expandable_segments = true: start training with PYTORCH_CUDA_ALLOC_CONF") for n in lightning.notes)
+    deepspeed = export(gpu, "deepspeed")
+    assert "optimizer_impl" in deepspeed.mapped and not any(n.startswith("optimizer_impl") for n in deepspeed.notes)
 
 
 def test_deepspeed_export_is_read_by_deepspeeds_config_class_or_uses_its_documented_keys(tmp_path):

@@ -43,6 +43,11 @@ NO_COMPILE = (
     "their whole final runs or longer, for steps at most 1.2x faster"
 )
 THREADS_ON_GPU = "not searched on a GPU: the CPU only feeds it, so torch's default thread count is kept"
+NO_TF32 = "no GPU: TF32 is a mode of NVIDIA's tensor cores (sm_80 and later)"
+NO_IMPL = ("no GPU: foreach and fused optimizers save a GPU's kernel launches (one per parameter and op in the plain "
+           "loop); torch's own pick is kept on the CPU")
+NO_SEGMENTS = "no GPU: a setting of the CUDA caching allocator"
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 def test_gate_on_a_cpu_removes_what_it_cannot_use():
@@ -57,7 +62,9 @@ def test_gate_on_a_cpu_removes_what_it_cannot_use():
     assert p["num_workers"].choices == (0, 2)
     assert p["micro_batch_size"].choices == (16, 32, 64)
     assert p["cpu_threads"].choices == (1, 2)
-    assert p["channels_last"].choices == p["cudnn_benchmark"].choices == p["compile"].choices == (False,)
+    assert p["channels_last"].choices == p["cudnn_benchmark"].choices == p["expandable_segments"].choices == (False,)
+    assert p["compile"].choices == ("off",)
+    assert p["fp32_precision"].choices == ("ieee",) and p["optimizer_impl"].choices == ("auto",)
     assert p["accumulation_steps"] == space.params["accumulation_steps"]
     assert p["lr_rule"] == space.params["lr_rule"]
     too_large = "larger than the training set (100 samples)"
@@ -66,7 +73,10 @@ def test_gate_on_a_cpu_removes_what_it_cannot_use():
         "amp": {"fp16": "slow"},
         "pin_memory": {"True": "no GPU: pinned memory only speeds copies from host to GPU"},
         "cudnn_benchmark": {"True": NO_CUDNN},
-        "compile": {"True": NO_COMPILE},
+        "compile": {mode: NO_COMPILE for mode in COMPILE_MODES[1:]},
+        "fp32_precision": {"tf32": NO_TF32},
+        "optimizer_impl": {impl: NO_IMPL for impl in ("plain", "foreach", "fused")},
+        "expandable_segments": {"True": NO_SEGMENTS},
         "channels_last": {"True": NO_CONV},
         "checkpointing": {
             "True": "the model has no repeated blocks to checkpoint "
@@ -85,7 +95,7 @@ def test_gate_on_a_cpu_keeps_channels_last_for_a_conv_model():
 
     assert gated.params["channels_last"].choices == (False, True)
     assert "channels_last" not in gated.gated
-    assert gated.params["compile"].choices == gated.params["cudnn_benchmark"].choices == (False,)
+    assert gated.params["cudnn_benchmark"].choices == (False,) and gated.params["compile"].choices == ("off",)
 
 
 def test_gate_on_a_gpu_with_blocks_and_convs_only_fixes_cpu_threads():
@@ -96,16 +106,47 @@ def test_gate_on_a_gpu_with_blocks_and_convs_only_fixes_cpu_threads():
     assert gated.params == {**space.params, "cpu_threads": Param("cpu_threads", choices=(0,))}
     assert gated.gated == {"cpu_threads": {str(n): THREADS_ON_GPU for n in (1, 2, 4, 8, 16, 32)}}
     assert gated.sha256 != space.sha256
-    for knob in ("channels_last", "cudnn_benchmark", "compile"):
+    for knob in ("channels_last", "cudnn_benchmark", "expandable_segments"):
         assert gated.params[knob].choices == (False, True)
+    assert gated.params["compile"].choices == COMPILE_MODES
+    assert gated.params["fp32_precision"].choices == ("ieee", "tf32")
+    assert gated.params["optimizer_impl"].choices == ("auto", "plain", "foreach", "fused")
 
+
+def test_gate_on_a_gpu_before_ampere_removes_tf32():
+    gated = gate(load_space("default"), dataclasses.replace(CUDA_FACTS, cuda_capability=(7, 5)))
+
+    assert gated.params["fp32_precision"].choices == ("ieee",)
+    assert gated.gated["fp32_precision"] == {"tf32": "TF32 needs compute capability 8.0 or later; this GPU is 7.5"}
+    hopper = gate(load_space("default"), dataclasses.replace(CUDA_FACTS, cuda_capability=(9, 0)))
+    assert hopper.params["fp32_precision"].choices == ("ieee", "tf32")
+
+
+def test_gate_on_a_gpu_keeps_the_implementations_the_models_optimizer_offers():
+    import torch
+
+    from autotune.search.gate import gpu_facts
+
+    # A model file's own optimizer: SGD takes foreach and fused; LBFGS takes neither.
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = gpu_facts("cpu", torch.optim.SGD(params, lr=0.1))
+    assert sgd == {"cuda_capability": None, "optimizer_impls": ("auto", "plain", "foreach", "fused"),
+                   "optimizer_name": "SGD"}
+    lbfgs = gpu_facts("cpu", torch.optim.LBFGS(params))
+    gated = gate(load_space("default"), dataclasses.replace(CUDA_FACTS, **lbfgs))
+    assert gated.params["optimizer_impl"].choices == ("auto",)
+    assert gated.gated["optimizer_impl"]["fused"] == (
+        "the model's optimizer (LBFGS) has no fused implementation (it takes no `fused` argument)")
+    assert gated.gated["optimizer_impl"]["plain"] == (
+        "the model's optimizer (LBFGS) has no plain implementation (it takes no `foreach` argument)")
 
 def test_gate_on_a_gpu_without_convs_fixes_channels_last():
     gated = gate(load_space("default"), dataclasses.replace(CUDA_FACTS, has_conv=False))
 
     assert gated.params["channels_last"].choices == (False,)
     assert gated.gated["channels_last"] == {"True": NO_CONV}
-    assert gated.params["cudnn_benchmark"].choices == gated.params["compile"].choices == (False, True)
+    assert gated.params["cudnn_benchmark"].choices == (False, True)
+    assert gated.params["compile"].choices == COMPILE_MODES
 
 
 def test_gate_leaves_a_user_space_that_fixes_gpu_knobs_alone_where_it_agrees():
@@ -140,17 +181,17 @@ def test_fixed_to_keeps_one_value_and_records_why_for_each_dropped_choice():
 def test_fixed_to_a_value_the_space_does_not_list_or_a_range():
     space = _space({"cpu_threads": {"low": 1, "high": 8}, "compile": {"choices": [True]}})
 
-    fixed = space.fixed_to("cpu_threads", 0, "torch's default").fixed_to("compile", False, "no GPU")
+    fixed = space.fixed_to("cpu_threads", 0, "torch's default").fixed_to("compile", "off", "no GPU")
 
-    assert fixed.params["cpu_threads"].choices == (0,) and fixed.params["compile"].choices == (False,)
-    assert fixed.gated == {"cpu_threads": {"[1, 8]": "torch's default"}, "compile": {"True": "no GPU"}}
+    assert fixed.params["cpu_threads"].choices == (0,) and fixed.params["compile"].choices == ("off",)
+    assert fixed.gated == {"cpu_threads": {"[1, 8]": "torch's default"}, "compile": {"default": "no GPU"}}
     study = optuna.create_study()
-    assert fixed.suggest(study.ask()) == {"cpu_threads": 0, "compile": False}
+    assert fixed.suggest(study.ask()) == {"cpu_threads": 0, "compile": "off"}
 
 
 def test_fixed_to_a_knob_the_space_does_not_list_changes_nothing():
     space = _space(_OK_PARAMS)
-    assert space.fixed_to("compile", False, "no GPU") is space
+    assert space.fixed_to("compile", "off", "no GPU") is space
 
 
 PERSISTENT = {

@@ -127,7 +127,7 @@ def test_one_cycle_values():
         ({"cpu_threads": 2.0}, "tuned.yaml: train: `cpu_threads` must be an integer, but got 2.0."),
         ({"channels_last": "yes"}, "tuned.yaml: train: `channels_last` must be true or false, but got 'yes'."),
         ({"cudnn_benchmark": 1}, "tuned.yaml: train: `cudnn_benchmark` must be true or false, but got 1."),
-        ({"compile": None}, "tuned.yaml: train: `compile` must be true or false, but got None."),
+        ({"compile": None}, "tuned.yaml: train: `compile` must be a string, but got None."),
     ],
 )
 def test_the_new_knobs_are_validated(train_data, message):

@@ -1,5 +1,7 @@
-"""The max micro-batch finder: its search on a known memory curve, and real probes under a
-real memory cap (RLIMIT_AS) in their own processes."""
+"""The max micro-batch finder: its search on a known memory curve, real probes under a
+real memory cap in their own processes (RLIMIT_AS on the CPU; on a GPU machine the CUDA
+allocator's cap, tests/test_gpu_engine.py has GPU-only ones), and the fp16 probe's
+optimizer state when the gradients overflow."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from autotune.config import TrainConfig
 from autotune.engine.memory import parse_size
@@ -20,6 +23,7 @@ from autotune.task import load_task
 
 ASSETS = Path(__file__).parent / "assets"
 MIB = 2**20
+CPU = torch.device("cpu")
 
 
 def _curve(intercept: float, slope: float, limit: float, headroom: float = 0.0, bend: float = 0.0):
@@ -258,3 +262,53 @@ def test_probes_use_the_longest_items_so_the_found_batch_trains_on_all_of_them(t
 
     assert trial(found.max_batch).status == "ok"  # shuffled batches, long items among them
     assert trial(96).status == "oom"
+
+
+# ----------------------------------------------------------------- the optimizer state
+
+
+def _overflowing(task, factor: float | None):
+    """``task`` whose parameters' gradients overflow: each is multiplied by ``factor``
+    (1e36: finite at a loss scale of 1, past fp32's 3.4e38 at the run's 2**16), or made
+    inf outright with None. The optimizers it makes are kept in the list returned."""
+    made: list[torch.optim.Optimizer] = []
+    build, make = task.build_model, task.make_optimizer
+
+    def build_model():
+        model = build()
+        for p in model.parameters():
+            p.register_hook(lambda g: torch.full_like(g, float("inf")) if factor is None else g * factor)
+        return model
+
+    def make_optimizer(params, lr, wd):
+        made.append(make(params, lr, wd))
+        return made[-1]
+
+    task.build_model, task.make_optimizer = build_model, make_optimizer
+    return made
+
+
+@pytest.mark.parametrize("factor", [None, 1e36], ids=["always-inf", "inf-at-the-runs-scale"])
+def test_an_fp16_probe_allocates_the_optimizer_state_when_its_gradients_overflow(tiny_task, factor):
+    from autotune.engine import knobs
+    from autotune.search.probe import _two_steps
+
+    cfg = TrainConfig(amp="fp16")
+    made = _overflowing(tiny_task, factor)
+    x, y = tiny_task.datasets()[0][:8]
+    _two_steps(tiny_task, cfg, CPU, lambda: (x, y))
+    params = list(made[-1].param_groups[0]["params"])
+    assert len(made[-1].state) == len(params)  # AdamW's moments, for every parameter
+    assert all(made[-1].state[p]["exp_avg"].shape == p.shape for p in params)
+    # The control: at the run's scale the scaler skips both steps and allocates nothing.
+    model = tiny_task.build_model()
+    optimizer = tiny_task.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    scaler = knobs.grad_scaler("cpu", "fp16")
+    for _ in range(2):
+        with knobs.autocast("cpu", "fp16"):
+            loss = tiny_task.loss(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    assert scaler.get_scale() == knobs.INIT_SCALE / 4 and len(optimizer.state) == 0

@@ -17,7 +17,10 @@ def test_the_trial_table_shows_the_other_knobs_that_are_set():
         "model": {"file": "model.py"},
         "search": {"space": {"name": "default", "params": {"compile": {"choices": [False, True]}}}, "trials": [
             _trial(0),
-            _trial(1, cpu_threads=4, channels_last=True, cudnn_benchmark=True, compile=True, schedule="onecycle"),
+            _trial(1, cpu_threads=4, channels_last=True, cudnn_benchmark=True, compile="reduce-overhead",
+                   fp32_precision="tf32", optimizer_impl="fused", expandable_segments=True, schedule="onecycle"),
+            _trial(2, compile=True),  # a report written when compile was a switch
+            _trial(3, compile=False),
         ]},
     }
 
@@ -27,9 +30,12 @@ def test_the_trial_table_shows_the_other_knobs_that_are_set():
     assert "| ckpt | other knobs | samples/s |" in header
     assert "| false | - | 1,000 |" in next(line for line in lines if line.startswith("| 0 |"))
     assert (
-        "| false | cpu_threads 4, channels_last, cudnn_benchmark, compile (14.2 s), schedule onecycle | 1,000 |"
+        "| false | cpu_threads 4, channels_last, cudnn_benchmark, compile reduce-overhead (14.2 s), fp32_precision tf32, "
+        "optimizer_impl fused, expandable_segments, schedule onecycle | 1,000 |"
         in next(line for line in lines if line.startswith("| 1 |"))
     )
+    assert "| false | compile default (14.2 s) | 1,000 |" in next(line for line in lines if line.startswith("| 2 |"))
+    assert "| false | - | 1,000 |" in next(line for line in lines if line.startswith("| 3 |"))
 
 
 def test_the_selection_table_names_the_other_knobs_too():

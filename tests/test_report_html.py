@@ -202,6 +202,14 @@ def test_a_real_report_matches_the_schema_and_has_its_figures(real_run):
     _assert_self_contained(page)
     assert set(_figures(page)) == _expected_figures(report)
     assert {"fig-pareto", "fig-knob-effects", "fig-training-curves", "fig-confusion-matrix"} <= set(_figures(page))
+    if report["hardware"]["device"] == "cpu":  # the GPU knobs are ruled out, each with its reason
+        gated = search["gated"]
+        assert gated["compile"]["reduce-overhead"].startswith("no GPU: ")
+        assert gated["fp32_precision"]["tf32"] == "no GPU: TF32 is a mode of NVIDIA's tensor cores (sm_80 and later)"
+        assert gated["optimizer_impl"]["fused"].startswith("no GPU: foreach and fused optimizers")
+        assert gated["expandable_segments"]["True"] == "no GPU: a setting of the CUDA caching allocator"
+        markdown = (real_run / "report.md").read_text()
+        assert "| expandable_segments | true | no GPU: a setting of the CUDA caching allocator |" in markdown
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from optuna.trial import TrialState, create_trial
 
 from autotune.report import knob_effects
 from autotune.search import SearchBudget, TrialBudget, enqueue_default, open_study, run_search
-from autotune.search.screen import combination, screening_configs
+from autotune.search.screen import combination, screening_configs, screening_trials
 from tests.screenings import DEFAULT, DISTS, SPACE, _finish_waiting, _run_queued, _study
 from tests.spaces import _space
 
@@ -94,6 +94,9 @@ def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
     expected = {"micro_batch_size": base.params["micro_batch_size"],
                 "accumulation_steps": 2 if accum.value >= 1.05 * (before.value + after.value) / 2 else 1}
     assert combined.params == expected
+    # The screening took what ``screening_trials`` counts: one fewer where the default
+    # stayed the base (it is not measured again before the second stage).
+    assert combined.number == screening_trials(space) - (base is default)
     # Then the unmeasured neighbours of the best so far: each one knob away (or at the same
     # effective batch) from a config the search was refined around or, once those are
     # measured, from a config measured before it that scored near the climb's (which of
@@ -300,3 +303,21 @@ def test_a_pair_that_gains_less_than_its_knobs_alone_leaves_their_own_choices():
     assert combination(study, LAYOUT_SPACE) == {**LAYOUT_DEFAULT, "amp": "bf16"}
 
 
+
+
+def test_a_sized_budget_holds_the_whole_screening_of_a_gpus_space():
+    import dataclasses
+
+    from autotune.search.gate import Facts, gate
+    from autotune.search.screen import AFTER_SCREENING, sized_trials
+    from autotune.search.space import load_space
+
+    gpu = gate(load_space("default"), Facts("cuda", {"fp16": None, "bf16": None}, 16, True, 60_000, has_conv=True))
+    cpu = gate(load_space("default"), Facts("cpu", {"fp16": "slow", "bf16": None}, 2, False, 1_437, has_conv=True))
+    # On the GPU: 5 other micro-batches; then 2 accumulations, 2 worker counts, pinning, 2
+    # dtypes, checkpointing, channels_last, cuDNN benchmark, 3 compile modes, TF32, 3
+    # optimizer implementations, expandable segments and the 2 dtype x channels_last pairs.
+    assert screening_trials(gpu) == 1 + (5 + 2) + 1 + (20 + 7)
+    assert sized_trials(24, gpu) == screening_trials(gpu) + AFTER_SCREENING > 24
+    assert sized_trials(24, cpu) == 24 and sized_trials(60, gpu) == 60
+    assert screening_trials(dataclasses.replace(cpu, params={})) == 1

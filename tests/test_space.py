@@ -30,6 +30,9 @@ DEFAULT_KNOBS = [
     "channels_last",
     "cudnn_benchmark",
     "compile",
+    "fp32_precision",
+    "optimizer_impl",
+    "expandable_segments",
     "lr_rule",
     "schedule",
 ]
@@ -50,9 +53,20 @@ def test_default_space_loads():
     assert all(space.params[k].fixed for k in FIXED_DEFAULT_KNOBS)
     assert space.params["schedule"].choices == ("cosine",)
     assert space.params["cpu_threads"].choices == (1, 2, 4, 8, 16, 32)
+    assert space.params["compile"].choices == ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
     assert space.searched() == [k for k in DEFAULT_KNOBS if k not in FIXED_DEFAULT_KNOBS]
     assert space.gated == {}
     assert load_space() == space
+
+
+@pytest.mark.parametrize(("written", "read"), [("[false, true]", ("off", "default")), ("[off, reduce-overhead]",
+                                                 ("off", "reduce-overhead"))])
+def test_a_space_may_write_compile_as_a_switch_or_an_unquoted_off(tmp_path, written, read):
+    # Spaces written when compile was a switch (false/true) keep loading; YAML reads an
+    # unquoted `off` as false, which is the same choice.
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nparams:\n  compile: {{choices: {written}}}\n")
+    assert load_space(path).params["compile"].choices == read
 
 
 def test_unknown_builtin_name_lists_the_builtin_spaces():

@@ -14,7 +14,7 @@ from tests.spaces import _OK_PARAMS, SRC, _space, _whole
 
 _TUNABLE_LIST = (
     "micro_batch_size, accumulation_steps, num_workers, pin_memory, persistent_workers, "
-    "cpu_threads, amp, checkpointing, channels_last, cudnn_benchmark, compile, lr_rule, "
+    "cpu_threads, amp, checkpointing, channels_last, cudnn_benchmark, compile, fp32_precision, optimizer_impl, expandable_segments, lr_rule, "
     "warmup, schedule"
 )
 
@@ -173,7 +173,17 @@ PARAM_ERRORS = [
             f"space.yaml: `params.{knob}`: choice 1 must be of type bool.",
             id=f"{knob}-int",
         )
-        for knob in ("channels_last", "cudnn_benchmark", "compile")
+        for knob in ("channels_last", "cudnn_benchmark", "expandable_segments")
+    ),
+    pytest.param(
+        "compile", {"choices": ["off", 1]},
+        "space.yaml: `params.compile`: choice 1 must be of type str.",
+        id="compile-int",
+    ),
+    pytest.param(
+        "optimizer_impl", {"choices": ["auto", "apex"]},
+        "space.yaml: `params.optimizer_impl`: choice 'apex' is not allowed; allowed: auto, plain, foreach, fused.",
+        id="optimizer-impl-unknown",
     ),
     pytest.param(
         "micro_batch_size", {"choices": [16, 32, 16]},

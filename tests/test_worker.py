@@ -1,4 +1,5 @@
-"""run_isolated on real processes: results, errors, a real OOM, a crash and a timeout.
+"""run_isolated on real processes: results, errors, a real OOM, a crash, a timeout, and
+the fork server's environment (a model file's CUDA check at import must not poison it).
 
 The functions run in the child live in tests/assets/worker_funcs.py. The child unpickles
 them by module name, so tests/assets goes on sys.path here; that is enough for the child
@@ -8,12 +9,16 @@ too: each forkserver child is sent the parent's sys.path as it is when the proce
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
 
 from autotune.search.worker import run_isolated
 
@@ -21,7 +26,8 @@ ASSETS = Path(__file__).parent / "assets"
 if str(ASSETS) not in sys.path:
     sys.path.insert(0, str(ASSETS))
 
-import worker_funcs  # noqa: E402  (needs tests/assets on sys.path)
+import fork_server_funcs  # noqa: E402  (needs tests/assets on sys.path)
+import worker_funcs  # noqa: E402
 
 # Generous: the first call also starts the fork server, which imports torch.
 TIMEOUT_S = 60.0
@@ -134,3 +140,33 @@ def test_the_isolated_call_starts_processes_as_the_caller_does():
 
     outcome = run_isolated(worker_funcs.start_method, {}, TIMEOUT_S)
     assert outcome.value == {"method": multiprocessing.get_start_method()}
+
+
+def test_the_fork_server_asks_nvml_so_a_model_files_cuda_check_cannot_poison_it(tmp_path):
+    # A library the model file imports asks torch.cuda.is_available() at import, as
+    # accelerate or bitsandbytes do; it is preloaded into the fork server.
+    (tmp_path / f"{fork_server_funcs.PROBE_MODULE}.py").write_text(fork_server_funcs.PROBE_SOURCE)
+    model = tmp_path / "model_with_cuda_check.py"
+    shutil.copy(ASSETS / "tiny_mlp.py", model)
+    model.write_text(f"import {fork_server_funcs.PROBE_MODULE}\n" + model.read_text())
+    root = ASSETS.parents[1]
+    env = {k: v for k, v in os.environ.items() if k != fork_server_funcs.NVML_CHECK}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), str(tmp_path), str(ASSETS)])
+    done = subprocess.run([sys.executable, str(ASSETS / "fork_server_funcs.py"), str(model)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert fork_server_funcs.PROBE_MODULE in got["added"]
+    assert got["first_status"] == "ok"  # else the isolated call's error
+    first = got["first"]
+    # The server runs with the variable; the module was imported there, under it; CUDA
+    # was not initialised there, so the forked process may use it.
+    assert first["server_env"] == "1" and first["probe_imported_in_server"] and first["probe_saw"] == "1"
+    assert (first["cuda_initialized"], first["in_bad_fork"]) == (False, False)
+    if torch.cuda.is_available():  # asked of NVML in the server, and CUDA works in the forked process
+        assert first["probe_found_cuda"] is True and first["cuda_sum"] == 4.0
+    # The call itself, and this process after it, have the variable as the caller had it.
+    assert first["child_env"] is None and got["env_after_first"] is None
+    assert got["second"]["child_env"] == "0" and got["second"]["server_env"] == "1"
+    assert got["env_after_second"] == "0"
+    assert got["flops_per_sample"] > 0  # the model's own measurement ran in a forked process

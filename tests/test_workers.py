@@ -19,6 +19,7 @@ import yaml
 from optuna.trial import TrialState
 
 from autotune.errors import ConfigError
+from autotune.hardware import SCHEMA_VERSION, HardwareProfile
 from autotune.parallel import plan_workers
 from autotune.search.storage import claim, is_claim, open_storage, redact
 from tests.storages import storage_url
@@ -201,12 +202,79 @@ def test_joiners_wait_while_the_creator_beats_and_stop_when_it_is_gone(tiny_task
 
 def test_workers_split_the_cpus_or_take_one_gpu_each():
     assert [p.cpus for p in plan_workers(2, gpu_count=0, cpus=[0, 1, 2])] == [[0, 1], [2]]
-    assert [p.gpu for p in plan_workers(2, gpu_count=4)] == [0, 1]
-    assert plan_workers(2, gpu_count=4)[1].env()["CUDA_VISIBLE_DEVICES"] == "1"
-    with pytest.raises(ConfigError, match="more workers than this machine has GPUs"):
-        plan_workers(3, gpu_count=2)
+    assert [p.gpu for p in plan_workers(2, gpu_count=4, env={})] == ["0", "1"]
+    with pytest.raises(ConfigError, match=r"^--workers 3 asks for more workers than the GPUs this process sees \(2\); "
+                                          r"each worker runs its trials on a GPU of its own\.$"):
+        plan_workers(3, gpu_count=2, env={})
     with pytest.raises(ConfigError, match="more workers than this process has CPUs"):
         plan_workers(3, gpu_count=0, cpus=[0, 1])
+
+
+UUID_A = "GPU-11111111-2222-3333-4444-555555555555"
+UUID_B = "GPU-66666666-7777-8888-9999-000000000000"
+MIG_A = "MIG-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+MIG_B = "MIG-ffffffff-0000-1111-2222-333333333333"
+
+
+@pytest.mark.parametrize("parent, expected, first", [
+    (None, ["0", "1"], "GPU 0"),  # unset: CUDA's own numbering
+    ("4,5", ["4", "5"], "GPU 4"),  # this process was given GPUs 4 and 5: so are the workers, not 0 and 1
+    (" 5 , 4 ,7", ["5", "4"], "GPU 5"),  # the parent's order; spaces as CUDA reads them
+    (f"{UUID_B},{UUID_A}", [UUID_B, UUID_A], UUID_B),
+    (f"{MIG_A},{MIG_B}", [MIG_A, MIG_B], MIG_A),
+])
+def test_each_gpu_worker_sees_its_entry_of_the_parents_visible_devices(parent, expected, first, monkeypatch):
+    env = {} if parent is None else {"CUDA_VISIBLE_DEVICES": parent}
+    plans = plan_workers(2, gpu_count=2, env=env)
+    assert [p.gpu for p in plans] == expected
+    assert plans[0].describe() == first
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", parent or "0,1,2,3")
+    assert [p.env()["CUDA_VISIBLE_DEVICES"] for p in plans] == expected
+
+
+def test_more_gpu_workers_than_the_parent_sees_is_an_error_naming_its_devices():
+    for count in (2, 8):  # torch's count follows CUDA_VISIBLE_DEVICES; a larger one is cut to the list
+        with pytest.raises(ConfigError, match=r"^--workers 3 asks for more workers than the GPUs this process sees "
+                                              r"\(2, CUDA_VISIBLE_DEVICES=4,5\); "):
+            plan_workers(3, gpu_count=count, env={"CUDA_VISIBLE_DEVICES": "4,5"})
+    assert [p.gpu for p in plan_workers(2, gpu_count=8, env={"CUDA_VISIBLE_DEVICES": "4,5"})] == ["4", "5"]
+    # MIG slices: each worker process uses one, however many one process may enumerate.
+    mig = plan_workers(2, gpu_count=1, env={"CUDA_VISIBLE_DEVICES": f"{MIG_A},{MIG_B}"})
+    assert [p.gpu for p in mig] == [MIG_A, MIG_B]
+    # A repeated entry: CUDA sees no device at all.
+    with pytest.raises(ConfigError, match=r"sees \(0, CUDA_VISIBLE_DEVICES=\)"):
+        plan_workers(1, gpu_count=1, env={"CUDA_VISIBLE_DEVICES": "4,4"})
+
+
+def _profile(device: str, gpus: list[dict]) -> HardwareProfile:
+    return HardwareProfile(schema_version=SCHEMA_VERSION, created="", device=device, gpus=gpus, amp={}, software={},
+                           host={"cpu_model": "Test CPU", "memory_total_bytes": 64 * 2**30},
+                           nvml={"driver_version": "550.54.15"})
+
+
+def test_a_worker_describes_the_device_torch_gives_it_not_the_profiles_first_gpu():
+    from types import SimpleNamespace
+
+    from autotune.hardware.devices import device_facts
+    from autotune.parallel import trial_device
+
+    # NVML lists an A100 first and an H100 second (without an SM count, as for a GPU torch
+    # cannot see); with CUDA_VISIBLE_DEVICES=1 this process's device 0 is the H100.
+    a100 = {"name": "NVIDIA A100-SXM4-40GB", "uuid": UUID_A, "memory_total_bytes": 40 * 2**30, "sm_count": 108}
+    h100 = {"name": "NVIDIA H100 80GB HBM3", "uuid": UUID_B, "memory_total_bytes": 80 * 2**30, "sm_count": "N/A"}
+    props = SimpleNamespace(name="NVIDIA H100 80GB HBM3", uuid=UUID_B[4:], total_memory=int(79.2 * 2**30),
+                            multi_processor_count=132)
+    profile = _profile("cuda", [a100, h100])
+    assert trial_device(profile, [device_facts(props)]) == "GPU NVIDIA H100 80GB HBM3, 79 GiB, 132 SMs, driver 550"
+    # Where torch sees no device: the profile's first GPU.
+    assert trial_device(profile, []) == "GPU NVIDIA A100-SXM4-40GB, 40 GiB, 108 SMs, driver 550"
+
+
+def test_a_cpu_trial_device_is_the_cpu_even_where_nvml_lists_gpus():
+    from autotune.parallel import trial_device
+
+    gpu = {"name": "NVIDIA H100 80GB HBM3", "uuid": UUID_A, "memory_total_bytes": 80 * 2**30, "sm_count": 132}
+    assert trial_device(_profile("cpu", [gpu])) == "CPU Test CPU, 64 GiB"  # torch without CUDA trains on the CPU
 
 
 def test_bad_storage_urls_are_clear_errors(tmp_path):

@@ -16,7 +16,9 @@ loader, so random transforms inside workers differ after a resume; and on a GPU,
 non-deterministic kernels make any two runs differ slightly, resumed or not.
 
 Files are written to a temporary name, flushed to disk and renamed, so a crash while
-saving leaves the previous checkpoint intact.
+saving leaves the previous checkpoint intact. Their tensors are CPU tensors
+(``to_cpu``): a checkpoint written on a GPU loads on a machine without one, and a resumed
+run's ``load_state_dict`` calls put them back on its device.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import os
 import random
 import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -66,6 +69,10 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
     multiple of ``world``, and takes every ``world``-th index from its ``rank``, as
     torch's DistributedSampler partitions: the ranks' i-th micro-batches together hold
     what one process's i-th batch of ``world`` times the size would.
+
+    The training loader drops each rank's short last batch (``data.make_loader``), so
+    every batch consumed before a stop is a full one: ``skip(batches * micro_batch)``
+    resumes exactly, and every rank has as many batches (and steps) as the others.
     """
 
     def __init__(self, n: int, generator: torch.Generator, rank: int = 0, world: int = 1):
@@ -84,6 +91,9 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         return iter(order[self.rank:: self.world][start:])
 
 
+POLL_SHARE = 0.05  # under several ranks, a time-based checkpoint comes up to this share of every_s late
+
+
 @dataclass
 class Checkpointer:
     """Where and how often the final run saves itself.
@@ -91,6 +101,15 @@ class Checkpointer:
     ``last.pt`` is written at the end of every epoch and, within an epoch, every
     ``every_steps`` optimizer steps or ``every_s`` seconds (whichever is set; both None:
     epoch ends only); ``best.pt`` whenever the validation score improves.
+
+    The ranks of a multi-process run must save after the same step (a save gathers every
+    rank's state), and ``decide`` makes sure they do without a collective per step. A
+    step count is the same on every rank, so ``every_steps`` needs no communication at
+    all. Clocks differ, so with ``every_s`` the ranks compare theirs (one all-reduce)
+    only every so many steps: as many as take about ``POLL_SHARE`` of ``every_s`` at the
+    ranks' mean step time measured between the last two comparisons. A time-based
+    checkpoint then comes about that much late (more only if the steps slow down
+    between two comparisons), and the steps in between wait for no other rank.
     """
 
     folder: Path
@@ -98,12 +117,37 @@ class Checkpointer:
     every_s: float | None = 600.0
     enabled: bool = True  # False on the ranks that do not write (all but rank 0)
     _last_step: int = 0
-    _last_time: float = field(default_factory=time.perf_counter)
+    _last_time: float = field(default_factory=lambda: time.perf_counter())
+    _next_poll: int = 0  # the step at which the ranks next compare clocks
+    _polled: tuple[int, float] | None = None  # (step, time) of the last comparison
 
     def due(self, steps: int) -> bool:
+        """Whether this process's own count or clock says a checkpoint is due."""
         if self.every_steps is not None:
             return steps - self._last_step >= self.every_steps
         return self.every_s is not None and time.perf_counter() - self._last_time >= self.every_s
+
+    def decide(self, steps: int, agree: Callable[[bool, float], tuple[bool, float]] | None = None) -> bool:
+        """Whether to save after optimizer step ``steps``: the same answer on every rank.
+
+        ``agree(flag, step_s)`` (given with several ranks, ``distributed.agreement``)
+        returns whether any rank's flag is set and the ranks' mean of ``step_s``, the
+        same on every rank; it is called only for ``every_s``, and only every so many
+        steps (see the class). Without it the decision is this process's own (``due``).
+        """
+        if agree is None or self.every_steps is not None or self.every_s is None:
+            return self.due(steps)
+        if steps < self._next_poll:
+            return False
+        now = time.perf_counter()
+        # Seconds per step since the last comparison; none before the first (0: compare
+        # again at the next step, when there is one to measure).
+        step_s = (now - self._polled[1]) / max(1, steps - self._polled[0]) if self._polled else 0.0
+        flag, mean_step_s = agree(self.due(steps), step_s)
+        self._polled = (steps, now)
+        stride = int(POLL_SHARE * self.every_s / mean_step_s) if mean_step_s > 0 else 1
+        self._next_poll = steps + max(1, stride)
+        return flag
 
     def save(self, state: dict[str, Any], name: str = LAST) -> Path | None:
         self._last_step, self._last_time = state["position"]["steps"], time.perf_counter()
@@ -114,6 +158,28 @@ class Checkpointer:
     def load(self, name: str = LAST) -> dict[str, Any] | None:
         path = Path(self.folder) / name
         return load(path) if path.exists() else None
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it (in dicts, lists and tuples, nested) on the CPU.
+
+    ``torch.load`` puts a tensor back on the device it was saved from, so a file saved
+    with CUDA tensors cannot be loaded on a machine without CUDA (``weights_only=True``
+    included) unless the reader knows to pass ``map_location``. CPU tensors are kept
+    as they are; a state dict keeps its type and its ``_metadata`` (the modules'
+    versions, which ``load_state_dict`` reads).
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        items = [(k, to_cpu(v)) for k, v in obj.items()]
+        out = OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
 
 
 def save_atomic(obj: Any, path: Path) -> Path:
@@ -172,17 +238,18 @@ def rank_share(position: Position) -> dict[str, Any]:
 
 def capture(objects: dict[str, Any], position: Position, epoch_start: dict[str, torch.Tensor], config: dict[str, Any],
             rngs: list[dict[str, Any]] | None = None, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The checkpoint of a run: ``objects`` maps names (model, optimizer, scaler,
-    scheduler) to things with ``state_dict``; ``epoch_start`` holds the loader
-    generators' states at the start of the current epoch; ``rngs`` every rank's random
-    generators (default: this process's); ``ranks`` every rank's part of the position
-    (its ``epoch_loss`` and ``epoch_samples``; default: ``position``'s)."""
+    """The checkpoint of a run, its tensors on the CPU (``to_cpu``): ``objects`` maps
+    names (model, optimizer, scaler, scheduler) to things with ``state_dict``;
+    ``epoch_start`` holds the loader generators' states at the start of the current
+    epoch; ``rngs`` every rank's random generators (default: this process's); ``ranks``
+    every rank's part of the position (its ``epoch_loss`` and ``epoch_samples``;
+    default: ``position``'s)."""
     return {
         "ranks": ranks if ranks is not None else [rank_share(position)],
         "format": FORMAT_VERSION,
         "config": config,
         "position": asdict(position),
-        "states": {name: obj.state_dict() for name, obj in objects.items()},
+        "states": {name: to_cpu(obj.state_dict()) for name, obj in objects.items()},
         "rng": rngs if rngs is not None else [rng_state()],
         "epoch_start": {k: v.clone() for k, v in epoch_start.items()},
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import random
 from typing import Any, Callable
 
 import numpy as np
@@ -10,15 +12,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from autotune.config import TrainConfig
 from autotune.engine.checkpoint import ResumableSampler
-from autotune.engine.distributed import SINGLE, Dist, ShardSampler
+from autotune.engine.distributed import SINGLE, Dist, ShardSampler, rank_seed
 
 
-def _seed_worker(worker_id: int) -> None:
-    # Each worker gets a distinct, reproducible numpy/random seed derived from torch's.
-    seed = torch.initial_seed() % 2**32
+def _seed_worker(worker_id: int, rank: int = 0) -> None:
+    """Seed a DataLoader worker's numpy and python generators (and, on ranks other than
+    0, torch's too) from the seed torch gave it: the loader's base seed plus
+    ``worker_id``. Every rank's loader draws the same base seed (its generator is seeded
+    alike on every rank, and restored alike on resume), so rank ``rank`` mixes itself
+    in: each rank's workers get random transforms of their own."""
+    seed = rank_seed(torch.initial_seed(), rank)
+    if rank:
+        torch.manual_seed(seed)
+    seed %= 2**32
     np.random.seed(seed)
-    import random
-
     random.seed(seed)
 
 
@@ -37,12 +44,21 @@ def make_loader(
 
     A training loader shuffles with a ``ResumableSampler`` drawing from ``generator``,
     and seeds its workers from a second generator derived from it, so a checkpoint can
-    restore each on its own (``checkpoint``). ``pin_memory`` is honoured only when the
-    device is a GPU (pinning without one only costs time); ``persistent_workers`` only
-    with workers. Under ``dist`` (several ranks) each rank loads its share: of the shuffled
-    order in training, of the validation set in order otherwise.
+    restore each on its own (``checkpoint``); each rank's workers mix in its rank
+    (``_seed_worker``). ``pin_memory`` is honoured only when the device is a GPU
+    (pinning without one only costs time); ``persistent_workers`` only with workers.
+    Under ``dist`` (several ranks) each rank loads its share: of the shuffled order in
+    training, of the validation set in order otherwise.
+
+    A training loader drops the epoch's short last micro-batch: every step then sees
+    the same shapes, so torch.compile does not recompile at each epoch's end and CUDA
+    graphs can replay; the dropped samples are in other epochs' batches, as the order is
+    drawn afresh each epoch. When the training set (a rank's share of it) is smaller than
+    one micro-batch, its one short batch is kept rather than an epoch of nothing.
+    Validation loads every item.
     """
     workers = cfg.num_workers
+    batch = batch_size or cfg.micro_batch_size
     sampler: Any = None
     worker_seeds = None
     if train:
@@ -53,15 +69,15 @@ def make_loader(
         sampler = ShardSampler(len(dataset), dist)  # type: ignore[arg-type]
     return DataLoader(
         dataset,
-        batch_size=batch_size or cfg.micro_batch_size,
+        batch_size=batch,
         sampler=sampler,
         num_workers=workers,
         pin_memory=cfg.pin_memory and device.type == "cuda",
         persistent_workers=cfg.persistent_workers and workers > 0,
         collate_fn=collate_fn,
         generator=worker_seeds,
-        worker_init_fn=_seed_worker if workers > 0 else None,
-        drop_last=False,
+        worker_init_fn=functools.partial(_seed_worker, rank=dist.rank) if workers > 0 else None,
+        drop_last=train and len(sampler) >= batch,
     )
 
 

@@ -19,8 +19,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -43,6 +44,17 @@ class Dist:
 
 
 SINGLE = Dist()
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed of rank ``rank``'s own, derived from the run's ``seed``: ``seed`` itself on
+    rank 0 (a single process is seeded as it always was), otherwise a 63-bit number
+    mixed from both (numpy's ``SeedSequence``), so no two ranks, nor rank 1 of one seed
+    and rank 0 of the next seed, share a stream of dropout masks or random transforms."""
+    if rank == 0:
+        return seed
+    low, high = np.random.SeedSequence([seed % 2**64, rank]).generate_state(2)
+    return (int(high) << 32 | int(low)) & (2**63 - 1)
 
 
 def from_env() -> Dist:
@@ -94,9 +106,19 @@ def all_sum(values: Sequence[float], d: Dist, device: torch.device) -> list[floa
     return t.tolist()
 
 
-def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
-    """True on every rank when it is true on any: decisions all ranks must take together."""
-    return bool(all_sum([1.0 if flag else 0.0], d, device)[0]) if d.active else flag
+def agreement(d: Dist, device: torch.device) -> Callable[[bool, float], tuple[bool, float]] | None:
+    """For a decision the ranks must take together at the same step: a function of this
+    rank's flag and a number that returns whether any rank's flag is set and the ranks'
+    mean of the number, from one all-reduce, alike on every rank. None for a single
+    process, which decides alone (``checkpoint.Checkpointer.decide``)."""
+    if not d.active:
+        return None
+
+    def agree(flag: bool, value: float) -> tuple[bool, float]:
+        flags, total = all_sum([1.0 if flag else 0.0, value], d, device)
+        return flags > 0, total / d.world
+
+    return agree
 
 
 def gather(obj: Any, d: Dist) -> list[Any]:

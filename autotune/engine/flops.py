@@ -14,9 +14,18 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-# The dtype whose matmul peak bounds a config's speed, by its amp setting. Without
-# autocast, matmuls run in fp32 (this project never turns on tf32 for training).
-_PEAK_DTYPE = {"off": "fp32", "bf16": "bf16", "fp16": "fp16"}
+# The dtype whose matmul peak bounds a config's speed, by ``peak_key``: without autocast,
+# matmuls and convolutions run in true fp32 or, under `fp32_precision: tf32`, on TF32
+# tensor cores (``knobs.fp32_precision`` sets both, so neither runs in the other mode).
+_PEAK_DTYPE = {"off": "fp32", "tf32": "tf32", "bf16": "bf16", "fp16": "fp16"}
+PEAK_KEYS = tuple(_PEAK_DTYPE)
+
+
+def peak_key(amp: str, fp32_precision: str = "ieee") -> str:
+    """Which peak a config computes at: its autocast dtype, else "tf32" or "off" (fp32)."""
+    if amp != "off":
+        return amp
+    return "tf32" if fp32_precision == "tf32" else "off"
 
 
 def train_step_flops(model: torch.nn.Module, compute_loss: Callable[[torch.nn.Module], torch.Tensor]) -> int:
@@ -33,10 +42,10 @@ def train_step_flops(model: torch.nn.Module, compute_loss: Callable[[torch.nn.Mo
     return int(counter.get_total_flops())
 
 
-def peak_tflops(measured: dict[str, Any], device: str, amp: str) -> float | None:
-    """The profile's measured matmul peak (TFLOP/s) for ``amp`` on ``device``, or None
-    when the profile has no figure for it."""
-    key = f"{'cuda' if device == 'cuda' else 'cpu'}_matmul_{_PEAK_DTYPE[amp]}_tflops"
+def peak_tflops(measured: dict[str, Any], device: str, key: str) -> float | None:
+    """The profile's measured matmul peak (TFLOP/s) for ``key`` (``peak_key``) on
+    ``device``, or None when the profile has no figure for it (a CPU has no tf32)."""
+    key = f"{'cuda' if device == 'cuda' else 'cpu'}_matmul_{_PEAK_DTYPE[key]}_tflops"
     value = measured.get(key)
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 

@@ -3,15 +3,17 @@
 AMP is an autocast context (``nullcontext`` when off) plus a GradScaler that is enabled
 only for fp16; the LR schedule is a pure function of the step; activation checkpointing
 wraps the forward of the chosen blocks; the CPU thread count and cuDNN's benchmark mode
-are contexts that restore the setting after the run; channels_last is a memory format
-(``preserve_format`` when off); compile returns the model itself when off, and its clock
-times nothing.
+are contexts that restore the setting after the run, as are the GPU's fp32 precision
+(TF32 or not) and the caching allocator's expandable segments; channels_last is a memory
+format (``preserve_format`` when off); compile returns the model itself when off, and its
+clock times nothing; the optimizer's implementation (foreach, fused) is set on its groups.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import statistics
 import time
@@ -158,10 +160,140 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.preserve_format
 
 
-def compiled(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """``torch.compile(model)``, or the model itself when compile is off. The compiled
-    wrapper shares the model's parameters; save the plain model's ``state_dict``."""
-    return torch.compile(model) if enabled else model
+def compiled(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``torch.compile(model)`` in ``mode``, or the model itself when ``mode`` is "off".
+
+    The compiled wrapper shares the model's parameters; save the plain model's
+    ``state_dict``. "reduce-overhead" records CUDA graphs, which replay one fixed shape:
+    it compiles with ``dynamic=False`` (the training loader drops an epoch's short last
+    batch, so every step has the same shape), and each step is marked as a new graph
+    iteration (``step_marker``).
+    """
+    if mode == "off":
+        return model
+    options: dict[str, Any] = {} if mode == "default" else {"mode": mode}
+    if mode == "reduce-overhead":
+        options["dynamic"] = False
+    return torch.compile(model, **options)
+
+
+def step_marker(mode: str) -> Callable[[], None]:
+    """What to call before each micro-batch's forward: under CUDA graphs (reduce-overhead),
+    ``torch.compiler.cudagraph_mark_step_begin`` tells the graph trees that the previous
+    step's outputs are no longer needed; otherwise nothing."""
+    if mode == "reduce-overhead":
+        return torch.compiler.cudagraph_mark_step_begin
+    return lambda: None
+
+
+def fp32_precision(device_type: str, precision: str) -> ContextManager[Any]:
+    """fp32 matmuls and cuDNN convolutions on a GPU as "ieee" (true fp32) or "tf32"
+    (TF32 tensor cores), restored when the run ends; a no-op on the CPU.
+
+    torch's defaults differ by op (matmuls ieee, cuDNN convolutions tf32); this sets both,
+    so an "ieee" run is true fp32 throughout and its MFU is against the fp32 peak. Uses the
+    per-backend ``fp32_precision`` settings where torch has them (2.9+), else the legacy
+    ``allow_tf32`` flags: mixing the two APIs in one process raises.
+    """
+    if device_type != "cuda":
+        return contextlib.nullcontext()
+    return _precision(precision)
+
+
+@contextlib.contextmanager
+def _precision(precision: str) -> Iterator[None]:
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:
+        before = (matmul.fp32_precision, cudnn.conv.fp32_precision)
+        new_api = True
+    except AttributeError:
+        before, new_api = (matmul.allow_tf32, cudnn.allow_tf32), False
+
+    def put(values: tuple[Any, Any]) -> None:
+        if new_api:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = values
+        else:
+            matmul.allow_tf32, cudnn.allow_tf32 = values
+
+    put((precision, precision) if new_api else (precision == "tf32",) * 2)
+    try:
+        yield
+    finally:
+        put(before)
+
+
+def optimizer_impls(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
+    """The implementations ``optimizer`` lets a caller choose: those of torch's optimizers
+    that take ``foreach`` and ``fused`` arguments (their ``defaults`` hold the keys)."""
+    keys = optimizer.defaults
+    impls = ["auto"]
+    if "foreach" in keys or "fused" in keys:
+        impls.append("plain")
+    impls += [name for name in ("foreach", "fused") if name in keys]
+    return tuple(impls)
+
+
+def set_optimizer_impl(optimizer: torch.optim.Optimizer, impl: str) -> torch.optim.Optimizer:
+    """Switch ``optimizer`` to ``impl`` (see ``TrainConfig.optimizer_impl``) in place.
+
+    torch's optimizers read ``foreach`` and ``fused`` from each parameter group at every
+    step, so setting them on the groups of a built optimizer works for the default AdamW
+    and for one a model file builds alike. "auto" leaves torch's own choice (foreach on
+    CUDA). ValueError when the optimizer has no such implementation.
+    """
+    if impl == "auto":
+        return optimizer
+    if impl not in optimizer_impls(optimizer):
+        raise ValueError(f"{type(optimizer).__name__} has no {impl!r} implementation "
+                         f"(it offers: {', '.join(optimizer_impls(optimizer))})")
+    for group in optimizer.param_groups:
+        for name in ("foreach", "fused"):
+            if name in optimizer.defaults:
+                group[name] = name == impl
+    return optimizer
+
+
+ALLOC_CONF_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")  # torch 2.9+ name first
+
+
+def alloc_conf(current: str | None, expandable: bool) -> str:
+    """An allocator setting string (``key:value,key:value``) with ``expandable_segments``
+    set to ``expandable``, keeping every other setting of ``current``."""
+    kept = [part for part in (current or "").split(",") if part.strip() and
+            part.split(":")[0].strip() != "expandable_segments"]
+    return ",".join(kept + [f"expandable_segments:{expandable}"])
+
+
+def expandable_segments(device_type: str, enabled: bool) -> ContextManager[Any]:
+    """The CUDA caching allocator's ``expandable_segments`` on for a run; a no-op when off
+    or on the CPU.
+
+    Before CUDA starts in a process, the setting goes into the allocator's environment
+    variable (the one the user set, else ``PYTORCH_CUDA_ALLOC_CONF``, which every torch
+    since 2.0 reads) with the user's other settings kept; once CUDA has started, through
+    ``torch.cuda.memory._set_allocator_settings``. Either way it is put back afterwards.
+    """
+    if not enabled or device_type != "cuda":
+        return contextlib.nullcontext()
+    if torch.cuda.is_initialized():
+        setter = torch.cuda.memory._set_allocator_settings
+        return _setting(lambda: "expandable_segments:False", setter, "expandable_segments:True")
+    var = next((v for v in ALLOC_CONF_VARS if v in os.environ), ALLOC_CONF_VARS[1])
+    return _env(var, alloc_conf(os.environ.get(var), True))
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    """The environment variable ``name`` set to ``value`` inside the block only."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 class CompileClock:
@@ -170,9 +302,10 @@ class CompileClock:
     Compiling happens in the first step (forward and backward graphs), so the estimate is
     the first step's time less the median time of the ``later`` steps after it; with no
     later step, the whole first step. Each timed step waits for the device. A recompile
-    later on (a new input shape, such as an epoch's short last batch) is not counted: on
-    the development CPU that left about a third to a half of the compile time out. When
-    off it times nothing and reads 0.
+    later on (a new input shape) would not be counted; the training loader drops an
+    epoch's short last batch so that there is none. CUDA graphs (reduce-overhead) are
+    recorded in the first steps after the compile, inside the ``later`` steps' window only
+    when ``later`` covers them (3 does). When off it times nothing and reads 0.
     """
 
     def __init__(self, sync: Callable[[], None], enabled: bool, later: int = 3) -> None:
@@ -186,6 +319,11 @@ class CompileClock:
             self.times.append(time.perf_counter() - started)
 
     @property
+    def first_step_s(self) -> float:
+        """The first step's time (the compile and that step), 0 before it or when off."""
+        return self.times[0] if self.times else 0.0
+
+    @property
     def seconds(self) -> float:
         if not self.times:
             return 0.0
@@ -193,11 +331,21 @@ class CompileClock:
         return max(0.0, self.times[0] - (statistics.median(later) if later else 0.0))
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; returns a generator for the DataLoader's order."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def seed_everything(seed: int, rank: int = 0) -> torch.Generator:
+    """Seed python, numpy and torch (the CPU's and every GPU's generators); returns a
+    generator for the DataLoader's order.
+
+    The process-wide generators get rank ``rank``'s own seed
+    (``distributed.rank_seed``: ``seed`` itself on rank 0), so the ranks of a
+    multi-process run draw different dropout masks and random transforms; the order
+    generator gets ``seed`` on every rank, since the ranks shard one shared order.
+    """
+    from autotune.engine.distributed import rank_seed
+
+    own = rank_seed(seed, rank)
+    random.seed(own)
+    np.random.seed(own % 2**32)
+    torch.manual_seed(own)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator

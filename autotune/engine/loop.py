@@ -85,9 +85,10 @@ def train(
     The final run passes ``checkpoints`` (where and how often to save), ``resume`` (a
     checkpoint to go on from, see ``checkpoint``) and ``target_accuracy`` (the time to
     reach it is recorded); a rank of a torchrun group passes its ``dist``
-    (``engine.distributed``). `cpu_threads` and `cudnn_benchmark` are process-wide torch
-    settings: they hold for the run (model building and evaluation included) and are
-    restored when it ends.
+    (``engine.distributed``). `cpu_threads`, `cudnn_benchmark`, `fp32_precision` and
+    `expandable_segments` are process-wide torch settings: they hold for the run (model
+    building and evaluation included) and are restored when it ends (the allocator's
+    setting stays with a CUDA that first started inside the run).
 
     ``eval_every_samples`` (for benchmarks that time a run to a target accuracy more
     finely than once per epoch) also evaluates whenever the samples trained reach the next
@@ -97,7 +98,9 @@ def train(
     if eval_every_samples is not None and (eval_every_samples < 1 or checkpoints is not None or resume is not None):
         raise ValueError("eval_every_samples must be a positive count, and not with checkpoints or resume")
     device = device or pick_device()
-    with knobs.cpu_threads(device.type, cfg.cpu_threads), knobs.cudnn_benchmark(cfg.cudnn_benchmark):
+    with knobs.expandable_segments(device.type, cfg.expandable_segments), \
+            knobs.cpu_threads(device.type, cfg.cpu_threads), knobs.cudnn_benchmark(cfg.cudnn_benchmark), \
+            knobs.fp32_precision(device.type, cfg.fp32_precision):
         reset_peak_memory(device)
         run = prepare(task, cfg, device, max_steps, eval_in_process=max_eval_batches is not None, d=dist)
         loop = _Loop(run, task, cfg, device, meter, checkpoints, target_accuracy, resume, dist)
@@ -148,7 +151,7 @@ class _Loop:
                  d: Dist = SINGLE):
         self.run, self.task, self.cfg, self.device, self.meter, self.dist = run, task, cfg, device, meter, d
         self.checkpoints, self.target_accuracy = checkpoints, target_accuracy
-        self.clock = knobs.CompileClock(sync_fn(device), enabled=cfg.compile)
+        self.clock = knobs.CompileClock(sync_fn(device), enabled=cfg.compile != "off")
         self.pos, self.pending, self.resumed_at = Position(), None, None
         self.eval_every: int | None = None
         self.checks: list[dict[str, Any]] = []
@@ -187,6 +190,7 @@ class _Loop:
     def run_epoch(self, progress: bool, max_steps: int | None, max_seconds: float | None) -> str:
         """Train the rest of the current epoch; returns why it stopped early, or ""."""
         pos, cfg = self.pos, self.cfg
+        agree = distributed.agreement(self.dist, self.device)  # ranks agree on checkpoints without a per-step collective
         epoch_loss = torch.tensor(pos.epoch_loss, dtype=torch.float32, device=self.device)
         groups = self._start_epoch()
         bar = tqdm(total=self.run.steps_per_epoch, initial=pos.epoch_batches // cfg.accumulation_steps,
@@ -202,10 +206,13 @@ class _Loop:
                 self._check()
             if progress and pos.steps % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", samples_s=f"{pos.epoch_samples / max(self.elapsed() - pos.epoch_began_s, 1e-9):,.0f}")
-            stopped_by = _stop_reason(pos.steps, self.process_began, self.meter, max_steps, max_seconds)
+            # A trial's time limit counts from after the compile (the first step's):
+            # the compile is scored apart (``compile_seconds``) and must not eat the windows.
+            stopped_by = _stop_reason(pos.steps, self.process_began + self.clock.first_step_s, self.meter, max_steps,
+                                      max_seconds)
             if stopped_by:
                 break
-            if self.checkpoints is not None and distributed.any_rank(self.checkpoints.due(pos.steps), self.dist, self.device):
+            if self.checkpoints is not None and self.checkpoints.decide(pos.steps, agree):
                 pos.epoch_loss = float(epoch_loss)
                 self._save()
         bar.close()

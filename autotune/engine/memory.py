@@ -40,8 +40,22 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
+def _init_cuda() -> None:
+    """Initialise CUDA in this process if nothing has yet (``torch.cuda.init``; a no-op after).
+
+    The allocator's statistics calls do not initialise CUDA themselves:
+    ``reset_peak_memory_stats`` goes straight to the allocator, which raises "Invalid
+    device argument 0: did you call init?" before initialisation, and
+    ``max_memory_allocated`` reads an empty table and returns 0.
+    """
+    torch.cuda.init()
+
+
 def reset_peak_memory(device: torch.device) -> None:
+    """Start counting ``peak_memory_bytes`` from now on a GPU; safe as the process's first
+    CUDA call. On the CPU there is nothing to reset (the peak is the process's)."""
     if device.type == "cuda":
+        _init_cuda()
         torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -52,6 +66,7 @@ def peak_memory_bytes(device: torch.device) -> int:
     process that runs one configuration (as every trial does).
     """
     if device.type == "cuda":
+        _init_cuda()
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is in KiB on Linux and in bytes on macOS.
@@ -150,6 +165,7 @@ def cap_memory(limit_bytes: int, device: torch.device) -> int:
 def memory_used_bytes(device: torch.device, baseline: int) -> int:
     """Peak memory used above ``baseline``, in the same terms as ``cap_memory`` counts."""
     if device.type == "cuda":
+        _init_cuda()
         return int(torch.cuda.max_memory_allocated(device)) - baseline
     return vm_bytes("VmPeak") - baseline
 

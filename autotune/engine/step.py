@@ -49,13 +49,16 @@ def prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int |
     """A run's live objects for ``cfg``, built fresh (seeded): the model (with checkpointing
     and its memory format), optimizer, loss scaler, LR schedule and loaders. ``max_steps``
     caps the schedule's length for a short run."""
-    generator = knobs.seed_everything(cfg.seed)
+    generator = knobs.seed_everything(cfg.seed)  # the same initial weights and data order on every rank
     module = task.build_model()
     if cfg.checkpointing:
         knobs.enable_checkpointing(task.blocks(module))
     module.to(device, memory_format=knobs.memory_format(cfg.channels_last))
-    optimizer = task.make_optimizer(module.parameters(), cfg.lr, cfg.weight_decay)
+    optimizer = knobs.set_optimizer_impl(task.make_optimizer(module.parameters(), cfg.lr, cfg.weight_decay),
+                                         cfg.optimizer_impl)
     train_set, val_set = task.datasets()
+    if d.rank:  # the model and data are built alike on every rank; from here on the others
+        knobs.seed_everything(cfg.seed, d.rank)  # draw dropout masks of their own (rank 0 goes on as one process)
     train_loader = make_loader(train_set, cfg, device, train=True, collate_fn=task.collate_fn, generator=generator, dist=d)
     # A short run's few evaluation batches are loaded in this process: starting the
     # config's workers again for them took longer than the evaluation itself (1-2 s).
@@ -101,10 +104,12 @@ def optimizer_step(run: Run, task: Task, cfg: TrainConfig, group: list[Any], dev
     total = sum(sizes)
     loss_sum = torch.zeros((), device=device)
     non_blocking = cfg.pin_memory and device.type == "cuda"
+    mark_step = knobs.step_marker(cfg.compile)
     for i, ((inputs, target), size) in enumerate(zip(group, sizes)):
         inputs = to_device(inputs, device, non_blocking, cfg.channels_last)
         target = to_device(target, device, non_blocking)
         with distributed.no_sync(run.model, last=i == len(group) - 1):
+            mark_step()
             with knobs.autocast(device.type, cfg.amp):
                 loss = task.loss(call_model(run.model, inputs), target)
             run.scaler.scale(loss * (size / total)).backward()

@@ -1,8 +1,10 @@
 """Short, bounded microbenchmarks: matmul peaks, memory-copy and host-to-device bandwidth.
 
-Each figure is the median of a few timed repeats after warm-up repeats, so one slow
-repeat (another process waking up, a first-call allocation) does not decide it. CUDA
-timings synchronise with the device before the clock is read.
+Each figure is the median of a few timed repeats after warm-up repeats (``timing.py``).
+Work on the GPU (matmuls, device copies) is timed with CUDA events; host-to-device copies
+on the host's clock after synchronising, since the host's part of the copy is part of
+what they measure. The CUDA set gives back the GPU memory it took when it ends, failed
+or not, so the tuner does not hold GPU 0's memory for the rest of the run.
 
 Units are in the key names: TFLOP/s is 10^12 floating-point operations per second, GB/s
 10^9 bytes per second (decimal, as vendors quote bandwidth).
@@ -19,7 +21,6 @@ most of it CUDA start-up and pinning host memory.
 
 from __future__ import annotations
 
-import statistics
 import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator
@@ -27,13 +28,27 @@ from typing import Any, Callable, Iterator
 import torch
 
 from autotune.hardware.profile import load_average_1m, usable_cores
+from autotune.hardware.timing import (
+    REPEATS,
+    WARMUP,
+    cuda_median_time_s,
+    gbps,
+    median_time_s,
+    releasing,
+    synchronizer,
+)
 
 CPU_SIZE = 512  # big enough to reach the matmul kernels' steady state on a small CPU
-CUDA_SIZE = 4096  # a GPU needs a large matmul before it gets near its peak
-WARMUP = 2
-REPEATS = 5
-INNER = 4  # matmuls per timed repeat, so the clock's resolution does not matter
+CUDA_SIZE = 8192  # a large GPU needs a large matmul to keep every SM busy near its peak
+INNER = 4  # CPU matmuls per timed repeat, so the clock's resolution does not matter
+# CUDA matmuls per timed repeat: as many as fill CUDA_REPEAT_S (so the clocks settle under
+# a sustained load, as in training), at most CUDA_MAX_INNER; a slow GPU's fp32 matmul of
+# over CUDA_REPEAT_S is timed alone. Per dtype this is about (WARMUP + REPEATS) x
+# CUDA_REPEAT_S, and at most about CUDA_MAX_S however slow the GPU (``cuda_matmul_plan``).
+CUDA_REPEAT_S = 0.05
+CUDA_MAX_INNER = 50
 CPU_MAX_S = 1.0  # a CPU matmul timing that would take longer is repeated fewer times
+CUDA_MAX_S = 2.0  # the same for one dtype's CUDA matmul timing
 # Copy buffers well above the last-level cache, so the copy streams through memory:
 # server CPUs have tens of MiB of L3; an H100 has 50 MiB of L2, an H200 the same.
 CPU_COPY_BYTES = 256 * 1024**2
@@ -44,13 +59,6 @@ _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "f
 _LEGACY_PRECISION = {"tf32": "high", "ieee": "highest"}
 
 
-def _synchronizer(device: torch.device) -> Callable[[], None]:
-    """A function that waits for the device to finish its queued work (CUDA only)."""
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
 def _device(device: str | torch.device, caller: str) -> torch.device:
     """``device`` as a torch.device; RuntimeError when it is CUDA and torch sees none."""
     dev = torch.device(device)
@@ -59,36 +67,33 @@ def _device(device: str | torch.device, caller: str) -> torch.device:
     return dev
 
 
-def median_time_s(
-    fn: Callable[[], Any],
-    sync: Callable[[], None] = lambda: None,
-    warmup: int = WARMUP,
-    repeats: int = REPEATS,
-    max_s: float | None = None,
-) -> float:
-    """Median wall time of ``fn`` in seconds, after ``warmup`` untimed calls.
+def cuda_matmul_plan(once_s: float) -> tuple[int, int, int]:
+    """Matmuls per timed repeat, warm-up repeats and timed repeats for a CUDA matmul that
+    took ``once_s`` seconds: repeats of about CUDA_REPEAT_S each, and fewer repeats where
+    even one matmul per repeat would take the set past CUDA_MAX_S."""
+    inner = max(1, min(CUDA_MAX_INNER, int(CUDA_REPEAT_S / max(once_s, 1e-9))))
+    per_repeat_s = inner * once_s
+    if per_repeat_s * (WARMUP + REPEATS) <= CUDA_MAX_S:
+        return inner, WARMUP, REPEATS
+    return inner, 1, max(1, min(REPEATS, int(CUDA_MAX_S / per_repeat_s) - 1))
 
-    With ``max_s``, a call so slow that all of them would take longer than that is timed
-    fewer times (at least once, after one warm-up call): a kernel without hardware
-    support (bf16 matmuls on a CPU without AVX-512 BF16 run about 100x slower than fp32)
-    needs no five repeats to show it, and must not hold a profile up for half a minute."""
-    start = time.perf_counter()
-    for _ in range(min(warmup, 1)):
-        fn()
-    sync()
-    first_s = time.perf_counter() - start
-    if max_s is not None and warmup and first_s * (warmup - 1 + repeats) > max_s:
-        warmup, repeats = 1, max(1, min(repeats, int(max_s / first_s)))
-    for _ in range(warmup - 1):
-        fn()
-    sync()
-    times_s = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times_s.append(time.perf_counter() - start)
-    return statistics.median(times_s)
+
+def _cuda_matmul_time_s(device: torch.device, dtype: torch.dtype, size: int) -> float:
+    """Seconds per ``size`` x ``size`` matmul on a CUDA device, inputs and output in ``dtype``."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+
+    def one() -> None:
+        torch.mm(a, b, out=out)
+
+    inner, warmup, repeats = cuda_matmul_plan(cuda_median_time_s(one, warmup=1, repeats=1))
+
+    def run() -> None:
+        for _ in range(inner):
+            one()
+
+    return cuda_median_time_s(run, warmup, repeats) / inner
 
 
 def _matmul_time_s(
@@ -115,17 +120,12 @@ def _matmul_time_s(
             for _ in range(INNER):
                 torch.mm(a, b)
 
-    return median_time_s(run, _synchronizer(device), max_s=CPU_MAX_S if device.type == "cpu" else None) / INNER
+    return median_time_s(run, synchronizer(device), max_s=CPU_MAX_S if device.type == "cpu" else None) / INNER
 
 
 def _tflops(size: int, seconds: float) -> float:
     """TFLOP/s of one square matmul (2 n^3 floating-point operations)."""
     return 2.0 * size**3 / seconds / 1e12
-
-
-def gbps(bytes_moved: float, seconds: float) -> float:
-    """Bandwidth in GB/s (10^9 bytes per second)."""
-    return bytes_moved / seconds / 1e9
 
 
 def matmul_tflops(
@@ -135,11 +135,14 @@ def matmul_tflops(
 ) -> float:
     """Measured TFLOP/s of a square matmul on ``device`` with inputs in ``dtype``.
 
-    ``size`` defaults to 512 on the CPU and 4096 on CUDA. An fp32 matmul on CUDA runs
+    ``size`` defaults to 512 on the CPU and 8192 on CUDA. An fp32 matmul on CUDA runs
     with whatever ``cuda_matmul_precision`` is in force (``measure_cuda`` sets it).
     """
     dev = _device(device, "matmul_tflops")
-    n = size or (CUDA_SIZE if dev.type == "cuda" else CPU_SIZE)
+    if dev.type == "cuda":
+        n = size or CUDA_SIZE
+        return _tflops(n, _cuda_matmul_time_s(dev, dtype, n))
+    n = size or CPU_SIZE
     return _tflops(n, _matmul_time_s(dev, dtype, n))
 
 
@@ -155,8 +158,9 @@ def memory_bandwidth_gbps(device: str | torch.device = "cpu", nbytes: int | None
     n = nbytes or (CUDA_COPY_BYTES if dev.type == "cuda" else CPU_COPY_BYTES)
     src = torch.ones(n, dtype=torch.uint8, device=dev)
     dst = torch.zeros_like(src)
-    seconds = median_time_s(lambda: dst.copy_(src), _synchronizer(dev))
-    return gbps(2 * n, seconds)
+    if dev.type == "cuda":
+        return gbps(2 * n, cuda_median_time_s(lambda: dst.copy_(src)))
+    return gbps(2 * n, median_time_s(lambda: dst.copy_(src), synchronizer(dev)))
 
 
 def h2d_bandwidth_gbps(pinned: bool, nbytes: int = H2D_BYTES) -> float:
@@ -172,7 +176,7 @@ def h2d_bandwidth_gbps(pinned: bool, nbytes: int = H2D_BYTES) -> float:
     if pinned:
         src = src.pin_memory()
     dst = torch.empty(nbytes, dtype=torch.uint8, device=dev)
-    seconds = median_time_s(lambda: dst.copy_(src, non_blocking=True), _synchronizer(dev))
+    seconds = median_time_s(lambda: dst.copy_(src, non_blocking=True), synchronizer(dev))
     return gbps(nbytes, seconds)
 
 
@@ -262,12 +266,34 @@ def measure_cpu() -> dict[str, float]:
     }
 
 
+def release_cuda_memory() -> None:
+    """Give back the GPU memory torch's caching allocator keeps after the tensors are
+    gone, cuBLAS's workspaces (held through the allocator) included, and the cached
+    pinned host memory where this torch can."""
+    if not torch.cuda.is_initialized():
+        return
+    clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear_workspaces is not None:
+        clear_workspaces()
+    torch.cuda.empty_cache()
+    empty_host_cache = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+    if empty_host_cache is not None:
+        empty_host_cache()
+
+
 def measure_cuda(bf16_supported: bool) -> dict[str, float]:
     """CUDA device 0: matmul peaks per dtype, speedups over fp32, copy and H2D bandwidth.
 
     fp32 is measured as true fp32 and tf32 as fp32 inputs with tf32 allowed, each under
-    ``cuda_matmul_precision``, which restores the caller's setting afterwards.
+    ``cuda_matmul_precision``, which restores the caller's setting afterwards. The
+    memory the benchmarks took goes back to the driver afterwards (``releasing``).
     """
+    with releasing(release_cuda_memory):
+        return _cuda_figures(bf16_supported)
+
+
+def _cuda_figures(bf16_supported: bool) -> dict[str, float]:
+    """The figures of ``measure_cuda``."""
     peaks = {}
     with cuda_matmul_precision("ieee"):
         peaks["fp32"] = matmul_tflops("cuda", torch.float32)

@@ -190,24 +190,18 @@ def _cuda_bf16_supported() -> bool:
 
 
 def _fill_sm_counts(gpus: list[GpuInfo]) -> list[GpuInfo]:
-    """Fill an "N/A" SM count from torch, matching GPUs by UUID.
+    """Fill an "N/A" SM count from torch, matching GPUs by UUID (``devices.cuda_devices``).
 
-    NVML's device attributes may be reserved for MIG devices; CUDA always knows the count.
+    NVML's device attributes may be reserved for MIG devices; CUDA always knows the count
+    of the GPUs it sees (not of those ``CUDA_VISIBLE_DEVICES`` hides).
     """
-    import torch
+    from autotune.hardware.devices import bare_uuid, cuda_devices
 
-    if not any(gpu.sm_count == NA for gpu in gpus) or not torch.cuda.is_available():
+    if not any(gpu.sm_count == NA for gpu in gpus):
         return gpus
-    counts = {}
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        uuid = str(getattr(props, "uuid", ""))
-        if uuid:
-            counts[uuid] = int(props.multi_processor_count)
+    counts = {device["uuid"]: device["sm_count"] for device in cuda_devices() if device["uuid"]}
     return [
-        dataclasses.replace(gpu, sm_count=counts.get(str(gpu.uuid).removeprefix("GPU-"), NA))
-        if gpu.sm_count == NA
-        else gpu
+        dataclasses.replace(gpu, sm_count=counts.get(bare_uuid(gpu.uuid), NA)) if gpu.sm_count == NA else gpu
         for gpu in gpus
     ]
 

@@ -6,9 +6,10 @@ them into tags, so one sentence serves both formats.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from autotune.config import TrainConfig
+from autotune.config import TrainConfig, compile_mode
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -35,7 +36,8 @@ def ratio(x: float | None) -> str:
 
 
 # Knobs the tables show in one column, each only where it differs from its default.
-OTHER_KNOBS = ("cpu_threads", "channels_last", "cudnn_benchmark", "compile", "schedule")
+OTHER_KNOBS = ("cpu_threads", "channels_last", "cudnn_benchmark", "compile", "fp32_precision", "optimizer_impl",
+               "expandable_segments", "schedule")
 
 
 def other_knobs(cfg: dict[str, Any], compile_seconds: float | None = None) -> str:
@@ -45,6 +47,7 @@ def other_knobs(cfg: dict[str, Any], compile_seconds: float | None = None) -> st
     parts = []
     for name in OTHER_KNOBS:
         value = cfg.get(name, getattr(default, name))
+        value = compile_mode(value) if name == "compile" else value  # reports from when it was a switch
         if value == getattr(default, name):
             continue
         text = name if value is True else f"{name} {value}"
@@ -140,10 +143,16 @@ def hardware_rows(hw: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+SPACE_HEADER = ["knob", "searched over", "what it does"]
+
+
 def space_rows(search: dict[str, Any]) -> list[list[Any]]:
+    """One row per knob of the space: its choices (or range) and what it does (the
+    ``TrainConfig`` field's reason, as tuned.yaml writes it)."""
+    docs = {fl.name: fl.metadata.get("doc", "") for fl in dataclasses.fields(TrainConfig)}
     params = search["space"]["params"]
-    return [[k, ", ".join(fmt(c) for c in v["choices"]) if "choices" in v else f"{fmt(v.get('low'))} to {fmt(v.get('high'))}"]
-            for k, v in params.items()]
+    return [[k, ", ".join(fmt(c) for c in v["choices"]) if "choices" in v else f"{fmt(v.get('low'))} to {fmt(v.get('high'))}",
+             docs.get(k, "")] for k, v in params.items()]
 
 
 def gated_rows(search: dict[str, Any]) -> list[list[Any]]:

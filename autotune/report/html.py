@@ -150,7 +150,7 @@ def _search(data: dict[str, Any]) -> Section | None:
     if not s:
         return None
     body = [_para(f"Space `{s['space']['name']}`; budget: {f.budget_text(s)}."),
-            _table(["knob", "searched over"], f.space_rows(s))]
+            _table(f.SPACE_HEADER, f.space_rows(s))]
     gated = f.gated_rows(s)
     if gated:
         body += [_para("Ruled out on this machine or model:"), _table(["knob", "choice", "why"], gated)]

@@ -120,7 +120,7 @@ def _search(data: dict[str, Any]) -> str:
     s = data.get("search")
     if not s:
         return ""
-    out = [f"## Search\n\nSpace `{s['space']['name']}`; budget: {f.budget_text(s)}.\n", _table(["knob", "searched over"], f.space_rows(s))]
+    out = [f"## Search\n\nSpace `{s['space']['name']}`; budget: {f.budget_text(s)}.\n", _table(f.SPACE_HEADER, f.space_rows(s))]
     gated = f.gated_rows(s)
     if gated:
         out.append("Ruled out on this machine or model:\n\n" + _table(["knob", "choice", "why"], gated))

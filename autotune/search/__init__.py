@@ -1,6 +1,6 @@
 """The search: spaces, gating, isolated trials, the Optuna study and selection."""
 
-from autotune.search.gate import Facts, gate, has_conv2d
+from autotune.search.gate import Facts, gate, gpu_facts, has_conv2d
 from autotune.search.select import Selection, best_trial, select
 from autotune.search.space import SearchSpace, load_space, parse_space
 from autotune.search.opening import open_study
@@ -18,6 +18,7 @@ __all__ = [
     "enqueue_default",
     "fail_stale_trials",
     "gate",
+    "gpu_facts",
     "has_conv2d",
     "load_space",
     "open_study",

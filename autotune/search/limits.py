@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from autotune.config import TrainConfig
 from autotune.engine.memory import format_size
+from autotune.hardware.devices import cuda_gpus
 from autotune.search.probe import FinderResult, find_max_batch, isolated_prober
 from autotune.search.space import SearchSpace, memory_key
 from autotune.task import Task
@@ -32,10 +33,19 @@ def memory_pairs(space: SearchSpace) -> list[tuple[str, bool]]:
     return [(a, c) for a in amps for c in ckpts]
 
 
-def default_limit_bytes(device_type: str, profile_gpus: list[dict[str, Any]], host: dict[str, Any]) -> int:
-    """Without --memory-limit: the first GPU's memory, or the memory available on the host."""
-    if device_type == "cuda" and profile_gpus:
-        total = profile_gpus[0].get("memory_total_bytes")
+def default_limit_bytes(device_type: str, profile_gpus: list[dict[str, Any]], host: dict[str, Any],
+                        devices: list[dict[str, Any]] | None = None) -> int:
+    """Without --memory-limit: the memory of the GPU trials run on, or the memory
+    available on the host.
+
+    Trials run on CUDA device 0 of this process, which under ``CUDA_VISIBLE_DEVICES``, on
+    a node of mixed GPUs or under MIG need not be the profile's first GPU: its memory is
+    the one torch reports for it (``hardware.devices.cuda_gpus``; ``devices`` defaults to
+    what torch sees), the profile's first GPU only where torch sees none.
+    """
+    if device_type == "cuda":
+        found = cuda_gpus(profile_gpus, devices) or profile_gpus[:1]
+        total = found[0].get("memory_total_bytes") if found else None
         if isinstance(total, int):
             return total
     try:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autotune.config import TrainConfig
-from autotune.engine.flops import mfu, peak_tflops
+from autotune.engine.flops import PEAK_KEYS, mfu, peak_key, peak_tflops
 from autotune.engine.gns import efficiency
 from autotune.errors import ConfigError
 
@@ -37,7 +37,7 @@ class Scorer:
     reference_batch: int = 32  # the batch whose samples goodput counts in
     b_noise: float | None = None  # gradient noise scale; None: efficiency 1
     flops_per_sample: float | None = None
-    peak_tflops: dict[str, float | None] = field(default_factory=dict)  # by amp setting
+    peak_tflops: dict[str, float | None] = field(default_factory=dict)  # by ``flops.peak_key``
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -48,7 +48,7 @@ class Scorer:
         """A scorer from the model's statistics (``model_stats.measure``) and the hardware
         profile's measured peaks."""
         gns = stats.get("gns") or {}
-        peaks = {amp: peak_tflops(measured, device, amp) for amp in ("off", "bf16", "fp16")}
+        peaks = {key: peak_tflops(measured, device, key) for key in PEAK_KEYS}
         return cls(objective, reference_batch, gns.get("b_noise"), stats.get("flops_per_sample"), peaks)
 
     @property
@@ -69,7 +69,7 @@ class Scorer:
             "statistical_efficiency": eff,
             "effective_throughput_samples_per_s": run_tps,
             "goodput_samples_per_s": run_tps * eff if run_tps is not None else None,
-            "mfu": mfu(tps, self.flops_per_sample, self.peak_tflops.get(cfg.amp)),
+            "mfu": mfu(tps, self.flops_per_sample, self.peak_tflops.get(peak_key(cfg.amp, cfg.fp32_precision))),
         }
 
     def value(self, cfg: TrainConfig, measured: dict[str, Any]) -> float | None:

@@ -238,47 +238,76 @@ def probe_batch(model_path: str, config: dict[str, Any], batch: int, limit_bytes
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     indices = worst_case_indices(task.datasets()[0], batch)
     prime_imports(task, cfg)
-    baseline = cap_memory(limit_bytes, device)
-    peak_before = vm_bytes("VmPeak") if device.type == "cpu" else None
-    try:
-        # The items are fetched and collated under the cap, as a trial's DataLoader does.
-        sampled = _two_steps(task, cfg, device, lambda: _batch(task, indices))
-    except Exception as exc:
-        reraise_at_cap(exc, device, baseline, limit_bytes)
-        raise
+    # The allocator's setting must be in place before the cap starts CUDA.
+    with knobs.expandable_segments(device.type, cfg.expandable_segments):
+        baseline = cap_memory(limit_bytes, device)
+        peak_before = vm_bytes("VmPeak") if device.type == "cpu" else None
+        try:
+            # The items are fetched and collated under the cap, as a trial's DataLoader does.
+            sampled = _two_steps(task, cfg, device, lambda: _batch(task, indices))
+        except Exception as exc:
+            reraise_at_cap(exc, device, baseline, limit_bytes)
+            raise
     used = memory_used_bytes(device, baseline)
     if peak_before is not None and baseline + used <= peak_before:
         used = sampled - baseline  # the step set no new peak: use what was sampled
     return {"peak_bytes": int(used), "fits": used <= limit_bytes * (1 - headroom)}
 
 
+PROBE_INIT_SCALE = 1.0  # the probe's fp16 loss scale: low, so that its gradients rarely overflow
+
+
 def _two_steps(task: Task, cfg: TrainConfig, device: torch.device, make_batch: Callable[[], Any]) -> int:
     """Two optimizer steps, each on a freshly collated batch (the previous one is still
     alive while the next is built, as in a training loop); returns the largest sampled
-    virtual size (CPU) or 0."""
+    virtual size (CPU) or 0.
+
+    The second step must find the optimizer's state allocated (AdamW's two moments: as
+    much memory again as the weights twice), as every step of a run after its first
+    does. With fp16, a loss scaler skips the optimizer step when the gradients overflow,
+    which at a run's starting scale (2**16) can happen to both steps; so the probe's
+    scaler starts at ``PROBE_INIT_SCALE`` (a probe measures memory, not numerics), and a
+    first step skipped all the same is followed by ``_allocate_state``.
+    """
     model = task.build_model()
     if cfg.checkpointing:
         knobs.enable_checkpointing(task.blocks(model))
     model.to(device).train()
-    optimizer = task.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
-    scaler = knobs.grad_scaler(device.type, cfg.amp)
+    optimizer = knobs.set_optimizer_impl(task.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay),
+                                         cfg.optimizer_impl)
+    scaler = torch.amp.GradScaler(device.type, init_scale=PROBE_INIT_SCALE, enabled=cfg.amp == "fp16")
     sample = (lambda: vm_bytes("VmSize")) if device.type == "cpu" else (lambda: 0)
     highest = 0
-    for _ in range(2):
+    for step in range(2):
         inputs, target = to_device(make_batch(), device)
         with knobs.autocast(device.type, cfg.amp):
             loss = task.loss(call_model(model, inputs), target)
         highest = max(highest, sample())
         scaler.scale(loss).backward()
         highest = max(highest, sample())
+        scale = scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
         highest = max(highest, sample())
         optimizer.zero_grad(set_to_none=True)
+        if step == 0 and scaler.get_scale() < scale:  # the scaler skipped the step: inf/NaN gradients
+            _allocate_state(optimizer)
     value = float(loss.detach())
     if not math.isfinite(value):
         raise TrialError(f"the loss was {value} while probing a micro-batch")
     return highest
+
+
+def _allocate_state(optimizer: torch.optim.Optimizer) -> None:
+    """Step ``optimizer`` once on zero gradients, so that it allocates its state (which
+    it does at its first step) although no real step went through; its parameters may
+    move (weight decay): a probe's weights do not matter."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def isolated_prober(task: Task, cfg: TrainConfig, limit_bytes: int, headroom: float, timeout_s: float = 120.0) -> Callable[[int], Probe]:

@@ -40,6 +40,7 @@ knob around the default at once, and is read that way.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import optuna
@@ -83,6 +84,33 @@ def pair_configs(space: SearchSpace, base: dict[str, Any], knobs: list[str]) -> 
             out += [{**base, a: ca, b: cb} for ca in space.params[a].choices if ca != base.get(a)
                     for cb in space.params[b].choices if cb != base.get(b)]
     return out
+
+
+def screening_trials(space: SearchSpace) -> int:
+    """How many trials a new study's screening takes: the default, each other choice of
+    each screened knob, the ``PAIRS`` configs, and the reference's re-measurements (one
+    per ``REFERENCE_EVERY`` choices of a stage, and the base once more before the second
+    stage). Exact when no choice repeats another config; a bound otherwise."""
+    screened = screened_knobs(space)
+    lead = [LEAD] if LEAD in screened and len(screened) > 1 else []
+    rest = [n for n in screened if n not in lead]
+
+    def others(names: list[str]) -> int:
+        return sum(len(space.params[n].choices) - 1 for n in names)
+
+    pairs = sum(others([a]) * others([b]) for a, b in PAIRS if a in rest and b in rest)
+    stages = [others(lead), others(rest) + pairs]
+    return 1 + len(lead) + sum(n + math.ceil(n / REFERENCE_EVERY) for n in stages if n)
+
+
+AFTER_SCREENING = 5  # trials a sized budget leaves after the screening: the combination, the climb
+
+
+def sized_trials(n_trials: int, space: SearchSpace) -> int:
+    """A budget of at least ``n_trials`` that also holds the whole screening and
+    ``AFTER_SCREENING`` trials after it: a GPU's space has many more choices than a
+    CPU's, and a screening cut short never measures the knobs it reaches last."""
+    return max(n_trials, screening_trials(space) + AFTER_SCREENING)
 
 
 def screened_knobs(space: SearchSpace) -> list[str]:

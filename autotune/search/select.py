@@ -336,7 +336,7 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 4
             outcome = run_isolated(
                 measure,
                 {"model_path": str(task.path), "config": c.config.to_dict(), "budget": run_budget.to_dict()},
-                run_budget.timeout_s,
+                run_budget.timeout_for(c.config),
             )
             value = scorer.value(c.config, outcome.value) if outcome.ok else None
             if value:

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from autotune.config import AMP_MODES, LR_RULES, SCHEDULES, TrainConfig, read_yaml
+from autotune.config import (AMP_MODES, COMPILE_MODES, FP32_PRECISIONS, LR_RULES, OPTIMIZER_IMPLS, SCHEDULES,
+                             TrainConfig, compile_mode, read_yaml)
 from autotune.errors import ConfigError
 
 # Knobs a search space may tune, with the type their values must have.
@@ -35,12 +36,16 @@ TUNABLE: dict[str, type] = {
         "channels_last",
         "cudnn_benchmark",
         "compile",
+        "fp32_precision",
+        "optimizer_impl",
+        "expandable_segments",
         "lr_rule",
         "warmup",
         "schedule",
     )
 }
-_ALLOWED_STRINGS = {"amp": AMP_MODES, "lr_rule": LR_RULES, "schedule": SCHEDULES}
+_ALLOWED_STRINGS = {"amp": AMP_MODES, "lr_rule": LR_RULES, "schedule": SCHEDULES, "compile": COMPILE_MODES,
+                    "fp32_precision": FP32_PRECISIONS, "optimizer_impl": OPTIMIZER_IMPLS}
 _TOP_KEYS = ("name", "description", "params", "limits")
 _LIMIT_KEYS = {"min_total_steps": int, "max_micro_batch": dict}
 # Allowed value range of numeric knobs, for choices and ranges alike (as TrainConfig checks).
@@ -143,7 +148,9 @@ class SearchSpace:
                 f"micro-batch {cfg.micro_batch_size} is above the largest that fits in the memory "
                 f"limit with amp {cfg.amp} and checkpointing {str(cfg.checkpointing).lower()} ({limit})"
             )
-        steps = math.ceil(math.ceil(train_size / cfg.micro_batch_size) / cfg.accumulation_steps)
+        # Full micro-batches only: a training epoch drops its short last one, and keeps the
+        # one short batch of a set smaller than a micro-batch (engine.data.make_loader).
+        steps = math.ceil(max(1, train_size // cfg.micro_batch_size) / cfg.accumulation_steps)
         total = steps * cfg.epochs
         if total < self.min_total_steps:
             return (
@@ -286,6 +293,8 @@ def _parse_choices(key: str, choices: Any, where: str) -> tuple[Any, ...]:
     if not isinstance(choices, list) or not choices:
         raise ConfigError(f"{where}: `choices` must be a non-empty list, but got {choices!r}.")
     kind = TUNABLE[key]
+    if key == "compile":  # spaces written when compile was a switch: false/true
+        choices = [compile_mode(c) for c in choices]
     for c in choices:
         if kind is str and isinstance(c, bool) and key == "amp":
             raise ConfigError(

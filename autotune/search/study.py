@@ -232,7 +232,7 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
     if busy is not None:
         # A queued trial (a screening choice, a step of the climb) needs the value: wait
         # for the other worker's measurement and answer from it, as from any earlier one.
-        deadline = time.monotonic() + budget.trial.timeout_s + 2 * _stale_after()
+        deadline = time.monotonic() + budget.trial.timeout_for(cfg) + 2 * _stale_after()
         while not study._storage.get_trial(busy._trial_id).state.is_finished() and time.monotonic() < deadline:
             time.sleep(POLL_S)
         trials = study.get_trials(deepcopy=False)
@@ -256,7 +256,7 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
     outcome = run_isolated(
         measure,
         {"model_path": str(task.path), "config": cfg.to_dict(), "budget": budget.trial.to_dict(), "report": report},
-        budget.trial.timeout_s,
+        budget.trial.timeout_for(cfg),
     )
     # Wall time of the trial process, start to answer: what the measurement cost.
     seconds = time.perf_counter() - start

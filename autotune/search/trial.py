@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 import torch
 from tqdm import tqdm
 
 from autotune.config import TrainConfig
+from autotune.engine import knobs
 from autotune.engine.loop import pick_device, sync_fn, train
 from autotune.engine.measure import ThroughputMeter
 from autotune.engine.memory import cap_memory, memory_used_bytes, reraise_at_cap
@@ -33,9 +36,16 @@ class TrialBudget:
     timeout_s: float = 120.0  # the trial process is killed after this long
     max_eval_batches: int = 5  # validation batches evaluated after the trial (a sanity check, not scored)
     memory_limit_bytes: int | None = None  # the trial process may use no more (--memory-limit)
+    # More time for a compiled config's process: a cold compile (max-autotune benchmarks
+    # kernel candidates) can alone take minutes on a GPU; its steps then run as any other.
+    compile_timeout_s: float = 300.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def timeout_for(self, config: TrainConfig) -> float:
+        """How long the process measuring ``config`` may run before it is killed."""
+        return self.timeout_s + (self.compile_timeout_s if config.compile != "off" else 0.0)
 
 
 def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any], report: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -56,6 +66,39 @@ def measure(model_path: str, config: dict[str, Any], budget: dict[str, Any], rep
     task.datasets()
     cfg = TrainConfig.from_dict(config, source="trial config")
     device = pick_device()
+    # The allocator's setting goes in before anything starts CUDA (the memory cap does).
+    with cold_compile_cache(cfg.compile != "off"), knobs.expandable_segments(device.type, cfg.expandable_segments):
+        return _capped(task, cfg, device, b, load_before, report)
+
+
+@contextlib.contextmanager
+def cold_compile_cache(enabled: bool) -> Iterator[None]:
+    """A fresh, empty Inductor (and Triton) cache for this process while the block runs.
+
+    A compiled trial then always pays a cold compile, whatever trials compiled the same
+    model before it: ``compile_seconds`` does not depend on the order of the trials, and
+    it is what a first final run pays. The folder is removed afterwards.
+    """
+    if not enabled:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="autotune-inductor-", ignore_cleanup_errors=True) as folder:
+        saved = {name: os.environ.get(name) for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def _capped(task: Task, cfg: TrainConfig, device: torch.device, b: TrialBudget, load_before: float,
+            report: dict[str, Any] | None) -> dict[str, Any]:
+    """The trial under ``b.memory_limit_bytes`` when there is one."""
     baseline = None
     if b.memory_limit_bytes is not None:
         prime_imports(task, cfg)

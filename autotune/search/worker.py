@@ -4,24 +4,37 @@ On Linux the processes are forked from a fork server that has already imported t
 autotune and the model file's own imports (``preload_for``), so each call starts in a
 fraction of a second, yet shares no state with the tuner or with earlier calls. Elsewhere
 they are spawned.
+
+CUDA cannot be used in a process forked from one that has initialised it, and torch
+refuses to ("Cannot re-initialize CUDA in forked subprocess") once the parent has even
+asked ``torch.cuda.is_available()``, which counts the devices through the CUDA runtime.
+Libraries a model file imports may ask that at import (accelerate, bitsandbytes,
+deepspeed, ...). So the server runs with ``PYTORCH_NVML_BASED_CUDA_CHECK=1``, under which
+torch answers from NVML without touching CUDA; where NVML cannot answer for this
+process's devices (``MIG-`` ids in ``CUDA_VISIBLE_DEVICES``, no NVML library) and CUDA is
+present, the model file's imports are not preloaded. Each call then runs with the
+variable as the caller had it, as the final run will.
 """
 
 from __future__ import annotations
 
 import ast
 import multiprocessing as mp
+import os
 import signal
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 # torch._dynamo is imported lazily by the first optimizer a process builds (1.5 s here);
 # optuna by a trial that reports to its study for pruning.
 _PRELOAD = ["torch", "torch._dynamo", "optuna", "autotune.search.trial", "autotune.search.probe"]
 _context: Any = None
 _extra: list[str] = []
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"  # "1": torch.cuda.is_available() asks NVML, not CUDA
 
 
 def _get_context() -> Any:
@@ -29,18 +42,61 @@ def _get_context() -> Any:
     if _context is None:
         if sys.platform.startswith("linux"):
             _context = mp.get_context("forkserver")
-            _context.set_forkserver_preload(_PRELOAD + _extra)
+            _context.set_forkserver_preload(_PRELOAD + (_extra if _nvml_answers_for_cuda() else []))
         else:
             _context = mp.get_context("spawn")
     return _context
+
+
+def _nvml_answers_for_cuda() -> bool:
+    """Whether the fork server's ``torch.cuda.is_available()`` is answered without CUDA:
+    there is no CUDA device (nothing to initialise), or NVML counts this process's
+    devices (torch falls back to CUDA's own count where it cannot)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return True
+    count_nvml = getattr(torch.cuda, "_device_count_nvml", None)  # torch's own test for its fallback
+    return count_nvml is not None and count_nvml() >= 0
+
+
+@contextmanager
+def _nvml_check() -> Iterator[None]:
+    """``PYTORCH_NVML_BASED_CUDA_CHECK=1`` in this process's environment inside the block
+    only; what was there before is put back."""
+    before = os.environ.get(NVML_CHECK)
+    os.environ[NVML_CHECK] = "1"
+    try:
+        yield
+    finally:
+        _set_env(NVML_CHECK, before)
+
+
+def _set_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+def _start_server(ctx: Any) -> None:
+    """Start the fork server, where it is not running, with ``NVML_CHECK`` in its
+    environment (it inherits this process's at start)."""
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    with _nvml_check():
+        forkserver.ensure_running()
 
 
 def preload_for(model_path: str | Path) -> list[str]:
     """Have the fork server import what the model file imports at its top level, so a
     trial does not pay for it (scikit-learn alone takes 0.8 s here). Only modules this
     process has imported already (by loading the model file) are added, so none can fail
-    in the server. Takes effect only before the first call starts the server. Returns the
-    module names added."""
+    in the server. Takes effect only before the first call starts the server, and not
+    where CUDA is present but NVML cannot answer for it (see the module's docstring).
+    Returns the module names added."""
     try:
         tree = ast.parse(Path(model_path).read_text())
     except (OSError, SyntaxError, ValueError):
@@ -74,13 +130,15 @@ class Outcome:
         return self.status == "ok"
 
 
-def _child(conn: Any, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], start_method: str) -> None:
+def _child(conn: Any, fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], start_method: str,
+           nvml_check: str | None = None) -> None:
     from autotune.engine.memory import is_oom
 
     # A process from the fork server would start its own processes (DataLoader workers)
     # through a fork server too, a fresh one per trial (1.2-1.4 s here); use the start
     # method the tuner has, which the final run's workers will use.
     mp.set_start_method(start_method, force=True)
+    _set_env(NVML_CHECK, nvml_check)  # as the caller has it, not as the server had it
 
     try:
         outcome = Outcome("ok", value=fn(**kwargs))
@@ -115,9 +173,11 @@ def run_isolated(fn: Callable[..., dict[str, Any]], kwargs: dict[str, Any], time
     dict. The process is killed on timeout; its death without an answer is a "crash".
     """
     ctx = _get_context()
+    _start_server(ctx)
     receiver, sender = ctx.Pipe(duplex=False)
     # Not a daemon: the trial's DataLoader may start worker processes of its own.
-    proc = ctx.Process(target=_child, args=(sender, fn, kwargs, mp.get_start_method()), daemon=False)
+    args = (sender, fn, kwargs, mp.get_start_method(), os.environ.get(NVML_CHECK))
+    proc = ctx.Process(target=_child, args=args, daemon=False)
     proc.start()
     sender.close()
     try:
