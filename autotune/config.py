@@ -132,21 +132,13 @@ class TrainConfig:
         default="off",
     )
     fp32_precision: str = _doc(
-        "GPU: fp32 matmuls and convolutions as ieee (true fp32) or tf32 (tensor cores, sm_80+)",
-        default="ieee",
-    )
+        "GPU: fp32 matmuls and convolutions as ieee (true fp32) or tf32 (tensor cores, sm_80+)", default="ieee")
     optimizer_impl: str = _doc(
-        "GPU: the optimizer's implementation: auto (torch's pick), plain, foreach or fused",
-        default="auto",
-    )
+        "GPU: the optimizer's implementation: auto (torch's pick), plain, foreach or fused", default="auto")
     expandable_segments: bool = _doc(
         "GPU: the CUDA caching allocator grows segments in place instead of adding new ones "
-        "(less fragmentation in long runs)",
-        default=False,
-    )
-    lr_rule: str = _doc(
-        "how lr follows the effective batch: linear, sqrt or none", default="sqrt"
-    )
+        "(less fragmentation in long runs)", default=False)
+    lr_rule: str = _doc("how lr follows the effective batch: linear, sqrt or none", default="sqrt")
     base_lr: float = _doc("lr the model file chose for base_batch_size", default=1e-3)
     base_batch_size: int = _doc("the batch base_lr was chosen for", default=32)
     lr: float = _doc(
