@@ -21,6 +21,12 @@ ASSETS = Path(__file__).parent / "assets"
 DEFAULT_KNOBS = [
     "micro_batch_size",
     "accumulation_steps",
+    # The GPU knobs next, so that a screening cut short still reaches them on a GPU.
+    "cudnn_benchmark",
+    "compile",
+    "fp32_precision",
+    "optimizer_impl",
+    "expandable_segments",
     "num_workers",
     "persistent_workers",
     "pin_memory",
@@ -28,11 +34,6 @@ DEFAULT_KNOBS = [
     "amp",
     "checkpointing",
     "channels_last",
-    "cudnn_benchmark",
-    "compile",
-    "fp32_precision",
-    "optimizer_impl",
-    "expandable_segments",
     "lr_rule",
     "schedule",
 ]
