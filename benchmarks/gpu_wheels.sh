@@ -6,8 +6,9 @@
 #
 # The lent H200 machine's python3 (3.12) has torch, nvidia-ml-py, scikit-learn, tqdm,
 # pyyaml, matplotlib, numpy, packaging, MarkupSafe and typing_extensions, but not optuna
-# and the packages optuna needs beyond those. Each is pinned to the version in .venv (the
-# one the tests ran with) where .venv has it, and fetched for CPython 3.12 on x86-64 Linux
+# and the packages optuna needs beyond those, nor pytest (for the GPU-only tests). Each is
+# pinned to the version in .venv (the one the tests ran with) where .venv has it, and
+# fetched for CPython 3.12 on x86-64 Linux
 # whatever this machine is, without its dependencies (they are named here instead).
 # EXTRA="MarkupSafe typing_extensions" adds names, for a machine that lacks those too.
 set -euo pipefail
@@ -16,7 +17,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 dest=${1:-$here/wheels}
 python=$here/../.venv/bin/python
 [ -x "$python" ] || python=python3
-names=(optuna SQLAlchemy alembic colorlog Mako greenlet ${EXTRA:-})
+names=(optuna SQLAlchemy alembic colorlog Mako greenlet pytest pluggy iniconfig Pygments ${EXTRA:-})
 
 specs=()
 for name in "${names[@]}"; do
