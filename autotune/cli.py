@@ -106,7 +106,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", type=Path, help="the model file (defines build_model and build_datasets)")
     p.add_argument("--out", type=Path, help="run directory for tuned.yaml, study.db, the report and the weights (default: runs/<model name>)")
-    p.add_argument("--trials", type=_positive_int, help="measured trials the study should hold in all, counting earlier runs; a new study spends the first on screening each knob's choices (default: 24, or what that screening takes plus 5 where that is more, as on a GPU, whose space has more knobs)")
+    p.add_argument("--trials", type=_positive_int, help="measured trials the study should hold in all, counting earlier runs; a new study spends the first on screening each knob's choices (default: 24, or for a study that screens, what the screening takes plus 5 where that is more, as on a GPU, whose space has more knobs)")
     p.add_argument("--timeout", type=_positive_float, help="start no new trial after this many seconds of search")
     p.add_argument("--space", default="default", help="a built-in search space name or a YAML file (default: default)")
     p.add_argument("--epochs", type=_positive_int, help="epochs of the final run (default: the model file's BASE['epochs'])")

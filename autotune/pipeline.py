@@ -167,8 +167,8 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
     plans = parallel.plan_workers(opts.workers) if opts.workers > 1 else []
     s = setup_study(model_path, opts, log, plans)
     budget = opts.budget
-    if opts.size_budget and sized_trials(budget.n_trials, s.space) > budget.n_trials:
-        budget = dataclasses.replace(budget, n_trials=sized_trials(budget.n_trials, s.space))
+    if opts.size_budget and sized_trials(budget.n_trials, s.space, s.study) > budget.n_trials:
+        budget = dataclasses.replace(budget, n_trials=sized_trials(budget.n_trials, s.space, s.study))
         s.study.set_user_attr("budget", budget.to_dict())  # where workers read it
         log(f"autotune: budget {budget.n_trials} trials, for the screening of each knob's choices (--trials sets it)")
     before = len(s.study.get_trials(deepcopy=False))

@@ -321,3 +321,9 @@ def test_a_sized_budget_holds_the_whole_screening_of_a_gpus_space():
     assert sized_trials(24, gpu) == screening_trials(gpu) + AFTER_SCREENING > 24
     assert sized_trials(24, cpu) == 24 and sized_trials(60, gpu) == 60
     assert screening_trials(dataclasses.replace(cpu, params={})) == 1
+    # Only a study that screens gets more: a warm-started one starts from another
+    # machine's configs instead.
+    study = optuna.create_study(direction="maximize")
+    assert sized_trials(24, gpu, study) == 24
+    study.set_user_attr("screening_default", {"micro_batch_size": 32})
+    assert sized_trials(24, gpu, study) == screening_trials(gpu) + AFTER_SCREENING

@@ -106,10 +106,13 @@ def screening_trials(space: SearchSpace) -> int:
 AFTER_SCREENING = 5  # trials a sized budget leaves after the screening: the combination, the climb
 
 
-def sized_trials(n_trials: int, space: SearchSpace) -> int:
+def sized_trials(n_trials: int, space: SearchSpace, study: optuna.Study | None = None) -> int:
     """A budget of at least ``n_trials`` that also holds the whole screening and
     ``AFTER_SCREENING`` trials after it: a GPU's space has many more choices than a
-    CPU's, and a screening cut short never measures the knobs it reaches last."""
+    CPU's, and a screening cut short never measures the knobs it reaches last. With
+    ``study``, only where that study screens (a warm-started one does not)."""
+    if study is not None and study.user_attrs.get("screening_default") is None:
+        return n_trials
     return max(n_trials, screening_trials(space) + AFTER_SCREENING)
 
 
