@@ -220,3 +220,26 @@ def test_tf32_and_fused_adamw_hold_during_a_gpu_run(tiny_task):
     result = train(tiny_task, cfg, torch.device("cuda", 0))
     assert set(seen) == {"tf32"} and math.isfinite(result.train_loss)
     assert torch.backends.cuda.matmul.fp32_precision == before
+
+
+@needs_gpu
+def test_expandable_segments_reach_the_allocator_when_torch_was_imported_before(tiny_model_file):
+    # As in a trial process: torch imported (the fork server's preload) before the run
+    # sets the allocator's variable; CUDA then starts inside the run.
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, sys\n"
+        "from autotune.engine.loop import train\n"
+        "from autotune.task import load_task\n"
+        "from tests.training import _cfg\n"
+        "task = load_task(sys.argv[1])\n"
+        "train(task, _cfg(micro_batch_size=16, expandable_segments=True), torch.device('cuda', 0))\n"
+        "segments = torch.cuda.memory_snapshot()\n"
+        "print(bool(segments) and all(s.get('is_expandable') for s in segments))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in knobs.ALLOC_CONF_VARS}
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_model_file)], capture_output=True, text=True,
+                         env=env, check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip().splitlines()[-1] == "True", out.stderr[-2000:]
