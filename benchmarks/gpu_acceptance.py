@@ -16,9 +16,9 @@ every choice of the GPU knobs measured across the runs; MFU in (0, 1].
 Time (guesses for an H100/H200, _gpu_plan.py; nothing measured there yet): the cheap
 checks take about 80 s; the digits run's default budget (41 trials) about 690 s whole, so
 under the default --time-limit of 480 s it gets the rest, its --timeout stopping its
-search after 20 trials (before its compiled ones), and the ResNet and sequence runs (about
-490 and 250 s whole) are skipped, saying so; the single trials then cover what time is
-left for. A check that no longer fits is skipped, not failed, and a run still going at the
+search after 12 trials by the guesses (before its compiled ones; more where trials run
+faster), and the ResNet and sequence runs (about 490 and 250 s whole) are skipped,
+saying so; the single trials then cover what time is left for. A check that no longer fits is skipped, not failed, and a run still going at the
 limit is stopped. It writes benchmarks/results/gpu_acceptance-<gpu>-<date>.json and the
 card's hardware profile under profiles/. The decisions are plain functions in
 _gpu_checks.py and _gpu_plan.py; the runs and the single trials are in _gpu_runs.py.
