@@ -214,9 +214,11 @@ def work(model_path: str | Path, storage: str, name: str, out: Path, finalize: b
 def is_last(study: Any) -> bool:
     """Whether this process should finalize the study: no trial runs any more, and of
     the processes that find so, this one claims it first (a claim on the storage, for the
-    study as it stands: a study given more budget later is finalized again). Trials
-    still queued when the budget ran out, such as screening trials of a small budget,
-    stay queued."""
+    study as it stands, counted in finished trials: a study given more budget later is
+    finalized again). Trials still queued when the budget ran out, such as screening
+    trials of a small budget, stay queued; they are not counted, since a worker's last
+    trial may queue one (a step of the climb) between two workers' looks, and the two
+    would then claim different keys and both finalize."""
     from optuna.trial import TrialState
 
     from autotune.search.storage import claim
@@ -224,7 +226,7 @@ def is_last(study: Any) -> bool:
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.RUNNING for t in trials):
         return False
-    return claim(study, f"finalize-{len(trials)}")
+    return claim(study, f"finalize-{sum(t.state.is_finished() for t in trials)}")
 
 
 def finalize_study(model_path: str | Path, storage: str, name: str, out: Path, progress: bool = True,

@@ -304,3 +304,18 @@ def test_a_worker_without_a_study_to_join_says_what_the_storage_holds(tiny_model
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "There is no study 'missing'" in done.stderr and "other" in done.stderr
+
+
+def test_the_finalize_claim_does_not_count_a_trial_queued_between_two_workers_looks(tmp_path):
+    # One worker looks, then the other's last trial queues a step of the climb and looks:
+    # both find the same finished trials, so only the first finalizes; more budget (a
+    # new finished trial) is finalized again.
+    from autotune.parallel import is_last
+
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"), study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    assert is_last(study)
+    study.enqueue_trial({"x": 0.5})
+    assert not is_last(study)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert is_last(study) and not is_last(study)
