@@ -553,12 +553,20 @@ def test_cpu_dry_run_end_to_end(tmp_path):
     assert done.stdout.splitlines()[1] == "plan for --time-limit 480 s (guessed seconds on an H100/H200, not measured there):"
     assert done.stdout.index("  total ") < done.stdout.index("PASS  run-digits") < done.stdout.index("PASS  trials")
     trials = next(c for c in data["checks"] if c["name"] == "trials")
-    number = next(t["number"] for t in gc.read_run(tmp_path / "work" / "run-digits").trials
-                  if gc.completed(t) and t["config"]["checkpointing"])
-    assert trials["detail"]["covered"] == {"bf16": None, "checkpointing": f"run-digits trial {number}"}
-    assert list(trials["detail"]["direct"]) == ["bf16"] and trials["detail"]["direct"]["bf16"]["status"] == "PASS"
-    assert trials["figure"].startswith("2 of 2 completed (1 in runs): bf16: direct PASS loss ")
-    assert trials["figure"].endswith(f"; checkpointing: run-digits trial {number}")
+    # The run's checkpointing trial is slower than the default (35-50% per step on a small
+    # CPU) and may be pruned on a busy machine: then it is not coverage, and runs directly.
+    number = next((t["number"] for t in gc.read_run(tmp_path / "work" / "run-digits").trials
+                   if gc.completed(t) and t["config"]["checkpointing"]), None)
+    direct = trials["detail"]["direct"]
+    if number is not None:
+        assert trials["detail"]["covered"] == {"bf16": None, "checkpointing": f"run-digits trial {number}"}
+        assert list(direct) == ["bf16"]
+        assert trials["figure"].startswith("2 of 2 completed (1 in runs): bf16: direct PASS loss ")
+        assert trials["figure"].endswith(f"; checkpointing: run-digits trial {number}")
+    else:
+        assert trials["detail"]["covered"] == {"bf16": None, "checkpointing": None}
+        assert sorted(direct) == ["bf16", "checkpointing"] and direct["checkpointing"]["status"] == "PASS"
+    assert direct["bf16"]["status"] == "PASS"
     from autotune.hardware import load_profile
 
     [profile] = (tmp_path / "profiles").glob("*.yaml")
