@@ -18,7 +18,7 @@ import torch
 
 from autotune.config import TrainConfig, TunedConfig, scaled_lr
 from autotune.engine.checkpoint import LAST, Checkpointer, ResumableSampler, load
-from autotune.engine.distributed import Dist, ShardSampler
+from autotune.engine.distributed import Dist, ShardSampler, leave
 from autotune.final import per_rank_config
 from tests.run_checks import assert_same_final_run
 
@@ -163,7 +163,7 @@ def _rank(rank: int, folder: Path, results: "mp.Queue") -> None:
     ckpt = Checkpointer(folder / "checkpoints", every_s=600.0, enabled=rank == 0)
     result = train(load_task(ASSETS / "tiny_mlp.py"), cfg, torch.device("cpu"), checkpoints=ckpt, dist=Dist(rank, 2))
     results.put((rank, result.steps, len(calls)))
-    dist.destroy_process_group()
+    leave(finished=True)
 
 
 @pytest.mark.slow

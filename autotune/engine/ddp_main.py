@@ -32,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from autotune.task import load_task
 
     d = distributed.from_env()
+    finished = False
     try:
         saved = json.loads(args.config.read_text())
         cfg = TrainConfig.from_dict(saved["config"], source=str(args.config))
@@ -41,11 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_rank(task, cfg, args.out, not args.no_progress, print, final, d, device)
         if d.main:
             save_result(result, args.out / RESULT_FILE)
+        finished = True
     except AutotuneError as exc:
         print(f"autotune (rank {d.rank}): error: {exc}", file=sys.stderr)
         return 1
     finally:
-        distributed.leave()
+        distributed.leave(finished)
     return 0
 
 

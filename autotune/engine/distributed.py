@@ -77,8 +77,14 @@ def join(d: Dist) -> torch.device:
     return device
 
 
-def leave() -> None:
+def leave(finished: bool = False) -> None:
+    """Leave the process group. After a run every rank ``finished``, the ranks wait for
+    each other first: a rank that tears its connections down while another is still
+    writing can abort the other's exit (gloo: "terminate called without an active
+    exception"). After a failure nobody waits, since the other ranks may never come."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
