@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from autotune._calling import LABEL_KEYS, label_key
 from autotune.config import BASE_RANGES, Base
 from autotune.errors import ModelFileError
 
@@ -269,19 +270,39 @@ def _check_dataset(role: str, dataset: Any, path: Path) -> None:
 
 
 def check_item(role: str, index: int, item: Any, path: Path, *, raw_ok: bool) -> None:
-    """An item must be an ``(input, target)`` pair; without a custom ``collate_fn``
-    (``raw_ok=False``) the input must be tensors and the target a tensor or number."""
+    """An item must be an ``(input, target)`` pair, or a dict that holds its target under
+    ``labels`` (or ``label``) beside the input's parts, as a tokenized Hugging Face dataset
+    yields; without a custom ``collate_fn`` (``raw_ok=False``) the input must be tensors
+    and the target a tensor or number."""
     where = f"item {index} of the {role} dataset from {path}"
-    if not isinstance(item, (tuple, list)) or len(item) != 2:
+    key = label_key(item)
+    if key is not None:
+        inputs, target = {k: v for k, v in item.items() if k != key}, item[key]
+        if not inputs:
+            raise ModelFileError(
+                f"{where[0].upper()}{where[1:]} is a dict that holds only its target {key!r}; "
+                "the model's input is missing.",
+                hint="Return the input's tensors beside it, e.g. `{\"input_ids\": ..., \"labels\": ...}`.",
+            )
+    elif isinstance(item, Mapping):
         raise ModelFileError(
-            f"{where[0].upper()}{where[1:]} must be an (input, target) pair, "
-            f"but got {describe(item)}.",
+            f"{where[0].upper()}{where[1:]} is {describe(item)} but no target: "
+            f"none is named {' or '.join(repr(k) for k in LABEL_KEYS)}.",
+            hint="Put the target under `labels` (as Hugging Face datasets do), or make "
+            "`__getitem__` return an `(input, target)` pair.",
+        )
+    elif not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise ModelFileError(
+            f"{where[0].upper()}{where[1:]} must be an (input, target) pair or a dict "
+            f"holding `labels`, but got {describe(item)}.",
             hint="Make `__getitem__` return `(input, target)`, "
             "e.g. `return self.x[i], self.y[i]`.",
         )
+    else:
+        inputs, target = item
     if raw_ok:
         return
-    problem = input_problem(item[0])
+    problem = input_problem(inputs)
     if problem is not None:
         raise ModelFileError(
             f"The input of {where} must be a tensor, or a tuple/list/dict of tensors, "
@@ -289,10 +310,10 @@ def check_item(role: str, index: int, item: Any, path: Path, *, raw_ok: bool) ->
             hint="Convert it with torch.as_tensor(...) in `__getitem__`, or define "
             "`collate_fn(items)` in the file to batch raw items yourself.",
         )
-    if not _is_target(item[1]):
+    if not _is_target(target):
         raise ModelFileError(
             f"The target of {where} must be a tensor, an int or a float, "
-            f"but got {describe(item[1])}.",
+            f"but got {describe(target)}.",
             hint="Convert it with torch.as_tensor(...) in `__getitem__`.",
         )
 

@@ -301,7 +301,8 @@ _TUNED_HEADER = """\
 #              `lr` is the rate actually used: base_lr scaled by lr_rule from
 #              base_batch_size to the effective batch (micro_batch_size x accumulation_steps).
 #              If you edit the batch knobs, edit lr too: it is not recomputed.
-# measured:    what the chosen config measured on this machine (units in the key names).
+# measured:    what the chosen config measured on this machine (units in the key names);
+#              final_run: what the final run achieved against it, and where its time went.
 # provenance:  seeds, package versions, hardware fingerprint, search space and study,
 #              so that the result can be traced and reproduced.
 """

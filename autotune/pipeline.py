@@ -127,6 +127,9 @@ def finish(t: Tuning, opts: RunOptions, log: Any = print) -> RunResult:
     paths = {"tuned": t.path}
     result = final_run(t.task, t.tuned.train, opts.out, opts.progress, log, opts.final, t.profile.gpus)
     data = report_data(t.task, t.tuned.train, result, t.profile, opts.final, t.tuned.measured)
+    if data["final"].get("accounting"):  # tuned.yaml also says what the full run achieved
+        t.tuned.measured["final_run"] = _final_run_record(data["final"]["accounting"])
+        t.tuned.save(t.path)
     data["search"] = search_data(t.study, t.space, study_budget(t.study, opts.budget))
     data["selection"] = selection_data(t.selection, t.tuned)
     paths.update(write_report(data, opts.out))
@@ -136,6 +139,19 @@ def finish(t: Tuning, opts: RunOptions, log: Any = print) -> RunResult:
         paths["profile"] = results.record(opts.profiles, t.profile, _result_entry(t.task, t.space, t.study, t.tuned))
         log(f"autotune: recorded the result in {paths['profile']}")
     return RunResult(paths, result, t.tuned.train, t)
+
+
+def _final_run_record(accounting: dict[str, Any]) -> dict[str, Any]:
+    """The final run's accounting as tuned.yaml keeps it: rounded, in its units."""
+    def r(x: Any) -> Any:
+        return round(x, 4) if isinstance(x, float) else x
+
+    return {"selected_samples_per_s": r(accounting["selected_samples_per_s"]),
+            "achieved_samples_per_s": r(accounting["achieved_samples_per_s"]),
+            "achieved_over_selected": r(accounting["ratio"]),
+            "end_to_end_samples_per_s": r(accounting["end_to_end_samples_per_s"]),
+            "seconds": {k: r(v) for k, v in accounting["seconds"].items()},
+            "gap": accounting["gap"]}
 
 
 def storage_of(opts: RunOptions) -> str:

@@ -41,7 +41,7 @@ def report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: Hard
     ev = result.evaluation
     data: dict[str, Any] = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {"file": str(task.path), "sha256": task.sha256},
+        "model": {"file": str(task.path), "sha256": task.sha256, "calling": task.calling, "target": task.target_source},
         "config": result.config or cfg.to_dict(),
         "final": {
             "epochs_run": len(result.history),
@@ -52,6 +52,7 @@ def report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: Hard
             "val_loss": ev.loss,
             "val_accuracy": ev.accuracy,
             "mfu": _final_mfu(result, measured or {}),
+            "accounting": accounting(result, measured or {}),
             "processes": result.processes,
             "resumed_at": result.resumed_at,
         },
@@ -74,6 +75,58 @@ def report_data(task: Task, cfg: TrainConfig, result: TrainResult, profile: Hard
             "nvml": profile.nvml.get("message") or "",
         }
     return data
+
+
+# A final run's training steps slower or faster than the selection measured by more than
+# this share are flagged, with the likely cause.
+GAP = 0.15
+
+
+def accounting(result: TrainResult, measured: dict[str, Any]) -> dict[str, Any] | None:
+    """The final run against the search's prediction: the selection's measured samples/s
+    for the config, the samples/s its training steps achieved (``Ledger.training``, per
+    process), their ratio, where the rest of the wall time went, and, when the ratio is
+    off by more than ``GAP``, the likely cause. None without a ledger (an old result)."""
+    ledger = result.ledger
+    if not ledger or not ledger.get("total"):
+        return None
+    processes = max(result.processes, 1)
+    samples = ledger.get("samples", result.samples / processes)  # this process's, rank 0's under torchrun
+    achieved = samples / ledger["training"] if ledger.get("training", 0) > 0 else None
+    selected = measured.get("throughput_samples_per_s")
+    ratio = achieved / selected if achieved and selected else None
+    parts = {k: ledger.get(k, 0.0) for k in ("setup", "epoch_start", "training", "compile", "evaluation", "checkpoints")}
+    out: dict[str, Any] = {
+        "selected_samples_per_s": selected,
+        "achieved_samples_per_s": achieved,
+        "ratio": ratio,
+        "seconds": {**parts, "data_wait": ledger.get("data_wait", 0.0),
+                    "other": max(0.0, ledger["total"] - sum(parts.values())), "total": ledger["total"]},
+        "end_to_end_samples_per_s": samples / ledger["total"],
+        "gap": None,
+    }
+    if ratio is not None and abs(ratio - 1) > GAP:
+        out["gap"] = _likely_cause(ratio, ledger, measured, result.config)
+    return out
+
+
+def _likely_cause(ratio: float, ledger: dict[str, float], measured: dict[str, Any], config: dict[str, Any]) -> str:
+    """The likeliest reason a final run's training steps ran at ``ratio`` of the selection's
+    figure, from what the run itself measured."""
+    from autotune.hardware import usable_cores
+
+    waited = ledger.get("data_wait", 0.0) / ledger["training"] if ledger.get("training") else 0.0
+    trial_waited = measured.get("data_wait_fraction") or 0.0
+    threads, workers = config.get("cpu_threads") or 0, config.get("num_workers") or 0
+    if ratio < 1 and waited > trial_waited + 0.10:
+        return (f"data loading: the training steps waited for batches {waited:.0%} of the time, "
+                f"the trials {trial_waited:.0%}")
+    if ratio < 1 and threads and workers and threads + workers > usable_cores():
+        return (f"oversubscribed cores: {threads} trainer thread(s) and {workers} DataLoader worker(s) "
+                f"on {usable_cores()} usable core(s)")
+    if ratio < 1:
+        return "the machine was slower or busier during the final run than during the search"
+    return "the machine was faster or less busy during the final run than during the search"
 
 
 def _final_mfu(result: TrainResult, measured: dict[str, Any]) -> float | None:

@@ -20,7 +20,7 @@ import re
 import sys
 import types
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,10 @@ from torch.utils.data import Dataset, default_collate
 
 from autotune import _task_checks as checks
 from autotune.config import Base
+from autotune import _calling
 from autotune.errors import ModelFileError
 
-__all__ = ["Task", "call_model", "detect_blocks", "load_task"]
+__all__ = ["Task", "detect_blocks", "load_task"]
 
 # Items in the validation batch: 2, so that batch-dependent layers (BatchNorm) see a batch.
 _VALIDATION_BATCH = 2
@@ -60,6 +61,9 @@ class Task:
     _last_model: weakref.ref[nn.Module] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    _form: str | None = field(default=None, init=False, repr=False, compare=False)
+    _label_key: str | None = field(default=None, init=False, repr=False, compare=False)
+    _items_read: bool = field(default=False, init=False, repr=False, compare=False)
 
     def build_model(self) -> nn.Module:
         """A fresh model from the user's ``build_model()``; a new object on every call."""
@@ -87,11 +91,58 @@ class Task:
             self._datasets = checks.check_datasets(value, self.path)
         return self._datasets
 
+    def call(self, model: nn.Module, inputs: Any) -> Any:
+        """``model`` called on a batch input, in the form its ``forward`` accepts
+        (``_calling.convention``), decided on the first call and kept."""
+        if self._form is None:
+            try:
+                self._form = _calling.convention(model, inputs)
+            except TypeError as exc:
+                raise ModelFileError(
+                    f"The model from `build_model()` in {self.path} cannot be called on a batch "
+                    f"whose input is {checks.describe(inputs)}: its {exc}.",
+                    hint="Make `forward` take the input's parts by name (called as "
+                    "model(**batch)) or the batch whole (called as model(batch)).",
+                ) from exc
+        return _calling.call(model, inputs, self._form)
+
+    @property
+    def calling(self) -> str | None:
+        """How the model is called, e.g. ``model(**batch)``; None before the first call."""
+        return _calling.describe_form(self._form) if self._form is not None else None
+
     def loss(self, output: Any, target: Any) -> torch.Tensor:
-        """The user's ``loss_fn(output, target)``, or cross-entropy when there is none."""
+        """The user's ``loss_fn(output, target)``, or cross-entropy on the output's logits
+        (``_calling.logits_of``) when there is none."""
         if self.has_custom_loss:
             return self.module.loss_fn(output, target)
-        return F.cross_entropy(output, target)
+        logits = _calling.logits_of(output)
+        if logits is None:
+            raise ModelFileError(_no_logits(self.path, output), hint=_NO_LOGITS_HINT)
+        return F.cross_entropy(logits, target)
+
+    @property
+    def target_source(self) -> str:
+        """Where a batch's target comes from, in words for the report."""
+        if self.collate_fn is not None:
+            return "the batch `collate_fn` makes"
+        self.collate  # reads item 0 once
+        return f"each item's {self._label_key!r}" if self._label_key else "each item's second element"
+
+    @property
+    def collate(self) -> Callable[..., Any] | None:
+        """The loaders' collate function: the file's ``collate_fn``; else, for dict items
+        that hold their target under ``labels`` (or ``label``), one that batches them and
+        takes the target out; else None (torch's default)."""
+        if self.collate_fn is not None:
+            return self.collate_fn
+        if not self._items_read:
+            train = self.datasets()[0]
+            first = checks.call_user(f"Reading item 0 of the train dataset from {self.path}", self.path,
+                                     train.__getitem__, 0)
+            self._label_key = _calling.label_key(first)
+            self._items_read = True
+        return _calling.SplitLabels(self._label_key) if self._label_key is not None else None
 
     def make_optimizer(self, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         """The user's ``build_optimizer(params, lr)``, else AdamW with ``weight_decay``.
@@ -255,7 +306,7 @@ def _collate(task: Task, items: list[Any]) -> tuple[Any, Any]:
             f"Batching {checks.training_items(n)} from {task.path} "
             "with torch's default collate",
             task.path,
-            default_collate,
+            task.collate or default_collate,
             items,
             hint="Items are stacked, so their tensors need equal shapes: pad them in the "
             "dataset, or define `collate_fn(items)` in the file.",
@@ -268,20 +319,24 @@ def _collate(task: Task, items: list[Any]) -> tuple[Any, Any]:
 
 def _forward(task: Task, model: nn.Module, inputs: Any, n: int) -> Any:
     try:
-        return call_model(model, inputs)
+        return task.call(model, inputs)
+    except ModelFileError:
+        raise
     except Exception as exc:
         raise ModelFileError(
             f"The forward pass of the model from {task.path} raised "
             f"{checks.describe_exception(exc, task.path)} "
             f"on a batch of {checks.training_items(n)} "
             f"(input: {checks.describe(inputs)}).",
-            hint="Check that the model accepts the batched dataset input: a tensor is "
-            "passed as model(x), a tuple/list as model(*x), a dict as model(**x).",
+            hint=f"The batch was passed as {task.calling}; check that the model accepts the "
+            "batched dataset input.",
         ) from exc
 
 
 def _check_loss(task: Task, output: Any, target: Any, n: int) -> None:
     what = "`loss_fn`" if task.has_custom_loss else "the default cross-entropy"
+    if not task.has_custom_loss and _calling.logits_of(output) is None:
+        raise ModelFileError(_no_logits(task.path, output), hint=_NO_LOGITS_HINT)
     try:
         loss = task.loss(output, target)
     except Exception as exc:
@@ -301,14 +356,13 @@ def _check_loss(task: Task, output: Any, target: Any, n: int) -> None:
     checks.check_loss(loss, what, n, task.path)
 
 
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Call ``model`` on a batch input: ``model(x)`` for a tensor, ``model(*x)`` for a
-    tuple/list, ``model(**x)`` for a dict (anything else is passed as one argument)."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
+_NO_LOGITS_HINT = ("Return the logits as a tensor, as `.logits` / `[\"logits\"]`, or as the first "
+                   "tensor of a tuple; or define `loss_fn(output, target)` in the file.")
+
+
+def _no_logits(path: Path, output: Any) -> str:
+    return (f"The default cross-entropy loss needs class logits, but the model from {path} "
+            f"returned {checks.describe(output)}, which holds no tensor.")
 
 
 _CONTAINERS = (nn.ModuleList, nn.Sequential)

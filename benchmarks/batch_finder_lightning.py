@@ -88,7 +88,7 @@ def _lightning_module(base: type, model: str, n: int) -> Any:
 
     from autotune.config import TrainConfig
     from autotune.search.probe import worst_case_indices
-    from autotune.task import call_model, load_task
+    from autotune.task import load_task
 
     task, cfg = load_task(ROOT / model), TrainConfig(amp="off")
     train = task.datasets()[0]
@@ -109,7 +109,7 @@ def _lightning_module(base: type, model: str, n: int) -> Any:
             self.tried: list[int] = []
 
         def train_dataloader(self) -> Any:
-            collate = task.collate_fn or torch.utils.data.default_collate
+            collate = task.collate or torch.utils.data.default_collate
             return torch.utils.data.DataLoader(Cycled(), batch_size=self.batch_size, collate_fn=collate)
 
         def on_train_start(self) -> None:  # once per trial of the tuner
@@ -117,7 +117,7 @@ def _lightning_module(base: type, model: str, n: int) -> Any:
 
         def training_step(self, batch: Any, batch_idx: int) -> Any:
             inputs, target = batch
-            return task.loss(call_model(self.net, inputs), target)
+            return task.loss(task.call(self.net, inputs), target)
 
         def configure_optimizers(self) -> Any:
             return task.make_optimizer(self.parameters(), cfg.lr, cfg.weight_decay)

@@ -36,7 +36,7 @@ def growth(model_path: str, epochs: int) -> dict[str, Any]:
     from autotune.engine import knobs
     from autotune.engine.gns import NoiseScale, efficiency, observe_micro_batches
     from autotune.search.model_stats import GNS_GROUP, _step, measure
-    from autotune.task import call_model, load_task
+    from autotune.task import load_task
 
     task = load_task(model_path, validate=False)
     cfg = TrainConfig.from_base(task.base, micro_batch_size=task.base.batch_size)
@@ -45,12 +45,12 @@ def growth(model_path: str, epochs: int) -> dict[str, Any]:
     train_set = task.datasets()[0]
     small = max(1, cfg.base_batch_size // GNS_GROUP)
     loader = torch.utils.data.DataLoader(train_set, batch_size=small, shuffle=True, drop_last=True,
-                                         collate_fn=task.collate_fn, generator=generator)
+                                         collate_fn=task.collate, generator=generator)
     model = task.build_model().train()
     optimizer = task.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
 
     def loss_of(m: torch.nn.Module, inputs: Any, target: Any) -> torch.Tensor:
-        return task.loss(call_model(m, inputs), target)
+        return task.loss(task.call(m, inputs), target)
 
     rows = []
     start = time.perf_counter()

@@ -38,18 +38,18 @@ def noise_scale(model_path: str, variant: str, steps: int = 200) -> float | None
     from autotune.engine import knobs
     from autotune.engine.gns import NoiseScale, observe_micro_batches
     from autotune.search.model_stats import GNS_GROUP, _step
-    from autotune.task import call_model, load_task
+    from autotune.task import load_task
 
     task = load_task(model_path, validate=False)
     cfg = TrainConfig.from_base(task.base, micro_batch_size=task.base.batch_size)
     generator = knobs.seed_everything(cfg.seed)
     loader = torch.utils.data.DataLoader(task.datasets()[0], batch_size=max(1, cfg.base_batch_size // GNS_GROUP),
-                                         shuffle=True, drop_last=True, collate_fn=task.collate_fn, generator=generator)
+                                         shuffle=True, drop_last=True, collate_fn=task.collate, generator=generator)
     model = task.build_model().train()
     optimizer = task.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
 
     def loss_of(m: torch.nn.Module, inputs: Any, target: Any) -> torch.Tensor:
-        return task.loss(call_model(m, inputs), target)
+        return task.loss(task.call(m, inputs), target)
 
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     pooled = NoiseScale()

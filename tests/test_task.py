@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from autotune.config import Base
-from autotune.task import Task, call_model, detect_blocks, load_task
+from autotune import _calling
+from autotune.task import Task, detect_blocks, load_task
 
 from tests.model_files import write
 
@@ -115,16 +116,134 @@ def test_tuple_and_dict_inputs(tmp_path: Path, as_dict: bool) -> None:
     assert isinstance(task.build_model(), nn.Module)
 
 
-def test_call_model_spreads_tuples_and_dicts() -> None:
-    class Record(nn.Module):
-        def forward(self, *args, **kwargs):
-            return args, kwargs
+class _Record(nn.Module):
+    def forward(self, *args, **kwargs):
+        return args, kwargs
 
-    model, x = Record(), torch.zeros(1)
-    assert call_model(model, x) == ((x,), {})
-    assert call_model(model, (x, x)) == ((x, x), {})
-    assert call_model(model, [x]) == ((x,), {})
-    assert call_model(model, {"a": x}) == ((), {"a": x})
+
+class _ByName(nn.Module):
+    def forward(self, tokens, mask=None):
+        return tokens
+
+
+class _Whole(nn.Module):
+    def forward(self, batch):
+        return batch
+
+
+class _Two(nn.Module):
+    def forward(self, a, b):
+        return a
+
+
+@pytest.mark.parametrize("model, inputs, form", [
+    (_Record(), torch.zeros(1), "x"),
+    (_Record(), (1, 2), "*x"),  # both forms bind a signature of *args, **kwargs: the spread one wins
+    (_Record(), {"a": 1}, "**x"),
+    (_ByName(), {"tokens": 1, "mask": 2}, "**x"),
+    (_ByName(), {"tokens": 1}, "**x"),
+    (_Whole(), {"tokens": 1, "mask": 2}, "x"),  # a dict taken whole
+    (_Whole(), (1, 2), "x"),  # a tuple taken whole
+    (_Two(), (1, 2), "*x"),
+    (_Two(), [1, 2], "*x"),
+], ids=["tensor", "args-tuple", "kwargs-dict", "names", "names-default", "dict-whole", "tuple-whole",
+        "tuple-spread", "list-spread"])
+def test_the_calling_convention_follows_the_forward_signature(model, inputs, form) -> None:
+    assert _calling.convention(model, inputs) == form
+
+
+def test_the_convention_looks_through_compile_and_ddp_wrappers() -> None:
+    wrapped = torch.compile(_Whole())
+    assert _calling.unwrap(wrapped).__class__ is _Whole
+    assert _calling.convention(wrapped, {"tokens": 1}) == "x"
+
+
+def test_call_passes_the_input_in_the_chosen_form() -> None:
+    model, x = _Record(), torch.zeros(1)
+    assert _calling.call(model, x, "x") == ((x,), {})
+    assert _calling.call(model, (x, x), "*x") == ((x, x), {})
+    assert _calling.call(model, {"a": x}, "**x") == ((), {"a": x})
+    assert _calling.call(model, {"a": x}, "x") == (({"a": x},), {})
+
+
+def test_a_forward_that_binds_neither_form_is_named_with_both_attempts() -> None:
+    with pytest.raises(TypeError) as err:
+        _calling.convention(_Two(), {"tokens": 1})
+    text = str(err.value)
+    assert text.startswith("forward(a, b) accepts neither model(**batch) (")
+    assert "'tokens'" in text and "nor model(batch) (" in text and "'b'" in text
+
+
+class _Output(dict):
+    """A stand-in with the two faces of transformers' ModelOutput: keys and attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def test_logits_by_one_rule() -> None:
+    logits, loss = torch.randn(2, 3), torch.tensor(1.0)
+    assert _calling.logits_of(logits) is logits
+    assert _calling.logits_of(_Output(loss=loss, logits=logits)) is logits  # .logits before first tensor
+    assert _calling.logits_of({"loss": loss, "logits": logits}) is logits
+    assert _calling.logits_of({"scores": logits, "extra": loss}) is logits
+    assert _calling.logits_of((logits, loss)) is logits
+    assert _calling.logits_of(["text", logits]) is logits
+    assert _calling.logits_of({"text": "no tensor"}) is None
+    assert _calling.logits_of("text") is None
+
+
+def test_split_labels_batches_dict_items_and_takes_the_target_out() -> None:
+    items = [{"ids": torch.tensor([i, i]), "labels": torch.tensor(i % 2)} for i in range(3)]
+    inputs, target = _calling.SplitLabels("labels")(items)
+    assert set(inputs) == {"ids"} and inputs["ids"].shape == (3, 2)
+    assert target.tolist() == [0, 1, 0]
+    assert _calling.label_key({"label": 1, "labels": 2}) == "labels"
+    assert _calling.label_key({"label": 1}) == "label"
+    assert _calling.label_key((1, 2)) is None and _calling.label_key({"y": 1}) is None
+
+
+DICT_MODELS = """
+class Scorer(nn.Module):
+    # takes the batch whole, as recommender and multi-input code often does
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, batch):
+        return {"logits": self.fc(batch["features"] * batch["weight"]), "aux": batch["weight"]}
+
+
+class Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        return {"features": torch.ones(4) * i, "weight": torch.ones(1), LABEL: torch.tensor(i % 3)}
+
+
+def build_model():
+    return Scorer()
+
+
+def build_datasets():
+    return Items(), Items()
+"""
+
+
+@pytest.mark.parametrize("label", ["labels", "label"])
+def test_dict_items_with_labels_and_a_forward_taking_the_batch_whole(tmp_path: Path, label: str) -> None:
+    task = load_task(write(tmp_path, f"LABEL = {label!r}\n" + DICT_MODELS))
+    assert task.calling == "model(batch)"
+    loader = torch.utils.data.DataLoader(task.datasets()[0], batch_size=4, collate_fn=task.collate)
+    inputs, target = next(iter(loader))
+    assert set(inputs) == {"features", "weight"} and target.tolist() == [0, 1, 2, 0]
+    output = task.call(task.build_model(), inputs)
+    loss = task.loss(output, target)  # the default loss reads output["logits"]
+    assert torch.allclose(loss, nn.functional.cross_entropy(output["logits"], target))
 
 
 def test_custom_loss_is_used(tmp_path: Path) -> None:

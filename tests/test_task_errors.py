@@ -244,8 +244,8 @@ def test_reading_an_item_raising(tmp_path: Path) -> None:
 def test_item_not_a_pair(tmp_path: Path) -> None:
     path = write(tmp_path, "def build_datasets():\n    d = TensorDataset(torch.ones(3, 4))\n"
                            "    return d, d\n")
-    err = fails(path, "Item 0 of the train dataset from {path} must be an (input, target) pair, "
-                      "but got a tuple of 1 item (float32 tensor [4]).")
+    err = fails(path, "Item 0 of the train dataset from {path} must be an (input, target) pair or a dict "
+                      "holding `labels`, but got a tuple of 1 item (float32 tensor [4]).")
     assert "return self.x[i], self.y[i]" in err.hint
 
 
@@ -272,8 +272,8 @@ def test_target_of_wrong_type(tmp_path: Path) -> None:
 def test_val_items_are_checked_too(tmp_path: Path) -> None:
     path = write(tmp_path, "def build_datasets():\n"
                            "    return [(torch.ones(4), 0)] * 2, [torch.ones(4)]\n")
-    fails(path, "Item 0 of the val dataset from {path} must be an (input, target) pair, "
-                "but got a float32 tensor of shape [4].")
+    fails(path, "Item 0 of the val dataset from {path} must be an (input, target) pair or a dict "
+                "holding `labels`, but got a float32 tensor of shape [4].")
 
 
 # --- batching, forward and loss -------------------------------------------------------
@@ -312,6 +312,61 @@ def test_forward_pass_raising(tmp_path: Path) -> None:
     assert str(err).endswith("on a batch of 2 training items (input: a float32 tensor of shape "
                              "[2, 4]).")
     assert isinstance(err.__cause__, RuntimeError)
+
+
+def test_forward_accepting_neither_calling_form(tmp_path: Path) -> None:
+    body = """
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, features, weight):
+            return self.fc(features) * weight
+
+    def build_model():
+        return Two()
+
+    def build_datasets():
+        d = [({"tokens": torch.ones(4)}, 0)] * 2
+        return d, d
+    """
+    err = fails(write(tmp_path, body),
+                "The model from `build_model()` in {path} cannot be called on a batch whose input is "
+                "a dict with keys 'tokens': its forward(features, weight) accepts neither "
+                "model(**batch) (got an unexpected keyword argument 'tokens') nor model(batch) "
+                "(missing a required argument: 'weight').")
+    assert "model(**batch)" in err.hint and "model(batch)" in err.hint
+
+
+def test_output_without_logits_under_the_default_loss(tmp_path: Path) -> None:
+    body = """
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return {"note": "no tensor here"}
+
+    def build_model():
+        return Named()
+    """
+    err = fails(write(tmp_path, body),
+                "The default cross-entropy loss needs class logits, but the model from {path} "
+                "returned a dict with keys 'note', which holds no tensor.")
+    assert "loss_fn(output, target)" in err.hint and ".logits" in err.hint
+
+
+@pytest.mark.parametrize("item, text", [
+    ("{'input_ids': torch.ones(4), 'attention_mask': torch.ones(4)}",
+     "is a dict with keys 'input_ids', 'attention_mask' but no target: none is named 'labels' or 'label'."),
+    ("{'labels': torch.tensor(1)}",
+     "is a dict that holds only its target 'labels'; the model's input is missing."),
+])
+def test_dict_item_without_a_usable_target(tmp_path: Path, item: str, text: str) -> None:
+    path = write(tmp_path, f"def build_datasets():\n    d = [{item}] * 2\n    return d, d\n")
+    fails(path, "Item 0 of the train dataset from {path} " + text)
 
 
 def test_default_loss_raising(tmp_path: Path) -> None:

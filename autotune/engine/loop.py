@@ -7,6 +7,7 @@ goes for ``cfg.epochs`` epochs with progress bars and an evaluation after each e
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -60,6 +61,36 @@ class TrainResult:
     # With ``eval_every_samples``: {samples, train_seconds, val_loss, val_accuracy} per check;
     # train_seconds is training time only (no evaluation, at epoch ends or at checks).
     checks: list[dict[str, Any]] = field(default_factory=list)
+    # Where this process's wall time went (``Ledger``), for the final run's accounting.
+    ledger: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Ledger:
+    """Where a run's wall time goes, in seconds: ``setup`` (building the model, optimizer
+    and loaders), ``epoch_start`` (waiting for each epoch's first micro-batches: the
+    DataLoader's iterator, its workers' start and first fetches), ``training`` (the
+    optimizer steps and the data waits between them, in steady state, as a trial's windows
+    measure them), ``compile`` (torch.compile's one-off cost, taken out of ``training``),
+    ``evaluation``, ``checkpoints``, and ``total``; ``data_wait`` is the part of
+    ``training`` spent waiting for the DataLoader; ``samples`` counts what this process
+    trained (a resumed run's earlier processes are not in the ledger). What none of the
+    times holds is the rest (the progress bars, the final sync). ``samples`` over
+    ``training`` is the run's achieved training throughput, the figure a trial's
+    measurement predicts."""
+
+    setup: float = 0.0
+    epoch_start: float = 0.0
+    training: float = 0.0
+    compile: float = 0.0
+    evaluation: float = 0.0
+    checkpoints: float = 0.0
+    total: float = 0.0
+    data_wait: float = 0.0
+    samples: int = 0
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(vars(self))
 
 
 def train(
@@ -98,12 +129,14 @@ def train(
     if eval_every_samples is not None and (eval_every_samples < 1 or checkpoints is not None or resume is not None):
         raise ValueError("eval_every_samples must be a positive count, and not with checkpoints or resume")
     device = device or pick_device()
+    called = time.perf_counter()
     with knobs.expandable_segments(device.type, cfg.expandable_segments), \
             knobs.cpu_threads(device.type, cfg.cpu_threads), knobs.cudnn_benchmark(cfg.cudnn_benchmark), \
             knobs.fp32_precision(device.type, cfg.fp32_precision):
         reset_peak_memory(device)
         run = prepare(task, cfg, device, max_steps, eval_in_process=max_eval_batches is not None, d=dist)
         loop = _Loop(run, task, cfg, device, meter, checkpoints, target_accuracy, resume, dist)
+        loop.ledger.setup = time.perf_counter() - called
         loop.eval_every = eval_every_samples
         progress = progress and dist.main
         run.model.train()
@@ -118,8 +151,12 @@ def train(
                 on_epoch(row)
             if stopped_by:
                 break
-        final_eval = evaluate(run.module, run.val_loader, task, device, cfg.amp, max_eval_batches, cfg.channels_last, dist)
+        with loop.timing("evaluation"):
+            final_eval = evaluate(run.module, run.val_loader, task, device, cfg.amp, max_eval_batches, cfg.channels_last, dist)
     pos = loop.pos
+    loop.ledger.compile = loop.clock.seconds
+    loop.ledger.training -= loop.clock.seconds
+    loop.ledger.total = time.perf_counter() - called
     return TrainResult(
         steps=pos.steps,
         samples=int(distributed.all_sum([pos.samples], dist, device)[0]),
@@ -139,6 +176,7 @@ def train(
         processes=dist.world,
         config=cfg.to_dict(),
         checks=loop.checks,
+        ledger=loop.ledger.to_dict(),
     )
 
 
@@ -155,6 +193,7 @@ class _Loop:
         self.pos, self.pending, self.resumed_at = Position(), None, None
         self.eval_every: int | None = None
         self.checks: list[dict[str, Any]] = []
+        self.ledger = Ledger()
         if resume is not None:
             self.pos, self.pending = checkpoint.restore(resume, self._stateful(), cfg.to_dict(), d.rank, d.world)
             self.resumed_at = {"epoch": self.pos.epoch, "epoch_batches": self.pos.epoch_batches, "steps": self.pos.steps}
@@ -166,6 +205,15 @@ class _Loop:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.began
+
+    @contextlib.contextmanager
+    def timing(self, part: str) -> Iterator[None]:
+        """Add the block's wall time to the ledger's ``part``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self.ledger, part, getattr(self.ledger, part) + time.perf_counter() - started)
 
     def _stateful(self) -> dict[str, Any]:
         run = self.run
@@ -196,9 +244,17 @@ class _Loop:
         bar = tqdm(total=self.run.steps_per_epoch, initial=pos.epoch_batches // cfg.accumulation_steps,
                    desc=f"epoch {pos.epoch + 1}", unit="step", leave=False, disable=not progress or not sys.stderr.isatty())
         stopped_by = ""
+        began, first = time.perf_counter(), True
+        paused = self.ledger.evaluation + self.ledger.checkpoints  # what the epoch adds to these is not training
         for group, waited in groups:
+            if first:  # the epoch's first fetch: the iterator's and its workers' start
+                self.ledger.epoch_start += waited
+                began, first = began + waited, False
+            else:
+                self.ledger.data_wait += waited
             loss_sum, n = timed_step(self.run, self.task, cfg, group, self.device, waited, self.meter, self.clock)
             epoch_loss += loss_sum
+            self.ledger.samples += n
             pos.steps, pos.samples, pos.epoch_batches = pos.steps + 1, pos.samples + n, pos.epoch_batches + len(group)
             pos.epoch_samples += n
             bar.update(1)
@@ -214,7 +270,10 @@ class _Loop:
                 break
             if self.checkpoints is not None and self.checkpoints.decide(pos.steps, agree):
                 pos.epoch_loss = float(epoch_loss)
-                self._save()
+                with self.timing("checkpoints"):
+                    self._save()
+        sync_fn(self.device)()  # the epoch's steps, finished on the device
+        self.ledger.training += time.perf_counter() - began - (self.ledger.evaluation + self.ledger.checkpoints - paused)
         bar.close()
         pos.epoch_loss = float(epoch_loss)
         return stopped_by
@@ -229,7 +288,9 @@ class _Loop:
                "seconds": seconds, "samples_per_s": samples / seconds if seconds > 0 else None}
         improved = False
         if eval_each_epoch:
-            ev = evaluate(run.module, run.val_loader, self.task, self.device, self.cfg.amp, max_eval_batches, self.cfg.channels_last, self.dist)
+            with self.timing("evaluation"):
+                ev = evaluate(run.module, run.val_loader, self.task, self.device, self.cfg.amp, max_eval_batches,
+                              self.cfg.channels_last, self.dist)
             now = self.elapsed()
             row.update(val_loss=ev.loss, val_accuracy=ev.accuracy, elapsed_s=now)
             improved = self._track(ev, epoch, now)
@@ -237,9 +298,10 @@ class _Loop:
         pos.epoch, pos.epoch_batches, pos.epoch_loss, pos.epoch_samples = epoch + 1, 0, 0.0, 0
         if self.checkpoints is not None:
             self.epoch_start = {name: g.get_state() for name, g in self._generators().items()}  # the next epoch's
-            state = self._save()
-            if improved:
-                self.checkpoints.save(state, BEST)
+            with self.timing("checkpoints"):
+                state = self._save()
+                if improved:
+                    self.checkpoints.save(state, BEST)
         return row
 
     def _check(self) -> None:
@@ -250,7 +312,9 @@ class _Loop:
         # after each) and this one up to here.
         train_seconds = sum(r["seconds"] for r in pos.history) + self.elapsed() - pos.epoch_began_s
         paused = time.perf_counter()
-        ev = evaluate(run.module, run.val_loader, self.task, self.device, self.cfg.amp, None, self.cfg.channels_last, self.dist)
+        with self.timing("evaluation"):
+            ev = evaluate(run.module, run.val_loader, self.task, self.device, self.cfg.amp, None, self.cfg.channels_last,
+                          self.dist)
         self.checks.append({"samples": pos.samples, "train_seconds": train_seconds, "val_loss": ev.loss,
                             "val_accuracy": ev.accuracy})
         self.began += time.perf_counter() - paused

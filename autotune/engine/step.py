@@ -22,7 +22,7 @@ from autotune.engine.data import batch_len, make_loader, to_device
 from autotune.engine.distributed import SINGLE, Dist
 from autotune.engine.measure import ThroughputMeter
 from autotune.errors import TrialError
-from autotune.task import Task, call_model
+from autotune.task import Task
 
 
 class NonFiniteLossError(TrialError):
@@ -59,11 +59,11 @@ def prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int |
     train_set, val_set = task.datasets()
     if d.rank:  # the model and data are built alike on every rank; from here on the others
         knobs.seed_everything(cfg.seed, d.rank)  # draw dropout masks of their own (rank 0 goes on as one process)
-    train_loader = make_loader(train_set, cfg, device, train=True, collate_fn=task.collate_fn, generator=generator, dist=d)
+    train_loader = make_loader(train_set, cfg, device, train=True, collate_fn=task.collate, generator=generator, dist=d)
     # A short run's few evaluation batches are loaded in this process: starting the
     # config's workers again for them took longer than the evaluation itself (1-2 s).
     val_cfg = dataclasses.replace(cfg, num_workers=0, persistent_workers=False) if eval_in_process else cfg
-    val_loader = make_loader(val_set, val_cfg, device, train=False, collate_fn=task.collate_fn, dist=d)
+    val_loader = make_loader(val_set, val_cfg, device, train=False, collate_fn=task.collate, dist=d)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulation_steps)
     total = steps_per_epoch * cfg.epochs
     if max_steps is not None:
@@ -83,14 +83,16 @@ def prepare(task: Task, cfg: TrainConfig, device: torch.device, max_steps: int |
 
 def groups(loader: torch.utils.data.DataLoader, k: int) -> Iterator[tuple[list[Any], float]]:
     """Micro-batches in groups of ``k`` (the last group of an epoch may be shorter), each
-    with the seconds spent waiting for the loader to hand it over."""
+    with the seconds spent waiting for the loader to hand it over (the first group's wait
+    includes starting the iterator: its workers, without persistent ones)."""
+    start = time.perf_counter()
     it = iter(loader)
     while True:
-        start = time.perf_counter()
         group = list(itertools.islice(it, k))
         if not group:
             return
         yield group, time.perf_counter() - start
+        start = time.perf_counter()
 
 
 def optimizer_step(run: Run, task: Task, cfg: TrainConfig, group: list[Any], device: torch.device) -> tuple[torch.Tensor, int]:
@@ -111,7 +113,7 @@ def optimizer_step(run: Run, task: Task, cfg: TrainConfig, group: list[Any], dev
         with distributed.no_sync(run.model, last=i == len(group) - 1):
             mark_step()
             with knobs.autocast(device.type, cfg.amp):
-                loss = task.loss(call_model(run.model, inputs), target)
+                loss = task.loss(task.call(run.model, inputs), target)
             run.scaler.scale(loss * (size / total)).backward()
         loss_sum += loss.detach().float() * size
     if cfg.grad_clip > 0:

@@ -113,6 +113,15 @@ def trial_cells(t: dict[str, Any], note_chars: int | None = 120) -> list[Any]:
     ]
 
 
+def model_form(data: dict[str, Any]) -> str | None:
+    """How the run fed the model, e.g. "called as `model(**batch)`, the target from each
+    item's 'labels'"; None for a report written before this was recorded."""
+    model = data.get("model") or {}
+    if not model.get("calling"):
+        return None
+    return f"called as `{model['calling']}`, the target from {model.get('target', 'each item')}"
+
+
 def headline_facts(data: dict[str, Any]) -> list[str]:
     final, sel, ev = data.get("final") or {}, data.get("selection") or {}, data.get("evaluation") or {}
     bits = []
@@ -222,6 +231,29 @@ def final_facts(f: dict[str, Any]) -> list[str]:
             epoch = f" (epoch {ttt['epoch']})" if ttt.get("epoch") is not None else ""
             facts.append(f"reached {target} after **{ttt['seconds']:.1f} s**{epoch}")
     return facts
+
+
+def accounting_facts(f: dict[str, Any]) -> str | None:
+    """The final run against the search's prediction, and where its wall time went: a
+    paragraph for both renderers; None when the run recorded no accounting."""
+    a = f.get("accounting")
+    if not a:
+        return None
+    sec = a["seconds"]
+    text = ""
+    if a.get("ratio") is not None:
+        text = (f"Predicted against achieved: the selection measured {fmt(a['selected_samples_per_s'])} samples/s "
+                f"for this config; the final run's training steps achieved {fmt(a['achieved_samples_per_s'])} "
+                f"(**{a['ratio']:.2f}x**). ")
+    spent = [f"{label} {sec[key]:.1f} s" for key, label in (
+        ("training", "training steps"), ("data_wait", "of which waiting for data"), ("epoch_start", "epoch starts"),
+        ("evaluation", "evaluation"), ("checkpoints", "checkpoints"), ("compile", "compile"), ("setup", "setup"),
+        ("other", "other")) if sec.get(key, 0) >= 0.05 or key == "training"]
+    text += f"Of its {sec['total']:.1f} s: " + ", ".join(spent) + (
+        f"; {fmt(a['end_to_end_samples_per_s'])} samples/s end to end.")
+    if a.get("gap"):
+        text += f" **The training steps ran more than 15% off the prediction**; likely cause: {a['gap']}."
+    return text
 
 
 HISTORY_HEADER = ["epoch", "train loss", "val loss", "val acc", "lr", "samples/s", "seconds"]

@@ -61,6 +61,8 @@ def render_html(data: dict[str, Any]) -> str:
     facts = f.headline_facts(data)
     headline = f'<p class="headline" id="headline">Result: {_inline(", ".join(facts))}.</p>' if facts else ""
     meta = f"Model file <code>{_esc(data['model']['file'])}</code>"
+    if f.model_form(data):
+        meta += ", " + _inline(f.model_form(data))
     if data.get("created"):
         meta += f", report written {_esc(data['created'])}"
     return (
@@ -234,6 +236,8 @@ def _final(data: dict[str, Any]) -> Section | None:
     if not final:
         return None
     body = _para(", ".join(f.final_facts(final)) + ".")
+    if f.accounting_facts(final):
+        body += _para(f.accounting_facts(final))
     if final.get("history"):
         body += _figure("fig-training-curves", "The final run per epoch.",
                         lambda: figures.training_curves(final["history"]))

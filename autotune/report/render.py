@@ -82,6 +82,8 @@ def rerender(run_dir: str | Path) -> dict[str, Path]:
 
 def render_markdown(data: dict[str, Any]) -> str:
     parts = [f"# autotune report: {Path(data['model']['file']).name}\n"]
+    if f.model_form(data):
+        parts.append(f"The model is {f.model_form(data)}.\n")
     facts = f.headline_facts(data)
     if facts:
         parts.append("Result: " + ", ".join(facts) + ".\n")
@@ -167,6 +169,8 @@ def _final(data: dict[str, Any]) -> str:
     if not final:
         return ""
     text = "## Final training\n\n" + ", ".join(f.final_facts(final)) + ".\n\n"
+    if f.accounting_facts(final):
+        text += f.accounting_facts(final) + "\n\n"
     return text + _table(f.HISTORY_HEADER, f.history_rows(final))
 
 

@@ -26,7 +26,7 @@ from autotune.engine.flops import train_step_flops
 from autotune.engine.gns import NoiseScale, observe_micro_batches
 from autotune.engine.loop import pick_device
 from autotune.errors import TrialError
-from autotune.task import Task, call_model, load_task
+from autotune.task import Task, load_task
 
 GNS_GROUP = 4  # micro-batches per observation: the small batch is the reference batch / 4
 
@@ -44,13 +44,13 @@ def measure(model_path: str, config: dict[str, Any], max_seconds: float = 10.0, 
     train_set = task.datasets()[0]
     small = max(1, min(cfg.base_batch_size // GNS_GROUP, len(train_set) // GNS_GROUP))
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=small, shuffle=True, drop_last=True, collate_fn=task.collate_fn, generator=generator
+        train_set, batch_size=small, shuffle=True, drop_last=True, collate_fn=task.collate, generator=generator
     )
     model = task.build_model().to(device).train()
     optimizer = task.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
 
     def loss_of(m: torch.nn.Module, inputs: Any, target: Any) -> torch.Tensor:
-        return task.loss(call_model(m, inputs), target)
+        return task.loss(task.call(m, inputs), target)
 
     batches = (to_device(b, device) for b in itertools.chain.from_iterable(itertools.repeat(loader)))
     first = next(batches)

@@ -16,12 +16,13 @@ from typing import Any, Callable
 
 import torch
 
+from autotune._calling import item_input
 from autotune.config import TrainConfig
 from autotune.engine import knobs
 from autotune.engine.data import to_device
 from autotune.engine.memory import cap_memory, memory_used_bytes, reraise_at_cap, vm_bytes
 from autotune.errors import TrialError
-from autotune.task import Task, call_model, load_task
+from autotune.task import Task, load_task
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def worst_case_indices(dataset: Any, batch: int, scan_limit: int = SCAN_LIMIT) -
     """
     n = len(dataset)
     candidates = range(n) if n <= scan_limit else sorted({round(k * (n - 1) / (scan_limit - 1)) for k in range(scan_limit)})
-    sizes = sorted(((_numel(dataset[i][0]), i) for i in candidates), reverse=True)
+    sizes = sorted(((_numel(item_input(dataset[i])), i) for i in candidates), reverse=True)
     order = [i for _, i in sizes]
     return [order[k % len(order)] for k in range(batch)]
 
@@ -215,7 +216,7 @@ def _numel(x: Any) -> int:
 
 def _batch(task: Task, indices: list[int]) -> Any:
     train_set = task.datasets()[0]
-    collate = task.collate_fn or torch.utils.data.default_collate
+    collate = task.collate or torch.utils.data.default_collate
     return collate([train_set[i] for i in indices])
 
 
@@ -281,7 +282,7 @@ def _two_steps(task: Task, cfg: TrainConfig, device: torch.device, make_batch: C
     for step in range(2):
         inputs, target = to_device(make_batch(), device)
         with knobs.autocast(device.type, cfg.amp):
-            loss = task.loss(call_model(model, inputs), target)
+            loss = task.loss(task.call(model, inputs), target)
         highest = max(highest, sample())
         scaler.scale(loss).backward()
         highest = max(highest, sample())
