@@ -14,7 +14,7 @@ completed trial of a run or else run directly as one short trial while time is l
 every choice of the GPU knobs measured across the runs; MFU in (0, 1].
 
 Time (guesses for an H100/H200, _gpu_plan.py; nothing measured there yet): the cheap
-checks take about 80 s; the digits run's default budget (41 trials) about 690 s whole, so
+checks take about 80 s; the digits run's default budget (42 trials) about 690 s whole, so
 under the default --time-limit of 480 s it gets the rest, its --timeout stopping its
 search after 12 trials by the guesses (before its compiled ones; more where trials run
 faster), and the ResNet and sequence runs (about 490 and 250 s whole) are skipped,

@@ -59,7 +59,7 @@ def test_gate_on_a_cpu_removes_what_it_cannot_use():
     assert p["amp"].choices == ("off", "bf16")
     assert p["pin_memory"].choices == (False,)
     assert p["checkpointing"].choices == (False,)
-    assert p["num_workers"].choices == (0, 2)
+    assert p["num_workers"].choices == (0, 1, 2)
     assert p["micro_batch_size"].choices == (16, 32, 64)
     assert p["cpu_threads"].choices == (1, 2)
     assert p["channels_last"].choices == p["cudnn_benchmark"].choices == p["expandable_segments"].choices == (False,)

@@ -42,7 +42,7 @@ def test_help_exits_0_and_documents_every_option_and_check():
         assert check in done.stdout.replace("-\n", "-").replace("\n", " ")
     text = " ".join(done.stdout.split())  # argparse wraps the lines to the terminal's width
     assert "default: 480" in text  # the time limit's default is stated
-    assert "--trials 41 x this" in text  # what --budget-scale does to the default-budget run
+    assert "--trials 42 x this" in text  # what --budget-scale does to the default-budget run
     assert "the digits CNN at autotune's default budget (the main user path, first)" in text
 
 
@@ -114,7 +114,7 @@ def test_run_arguments_keep_the_default_budget_cut_by_timeout_and_write_a_valid_
     assert space.searched() and set(gc.GPU_KNOBS) <= set(space.searched())
     ctx = _context(tmp_path, "--budget-scale", "0.5")
     args = runs.run_args(digits, ctx, tmp_path / "out", gp.fit(digits.cost, runs.budget(digits, 0.5), 400))
-    assert _arg(args, "--trials") == "20"  # round(41 * 0.5)
+    assert _arg(args, "--trials") == "21"  # round(42 * 0.5)
 
 
 def test_a_run_that_cannot_fit_is_skipped_with_the_reason_and_marked_short(tmp_path):
@@ -217,14 +217,14 @@ def test_the_default_plan_puts_digits_first_and_fits_the_limit(tmp_path):
     assert expected["run-digits"] == fit.seconds > 0  # digits gets what the cheap checks leave
     notes = {name: note for name, _, note in rows}
     if fit.cut:  # what is left after it is too little for the other runs: skipped, saying why
-        assert notes["run-digits"].startswith(f"{fit.trials} of 41 trials") and "--timeout" in notes["run-digits"]
+        assert notes["run-digits"].startswith(f"{fit.trials} of 42 trials") and "--timeout" in notes["run-digits"]
         assert expected["run-resnet"] == 0 and notes["run-resnet"].startswith("skip: needs at least")
     big = dict((n, note) for n, _, note in gpu_acceptance.plan_rows(_context(tmp_path, "--time-limit", "5000")))
-    assert big["run-digits"] == "41 trials" and big["run-resnet"] == "14 trials" and big["run-sequence"] == "8 trials"
+    assert big["run-digits"] == "42 trials" and big["run-resnet"] == "14 trials" and big["run-sequence"] == "8 trials"
     lines = gp.plan_lines(rows, 480)
     assert lines[0].startswith("plan for --time-limit 480 s") and lines[-1].split()[0] == "total"
     readme = (ROOT / "benchmarks" / "README.md").read_text()  # its table of the default plan is this plan
-    assert (f"| run-digits | {fit.seconds:.0f} s | {fit.trials} of its 41 trials: `--timeout {fit.timeout_s:.0f}` "
+    assert (f"| run-digits | {fit.seconds:.0f} s | {fit.trials} of its 42 trials: `--timeout {fit.timeout_s:.0f}` "
             in readme)
 
 

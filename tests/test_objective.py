@@ -12,6 +12,7 @@ from autotune.config import TrainConfig
 from autotune.engine.flops import mfu, peak_tflops, train_step_flops
 from autotune.errors import ConfigError
 from autotune.search.objective import Scorer
+from autotune.search.trial import start_seconds
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -80,6 +81,29 @@ def test_compile_time_is_spread_over_the_final_runs_samples():
         assert scorer.score(cfg, m)["effective_throughput_samples_per_s"] == 2000.0
     assert raw.value(cfg, {"compile_seconds": 10.0, "run_samples": 20_000}) is None
     assert scorer.score(cfg, {})["goodput_samples_per_s"] is None
+
+
+def test_loader_starts_are_spread_over_the_run_like_compile_time():
+    raw = Scorer("throughput")
+    cfg = TrainConfig(micro_batch_size=32, num_workers=2, persistent_workers=True, epochs=10)
+    measured = {"throughput_samples_per_s": 2000.0, "run_samples": 20_000, "start_seconds": 5.0}
+    assert raw.value(cfg, measured) == pytest.approx(20_000 / (10 + 5))
+    both = {**measured, "compile_seconds": 5.0}
+    assert raw.value(cfg, both) == pytest.approx(20_000 / (10 + 10))
+
+
+def test_start_seconds_follow_how_often_the_full_run_starts_its_workers():
+    # The trial: its first fetch (workers starting) 0.4 s, two later epoch starts 0.05 s each.
+    ledger = {"first_fetch": 0.4, "epoch_start": 0.5, "epochs_started": 3}
+    persistent = TrainConfig(num_workers=2, persistent_workers=True, epochs=10)
+    # Training and validation loaders start once; 9 later epochs wait for first batches.
+    assert start_seconds(persistent, ledger) == pytest.approx(2 * 0.4 + 9 * 0.05)
+    restarted = TrainConfig(num_workers=2, persistent_workers=False, epochs=10)
+    assert start_seconds(restarted, ledger) == pytest.approx(2 * 10 * 0.4)
+    assert start_seconds(TrainConfig(num_workers=0, epochs=10), ledger) == 0.0  # loading is in the windows
+    one_epoch_trial = {"first_fetch": 0.4, "epoch_start": 0.4, "epochs_started": 1}
+    assert start_seconds(persistent, one_epoch_trial) == pytest.approx(0.8)
+    assert start_seconds(persistent, {}) == 0.0  # a trial that never fetched
 
 
 def test_scorer_round_trips_and_rejects_unknown_objectives():

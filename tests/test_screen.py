@@ -198,7 +198,8 @@ def test_each_choice_is_compared_with_the_reference_measured_next_to_it():
     study.enqueue_trial(default, user_attrs={"role": "default"})
     assert enqueue_screening(study, space, default) == 3  # 8, 16, the default again
     speed = {(32, "off", 0, 2): 100.0, (8, "off", 0, 2): 80.0, (16, "off", 0, 2): 85.0,
-             (32, "bf16", 0, 2): 115.0, (32, "off", 1, 2): 90.0, (32, "off", 2, 2): 85.0, (32, "off", 0, 1): 60.0}
+             (32, "bf16", 0, 2): 115.0, (32, "off", 1, 2): 90.0, (32, "off", 2, 2): 85.0, (32, "off", 0, 1): 60.0,
+             (32, "off", 1, 1): 70.0}
     slow = {3, 4, 5, 6, 7}  # the trials measured in the slow spell
     order = []
 
@@ -211,15 +212,16 @@ def test_each_choice_is_compared_with_the_reference_measured_next_to_it():
 
     run_queued()
     # No micro-batch gains 5%: the other knobs are screened around the default, which is
-    # measured again after every three of their four choices and after the last.
-    assert enqueue_second_stage(study, space) == 6
+    # measured again after every three of their five choices (the fifth: one worker and
+    # one thread, a split of the two cores) and after the last.
+    assert enqueue_second_stage(study, space) == 7
     run_queued()
-    assert [role for _, role in order[4:]] == ["screening"] * 3 + ["recheck", "screening", "recheck"]
+    assert [role for _, role in order[4:]] == ["screening"] * 3 + ["recheck"] + ["screening"] * 2 + ["recheck"]
     assert [key for key, _ in order[4:7]] == [(32, "bf16", 0, 2), (32, "off", 1, 2), (32, "off", 2, 2)]
     refs = [(t.number, t.value) for t in study.trials if t.params == default]
-    assert [n for n, _ in refs] == [0, 3, 7, 9]
+    assert [n for n, _ in refs] == [0, 3, 7, 10]
     assert reference_level(refs, 4) == (pytest.approx(70.0), [3, 7])
-    assert reference_level(refs, 8) == (pytest.approx(85.0), [7, 9])
+    assert reference_level(refs, 8) == (pytest.approx(85.0), [7, 10])
     assert combination(study, space) == {**default, "amp": "bf16"}
     assert 115.0 * 0.7 / statistics.fmean(v for _, v in refs) < 1.0
 
@@ -305,6 +307,27 @@ def test_a_pair_that_gains_less_than_its_knobs_alone_leaves_their_own_choices():
 
 
 
+SPLIT_SPACE = _space({"micro_batch_size": {"choices": [32, 64]}, "num_workers": {"choices": [0, 1, 2, 4]},
+                      "cpu_threads": {"choices": [1, 2, 4, 8]}})
+
+
+def test_workers_and_threads_are_screened_together_as_splits_of_the_cores():
+    from autotune.search.screen import pair_configs
+
+    default = {"micro_batch_size": 32, "num_workers": 0, "cpu_threads": 0}
+    knobs = ["num_workers", "cpu_threads"]
+    # Cores: the largest thread choice (8). Each worker count with the most threads beside it.
+    assert pair_configs(SPLIT_SPACE, default, knobs) == [
+        {**default, "num_workers": 1, "cpu_threads": 4}, {**default, "num_workers": 2, "cpu_threads": 4},
+        {**default, "num_workers": 4, "cpu_threads": 4}]
+    two_cores = _space({"num_workers": {"choices": [0, 1, 2]}, "cpu_threads": {"choices": [1, 2]}})
+    assert pair_configs(two_cores, {"num_workers": 0, "cpu_threads": 2}, knobs) == [{"num_workers": 1, "cpu_threads": 1}]
+    # A base already on one of the thread choices: the split takes another.
+    assert pair_configs(two_cores, {"num_workers": 0, "cpu_threads": 1}, knobs) == []
+    # The default; 2 worker counts, 1 thread count and the split; a recheck after every 3 and the last.
+    assert screening_trials(two_cores) == 1 + 4 + 2
+
+
 def test_a_sized_budget_holds_the_whole_screening_of_a_gpus_space():
     import dataclasses
 
@@ -314,12 +337,16 @@ def test_a_sized_budget_holds_the_whole_screening_of_a_gpus_space():
 
     gpu = gate(load_space("default"), Facts("cuda", {"fp16": None, "bf16": None}, 16, True, 60_000, has_conv=True))
     cpu = gate(load_space("default"), Facts("cpu", {"fp16": "slow", "bf16": None}, 2, False, 1_437, has_conv=True))
-    # On the GPU: 5 other micro-batches; then 2 accumulations, 2 worker counts, pinning, 2
+    # On the GPU: 5 other micro-batches; then 2 accumulations, 3 worker counts, pinning, 2
     # dtypes, checkpointing, channels_last, cuDNN benchmark, 3 compile modes, TF32, 3
-    # optimizer implementations, expandable segments and the 2 dtype x channels_last pairs.
-    assert screening_trials(gpu) == 1 + (5 + 2) + 1 + (20 + 7)
+    # optimizer implementations, expandable segments and the 2 dtype x channels_last pairs
+    # (no worker x thread splits: threads are not searched on a GPU).
+    assert screening_trials(gpu) == 1 + (5 + 2) + 1 + (21 + 7)
     assert sized_trials(24, gpu) == screening_trials(gpu) + AFTER_SCREENING > 24
-    assert sized_trials(24, cpu) == 24 and sized_trials(60, gpu) == 60
+    # On a 2-core CPU, 12 choices after the micro-batch's, one of them the split of the
+    # cores into a worker and a thread: 21 trials, 26 with the 5 after them.
+    assert screening_trials(cpu) == 1 + (2 + 1) + 1 + (12 + 4)
+    assert sized_trials(24, cpu) == 26 and sized_trials(60, gpu) == 60
     assert screening_trials(dataclasses.replace(cpu, params={})) == 1
     # Only a study that screens gets more: a warm-started one starts from another
     # machine's configs instead.

@@ -88,6 +88,8 @@ class Ledger:
     total: float = 0.0
     data_wait: float = 0.0
     samples: int = 0
+    first_fetch: float = 0.0  # the first epoch's first fetch: its loader's workers start here
+    epochs_started: int = 0
 
     def to_dict(self) -> dict[str, float]:
         return dict(vars(self))
@@ -248,6 +250,9 @@ class _Loop:
         paused = self.ledger.evaluation + self.ledger.checkpoints  # what the epoch adds to these is not training
         for group, waited in groups:
             if first:  # the epoch's first fetch: the iterator's and its workers' start
+                if not self.ledger.epochs_started:
+                    self.ledger.first_fetch = waited
+                self.ledger.epochs_started += 1
                 self.ledger.epoch_start += waited
                 began, first = began + waited, False
             else:

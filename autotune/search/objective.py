@@ -9,9 +9,10 @@ estimate the efficiency is 1 and goodput equals throughput.
 Every trial also gets its MFU: FLOPs per sample x samples/s over the profile's measured
 matmul peak for the dtype the config computes in.
 
-A config that compiles its model pays the compile time once per run; a trial that
-measured it (``compile_seconds``, with the final run's ``run_samples``) is scored on the
-run's effective throughput, the compile time spread over the run's samples.
+A config that compiles its model pays the compile time once per run, and one with
+DataLoader workers pays for starting them; a trial that measured these
+(``compile_seconds``, ``start_seconds``, with the final run's ``run_samples``) is scored on
+the run's effective throughput, those one-off costs spread over the run's samples.
 """
 
 from __future__ import annotations
@@ -88,9 +89,12 @@ class Scorer:
 
 def effective_throughput(measured: dict[str, Any]) -> float | None:
     """Samples/s over the whole final run: ``run_samples / (run_samples / tps +
-    compile_seconds)``; the measured throughput itself when nothing was compiled."""
+    compile_seconds + start_seconds)``, the one-off costs a trial measured (compiling, and
+    its DataLoaders' starts as the full run will pay them: ``trial.start_seconds``) spread
+    over the run's samples; the measured throughput itself when there are none."""
     tps = measured.get("throughput_samples_per_s")
-    compile_s, run_samples = measured.get("compile_seconds") or 0.0, measured.get("run_samples")
-    if not tps or compile_s <= 0 or not run_samples:
+    once = (measured.get("compile_seconds") or 0.0) + (measured.get("start_seconds") or 0.0)
+    run_samples = measured.get("run_samples")
+    if not tps or once <= 0 or not run_samples:
         return tps
-    return run_samples / (run_samples / tps + compile_s)
+    return run_samples / (run_samples / tps + once)

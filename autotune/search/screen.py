@@ -10,8 +10,8 @@ The micro-batch is screened first, around the default; the other knobs then arou
 default with the best screened micro-batch (the base). How much a dtype, a thread count or
 a DataLoader worker gains depends most on how much work a step holds: bf16 matmuls that
 lose at 32 samples can win at 256. The knobs of each ``PAIRS`` entry (the AMP dtype and
-channels_last) are also screened together, both changed at once: each can lose alone and
-both win together. Then the config that takes, for every knob, the choice
+channels_last; DataLoader workers and CPU threads, as splits of the cores) are also
+screened together, both changed at once: each can lose alone and both win together. Then the config that takes, for every knob, the choice
 that scored best in its screening trial (by at least 5% over the base's: less is noise;
 a pair's choices when the pair gained more than its knobs' own choices together) is
 measured. The climb from there (``climb.py``) tries its neighbours, ordered by the
@@ -62,7 +62,14 @@ REFERENCE_EVERY = 3
 # can each lose alone and win together (oneDNN's bf16 convolutions on the CPU and
 # tensor-core convolutions on a GPU want channels_last; measured on the digits CNN here:
 # bf16 alone 0.72 of the base, channels_last alone 0.86, both the grid's fastest).
-PAIRS = (("amp", "channels_last"),)
+#
+# DataLoader workers and the trainer's CPU threads share the cores: a worker decoding
+# images while two threads train on two cores slows both. Screened one at a time, the
+# split that suits a data-bound model on a small machine (one worker loading, the rest
+# training) is never tried; screened together they are tried as splits of the cores
+# (``SPLIT``): each worker count with the most threads that leave the workers a core each.
+SPLIT = ("num_workers", "cpu_threads")
+PAIRS = (("amp", "channels_last"), SPLIT)
 
 
 def screening_configs(space: SearchSpace, default: dict[str, Any], knobs: list[str] | None = None) -> list[dict[str, Any]]:
@@ -81,8 +88,26 @@ def pair_configs(space: SearchSpace, base: dict[str, Any], knobs: list[str]) -> 
     out = []
     for a, b in PAIRS:
         if a in knobs and b in knobs and a in screened and b in screened:
-            out += [{**base, a: ca, b: cb} for ca in space.params[a].choices if ca != base.get(a)
-                    for cb in space.params[b].choices if cb != base.get(b)]
+            out += [{**base, a: ca, b: cb} for ca, cb in _pair_choices(space, (a, b), base)]
+    return out
+
+
+def _pair_choices(space: SearchSpace, pair: tuple[str, str], base: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """The choices a ``PAIRS`` entry is screened at around ``base``, both knobs changed:
+    every combination of their other choices, or, for ``SPLIT``, each worker count (one
+    or more) with the most thread choices that leave the workers a core each (the cores:
+    the largest thread choice the gate left, which it caps at the machine's cores)."""
+    a, b = pair
+    ours = [c for c in space.params[a].choices if c != base.get(a)]
+    theirs = [c for c in space.params[b].choices if c != base.get(b)]
+    if pair != SPLIT:
+        return [(ca, cb) for ca in ours for cb in theirs]
+    cores = max(space.params[b].choices)
+    out = []
+    for workers in ours:
+        fits = [t for t in theirs if workers >= 1 and t >= 1 and t + workers <= cores]
+        if fits:
+            out.append((workers, max(fits)))
     return out
 
 
@@ -98,7 +123,8 @@ def screening_trials(space: SearchSpace) -> int:
     def others(names: list[str]) -> int:
         return sum(len(space.params[n].choices) - 1 for n in names)
 
-    pairs = sum(others([a]) * others([b]) for a, b in PAIRS if a in rest and b in rest)
+    pairs = sum(len(_pair_choices(space, (a, b), {})) if (a, b) == SPLIT else others([a]) * others([b])
+                for a, b in PAIRS if a in rest and b in rest)
     stages = [others(lead), others(rest) + pairs]
     return 1 + len(lead) + sum(n + math.ceil(n / REFERENCE_EVERY) for n in stages if n)
 

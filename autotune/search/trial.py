@@ -141,6 +141,7 @@ def _train_and_measure(task: Task, cfg: TrainConfig, device: torch.device, b: Tr
         "compile_seconds": result.compile_seconds,
         # The samples the final run will process, over which compile time is spread.
         "run_samples": len(task.datasets()[0]) * cfg.epochs,
+        "start_seconds": start_seconds(cfg, result.ledger),
         "peak_memory_bytes": result.peak_memory_bytes,
         "steps": result.steps,
         "samples": result.samples,
@@ -155,3 +156,20 @@ def _train_and_measure(task: Task, cfg: TrainConfig, device: torch.device, b: Tr
         "load_avg_1m_after": os.getloadavg()[0],
         "pid": os.getpid(),
     }
+
+
+def start_seconds(cfg: TrainConfig, ledger: dict[str, Any]) -> float:
+    """What starting its DataLoaders will cost the final run, from what the trial's own
+    starts took: nothing without workers (an epoch's first batch then loads like any
+    other, which the steady-state windows already count). With workers, each loader
+    (training, and validation after each epoch) starts its workers once when they are
+    persistent, at every epoch when not, each start costing what the trial's first fetch
+    cost; persistent workers then still wait for each later epoch's first batches, at
+    what the trial's later epoch starts cost (when it reached one)."""
+    if cfg.num_workers == 0 or not ledger.get("epochs_started"):
+        return 0.0
+    first = ledger["first_fetch"]
+    if not cfg.persistent_workers:
+        return 2 * cfg.epochs * first
+    later = (ledger["epoch_start"] - first) / (ledger["epochs_started"] - 1) if ledger["epochs_started"] > 1 else 0.0
+    return 2 * first + (cfg.epochs - 1) * later
