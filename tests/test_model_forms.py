@@ -58,3 +58,57 @@ def test_a_hugging_face_model_with_labels_in_its_items_goes_through_run(tmp_path
     assert report["model"]["target"] == "each item's 'labels'"
     _assert_full_evaluation(report, ["negative", "positive"], 500, tmp_path / "run")
     assert report["evaluation"]["accuracy"] > 0.6  # one epoch learns the task, logits read from the ModelOutput
+
+
+DATASETS_MODEL = '''
+import torch
+from torch import nn
+from datasets import Dataset
+
+CLASS_NAMES = ["even", "odd"]
+
+
+class Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.EmbeddingBag(16, 2, mode="sum")
+
+    def forward(self, input_ids, attention_mask):
+        return self.embed(input_ids, per_sample_weights=attention_mask.float())
+
+
+def _split(n, offset):
+    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    for i in range(offset, offset + n):
+        rows["input_ids"].append([i % 16, (i * 3) % 16, (i * 5) % 16, 0])
+        rows["attention_mask"].append([1, 1, 1, 0])
+        rows["labels"].append(i % 2)
+    data = Dataset.from_dict(rows)
+    data.set_format("torch")
+    return data
+
+
+def build_model():
+    return Bag()
+
+
+def build_datasets():
+    return _split(64, 0), _split(16, 64)
+'''
+
+
+def test_a_tokenized_hugging_face_dataset_works_as_it_is(tmp_path):
+    """A `datasets.Dataset` after `set_format("torch")`: dict items with `labels`, batched
+    by the DataLoader (in a worker process too), the target taken out, the model called by
+    name."""
+    pytest.importorskip("datasets", reason="needs the Hugging Face datasets library")
+    from autotune.config import TrainConfig
+    from autotune.engine.loop import train
+    from autotune.task import load_task
+
+    path = tmp_path / "tokenized.py"
+    path.write_text(DATASETS_MODEL)
+    task = load_task(path)
+    assert task.calling == "model(**batch)" and task.target_source == "each item's 'labels'"
+    result = train(task, TrainConfig(micro_batch_size=8, epochs=1, num_workers=1, lr=0.1, base_lr=0.1))
+    assert result.steps == 8 and result.evaluation.samples == 16 and result.evaluation.accuracy is not None
