@@ -304,9 +304,10 @@ def _scorer(task: Task, profile: HardwareProfile, opts: RunOptions, log: Any) ->
     """Measure the model's FLOPs and gradient noise scale, for goodput and MFU."""
     stats = model_stats.measure_isolated(task)
     scorer = Scorer.build(opts.objective, task.base.batch_size, stats, profile.measured, profile.device)
-    noise = f"{scorer.b_noise:,.0f}" if scorer.b_noise else "not measurable (goodput = throughput)"
-    log(f"autotune: {stats['flops_per_sample'] / 1e6:,.1f} MFLOP per sample; gradient noise scale {noise} "
-        f"(reference batch {scorer.reference_batch}); objective {scorer.objective}")
+    log(f"autotune: {stats['flops_per_sample'] / 1e6:,.1f} MFLOP per sample; objective {scorer.objective}, "
+        f"reference batch {scorer.reference_batch}")
+    if scorer.objective == "goodput":
+        log(f"autotune: statistical efficiency: {scorer.basis}")
     return scorer
 
 
@@ -376,6 +377,18 @@ def _facts(profile: HardwareProfile, task: Task, plans: list[Any] | None = None)
 
 
 
+def _throughput_pick(study: Any) -> dict[str, Any] | None:
+    """The measured trial with the most samples/s over the full run: what the pick would have
+    been under throughput alone, before the selection's race."""
+    key = "effective_throughput_samples_per_s"
+    ok = [t for t in study.trials if t.user_attrs.get("status") == "ok" and t.user_attrs.get(key)]
+    if not ok:
+        return None
+    best = max(ok, key=lambda t: t.user_attrs[key])
+    return {"trial": best.number, "config": best.user_attrs.get("config"), "samples_per_s": best.user_attrs[key],
+            "goodput_samples_per_s": best.user_attrs.get("goodput_samples_per_s")}
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -396,6 +409,8 @@ def _tuned_config(task: Task, space: SearchSpace, profile: HardwareProfile, stud
         "speedup_vs_default": _ratio(tuned_tps, default_tps),
         "goodput_vs_default": _ratio(scores["goodput_samples_per_s"], default_scores["goodput_samples_per_s"]),
         "gradient_noise_scale": scorer.b_noise,
+        "noise_scale": {**scorer.noise, "used": scorer.b_noise, "basis": scorer.basis,
+                        "throughput_pick": _throughput_pick(study)} if scorer.objective == "goodput" else None,
         "reference_batch_size": scorer.reference_batch,
         "flops_per_sample": scorer.flops_per_sample,
         "peak_memory_bytes": sel.trial_attrs.get("peak_memory_bytes"),

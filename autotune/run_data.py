@@ -164,5 +164,6 @@ def search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[st
 
 def selection_data(sel: Selection, tuned: TunedConfig) -> dict[str, Any]:
     keys = ("throughput_samples_per_s", "goodput_samples_per_s", "statistical_efficiency", "mfu",
-            "default_throughput_samples_per_s", "speedup_vs_default", "goodput_vs_default", "gradient_noise_scale")
+            "default_throughput_samples_per_s", "speedup_vs_default", "goodput_vs_default", "gradient_noise_scale",
+            "noise_scale")
     return {**sel.to_dict(), **{k: tuned.measured.get(k) for k in keys}}

@@ -1,95 +1,115 @@
-"""Does goodput's statistical efficiency predict how many samples a batch size needs?
+"""Does goodput's noise-scale estimate predict what a larger batch costs in samples?
 
-Goodput weighs a config's samples/s by the statistical efficiency of its effective batch
-B, (1 + B0/B_noise) / (1 + B/B_noise) against the reference batch B0, from McCandlish et
-al. (2018): the samples needed to reach a loss grow as 1 + B/B_noise. This checks that
-prediction on the model's real full runs: for each effective batch in ``--batches`` (as
-the micro-batch, learning rate scaled by the model's rule, every other knob at its
-default), one full training run in a fresh process with an evaluation after every
-epoch. The loss target is the best validation (or training) loss that every batch
-reached at some epoch; per batch, the samples trained until that loss, over those the
-smallest batch needed, next to the ratio the efficiency predicts from the noise scale a
-new study would measure (``search/model_stats.py``).
+For each model, in a fresh process: the reference config (the model file's ``BASE``)
+trains as a new study's measurement does (``model_stats.reach``: a few seconds, the noise
+scale and its interval from per-example gradient norms in the second half). From that one
+shared point, ``branches.check`` runs short branches at three effective batches (the
+reference batch B0, ``4 x B0`` and ``8 x B0``; the learning rate scaled by the model's rule),
+``--repeats`` times each with different data orders, and counts the samples each needs for
+one loss drop on a fixed validation set. The table sets the measured sample ratios (median
+over repeats) beside the ratios the estimate predicts, (1 + B/B_noise) / (1 + B0/B_noise).
+Samples are counted, not timed, so this holds on a noisy machine.
 
-    .venv/bin/python benchmarks/batch_efficiency.py [--model examples/sequence_transformer.py]
-        [--batches 16 32 64 128 256] [--out FILE]
+A model passes when the prediction is within +-30% of the measurement at both larger
+batches. The goal: at least 4 of the 5 models.
+
+    .venv/bin/python benchmarks/batch_efficiency.py [--models digits_cnn ...] [--steps 48] [--repeats 3] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from _common import machine, write_result
-from goodput_vs_throughput import full_run
+from _common import ROOT, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("digits_cnn", "breast_cancer_mlp", "sequence_transformer", "hf_text_classifier", "image_folder")
+FACTORS = (1, 4, 8)
+TOLERANCE = 0.30
 
 
-def samples_to(history: list[dict[str, Any]], key: str, target: float) -> int | None:
-    """Training samples until an epoch's ``key`` loss first is at most ``target``."""
-    seen = 0
-    for row in history:
-        seen += row["samples"]
-        if row.get(key) is not None and row[key] <= target:
-            return seen
-    return None
+def validate(model_path: str, steps: int, repeats: int) -> dict[str, Any]:
+    """The estimate at the study's point of training, and branches from it (in a trial
+    process)."""
+    from autotune.config import TrainConfig
+    from autotune.search import branches
+    from autotune.search.model_stats import reach
+    from autotune.search.objective import predicted_ratio
+    from autotune.task import load_task
+
+    task = load_task(model_path, validate=False)
+    cfg = TrainConfig.from_base(task.base, micro_batch_size=task.base.batch_size)
+    ref = reach(model_path, cfg.to_dict())
+    point = branches.Point.of(ref.model, ref.optimizer)
+    check = branches.check(ref.task, ref.cfg, point, [f * ref.batch for f in FACTORS], steps=steps, repeats=repeats,
+                           device=ref.device)
+    est = ref.estimate.estimate
+    ratios = check.ratios or {}
+    rows = []
+    for b in check.batches[1:]:
+        predicted = predicted_ratio(est, check.batches[0], b) if est else None
+        measured = ratios.get(b)
+        rows.append({"batch": b, "predicted": predicted, "measured": measured,
+                     "predicted_over_measured": predicted / measured if predicted and measured else None,
+                     "per_repeat": [r.get(b) / r[check.batches[0]] if r.get(b) and r.get(check.batches[0]) else None
+                                    for r in check.to_target]})
+    return {"noise": {k: v for k, v in ref.noise.items() if k != "check"}, "check": check.to_dict(), "rows": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="examples/sequence_transformer.py")
-    parser.add_argument("--batches", type=int, nargs="+", default=[16, 32, 64, 128, 256])
-    parser.add_argument("--out", type=Path, help="result file (default benchmarks/results/batch_efficiency-<model>-<date>.json)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--steps", type=int, default=48, help="optimizer steps of the largest batch's branch")
+    parser.add_argument("--repeats", type=int, default=3, help="branches per batch, with different data orders")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batch_efficiency.json")
     args = parser.parse_args()
-    if len(args.batches) < 2 or min(args.batches) < 1:
-        parser.error("--batches needs at least two positive sizes")
-
-    from autotune.config import TrainConfig
-    from autotune.engine.gns import efficiency
-    from autotune.search.model_stats import measure_isolated
     from autotune.search.worker import run_isolated
-    from autotune.task import load_task
 
-    task = load_task(args.model)
-    stats = measure_isolated(task)
-    b_noise, b0 = stats["gns"]["b_noise"], task.base.batch_size
-    batches = sorted(set(args.batches))
-    runs = {}
-    for b in batches:
-        cfg = TrainConfig.from_base(task.base, micro_batch_size=b)
-        outcome = run_isolated(full_run, {"model_path": args.model, "config": cfg.to_dict()}, 3600)
+    results, table = {}, []
+    for name in args.models:
+        path = str(ROOT / "examples" / f"{name}.py")
+        outcome = run_isolated(validate, {"model_path": path, "steps": args.steps, "repeats": args.repeats}, 3600)
         if not outcome.ok:
-            raise SystemExit(f"the full run at batch {b} failed: {outcome.reason}")
-        runs[b] = {"lr": cfg.lr, "history": outcome.value["history"]}
-        print(f"  batch {b}: lr {cfg.lr:.2e}, best val loss {min(r['val_loss'] for r in runs[b]['history']):.4f}", flush=True)
+            raise SystemExit(f"{name}: {outcome.reason}")
+        got = results[name] = outcome.value
+        noise = got["noise"]
+        within = [r["predicted_over_measured"] is not None and abs(r["predicted_over_measured"] - 1) <= TOLERANCE
+                  for r in got["rows"]]
+        row = {"model": name, "noise_scale": noise["estimate"], "low": noise["low"], "high": noise["high"],
+               "method": noise["method"], "preconditioned": noise["preconditioned"],
+               "batches": got["check"]["batches"], "rows": got["rows"], "passes": bool(within) and all(within)}
+        table.append(row)
+        print(_line(row), flush=True)
+    passed = sum(r["passes"] for r in table)
+    print(f"\n{passed} of {len(table)} models within +-{TOLERANCE:.0%} at every larger batch (goal: 4 of 5)")
+    print("\n| model | noise scale [95% interval] | batch: predicted / measured (per repeat) | within +-30% |")
+    print("| --- | --- | --- | --- |")
+    for r in table:
+        print(_row(r))
+    command = (f"benchmarks/batch_efficiency.py --models {' '.join(args.models)} --steps {args.steps} "
+               f"--repeats {args.repeats}")
+    write_result(args.out, command, goal="predicted within +-30% of measured at both larger batches, 4 of 5 models",
+                 passed=passed, table=table, results=results)
 
-    rows, targets = [], {}
-    for key in ("val_loss", "train_loss"):
-        targets[key] = max(min(r[key] for r in run["history"]) for run in runs.values())
-    first = batches[0]
-    for b in batches:
-        predicted = efficiency(first, b0, b_noise) / efficiency(b, b0, b_noise)
-        row = {"batch": b, "lr": runs[b]["lr"], "predicted_samples_ratio": predicted}
-        for key in targets:
-            mine, base = samples_to(runs[b]["history"], key, targets[key]), samples_to(runs[first]["history"], key, targets[key])
-            row[f"samples_to_{key}"] = mine
-            row[f"measured_samples_ratio_{key}"] = mine / base if mine and base else None
-        rows.append(row)
 
-    print(f"machine: {machine()}; model {args.model}; noise scale {b_noise:,.0f} (reference batch {b0}); "
-          f"targets: val loss {targets['val_loss']:.4f}, train loss {targets['train_loss']:.4f}")
-    print(f"batch | lr | samples vs batch {first}: predicted | measured (val loss) | measured (train loss)")
-    fmt = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
-    for r in rows:
-        print(f"{r['batch']} | {r['lr']:.2e} | {r['predicted_samples_ratio']:.2f} | {fmt(r['measured_samples_ratio_val_loss'])} | "
-              f"{fmt(r['measured_samples_ratio_train_loss'])}")
-    out = args.out or ROOT / "benchmarks" / "results" / f"batch_efficiency-{Path(args.model).stem}-{dt.date.today()}.json"
-    command = f"benchmarks/batch_efficiency.py --model {args.model} --batches {' '.join(map(str, batches))}"
-    write_result(out, command, model=args.model, noise_scale=b_noise, reference_batch=b0, targets=targets, rows=rows,
-                 runs=runs)
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def _line(r: dict[str, Any]) -> str:
+    parts = [f"{x['batch']}: {_fmt(x['predicted'])} / {_fmt(x['measured'])}" for x in r["rows"]]
+    return f"{r['model']}: noise scale {_fmt(r['noise_scale'], ',.0f')} [{_fmt(r['low'], ',.0f')}, {_fmt(r['high'], ',.0f')}]; " \
+           + "; ".join(parts) + ("; passes" if r["passes"] else "; fails")
+
+
+def _row(r: dict[str, Any]) -> str:
+    cells = []
+    for x in r["rows"]:
+        reps = ", ".join(_fmt(v) for v in x["per_repeat"])
+        cells.append(f"{x['batch']}: {_fmt(x['predicted'])} / {_fmt(x['measured'])} ({reps})")
+    interval = f"{_fmt(r['noise_scale'], ',.0f')} [{_fmt(r['low'], ',.0f')}, {_fmt(r['high'], ',.0f')}]"
+    return f"| {r['model']} | {interval} | {'; '.join(cells)} | {'yes' if r['passes'] else 'no'} |"
 
 
 if __name__ == "__main__":

@@ -1,32 +1,32 @@
-"""Which pick reaches a good model sooner: the one with the most goodput or the most samples/s?
+"""Which config reaches a good model sooner: the model file's BASE, the throughput pick or the goodput pick?
 
-In one run on this machine:
+For each model, in one run on this machine:
 
 1. ``pipeline.tune`` at the default budget, once with ``--objective goodput`` (the default)
-   and once with ``--objective throughput``; the two picks' effective batches are printed.
-   With ``--picks-from``, the picks are read from a ``search_vs_grid.py`` result instead
-   (it tunes the same way, with both objectives).
-2. Full training runs of both picks (the model file's epochs), alternating A B A B for
-   ``--repeats`` pairs, each in a fresh process, with an evaluation after every epoch and
-   every ``--eval-every`` samples (default: the least common multiple of the two picks'
-   effective batches, so both are evaluated at the same sample counts, at optimizer-step
-   boundaries), with the run's clock stopped while evaluating.
-3. For each run: the training wall time (evaluation excluded) until the validation
-   accuracy first reaches ``--target``, at those checks and at epoch ends (an epoch is
-   coarse: a pick that gets there early in an epoch is timed at its end); the table gives
-   the medians, and a line under it each A-B pair's ratio of the two times and in how
-   many pairs the goodput pick got there first.
+   and once with ``--objective throughput``: the two picks, and the basis goodput's
+   statistical efficiency rested on (or why it fell back to throughput).
+2. Full training runs (the model file's epochs) of three arms, BASE (the model file's own
+   config), the throughput pick and the goodput pick, interleaved A B C A B C for
+   ``--repeats`` rounds, each in a fresh process, with an evaluation every ``eval_every``
+   samples (the least common multiple of the arms' effective batches, so all are checked
+   at the same sample counts, at optimizer-step boundaries) and the clock stopped while
+   evaluating.
+3. Per run, the training seconds until the validation accuracy first reaches the model's
+   target; the table gives the medians per arm and the median over rounds of each
+   round's goodput / throughput and goodput / BASE ratios (the runs of a round ran one
+   after another, so they share most of the machine's mood).
 
-    .venv/bin/python benchmarks/goodput_vs_throughput.py [--model examples/digits_cnn.py] [--target 0.97] [--repeats 3]
-        [--eval-every SAMPLES] [--picks-from benchmarks/results/search_vs_grid-DATE.json] [--out RESULT.json]
+The goal: goodput's median ratio to the throughput pick at most 1.05 and to BASE at most
+1.0, for every model.
 
-Prints a table and writes benchmarks/results/goodput_vs_throughput-<model>.json.
+    .venv/bin/python benchmarks/goodput_vs_throughput.py [--models digits_cnn ...] [--repeats 5] [--out FILE]
+
+Prints a table and writes benchmarks/results/goodput_vs_throughput.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import tempfile
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import commit, machine
+from _common import machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,16 +51,6 @@ def full_run(model_path: str, config: dict[str, Any], eval_every: int) -> dict[s
     return {"history": result.history, "seconds": result.seconds, "checks": result.checks}
 
 
-def time_to_target(history: list[dict[str, Any]], target: float) -> float | None:
-    """Training seconds (evaluations excluded) until an epoch ends at ``target`` accuracy."""
-    elapsed = 0.0
-    for row in history:
-        elapsed += row["seconds"]
-        if (row.get("val_accuracy") or 0.0) >= target:
-            return elapsed
-    return None
-
-
 def time_to_target_checked(checks: list[dict[str, Any]], target: float) -> tuple[float | None, int | None]:
     """Training seconds and samples until a check first reaches ``target`` accuracy."""
     for c in checks:
@@ -69,119 +59,127 @@ def time_to_target_checked(checks: list[dict[str, Any]], target: float) -> tuple
     return None, None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="examples/digits_cnn.py")
-    parser.add_argument("--target", type=float, default=0.97, help="validation accuracy to reach")
-    parser.add_argument("--repeats", type=int, default=3, help="full runs of each pick, alternating")
-    parser.add_argument("--eval-every", type=int, help="samples between evaluations (default: the least common multiple of "
-                                                         "the picks' effective batches)")
-    parser.add_argument("--picks-from", type=Path, help="a search_vs_grid.py result holding this model's picks")
-    parser.add_argument("--out", type=Path, help="result file (default benchmarks/results/goodput_vs_throughput-<model>.json)")
-    args = parser.parse_args()
+MODELS = {  # the validation accuracy each model's full run reaches well before its last epoch
+    "digits_cnn": 0.97,
+    "breast_cancer_mlp": 0.95,
+    "sequence_transformer": 0.9,
+    "hf_text_classifier": 0.9,
+    "image_folder": 0.8,
+}
+ARMS = ("base", "throughput", "goodput")
+
+
+def tune_picks(model: str, work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """BASE and the two objectives' picks, as full configs, with what each tuning measured."""
     from autotune import pipeline
-    from autotune.search.worker import run_isolated
-
-    work = Path(tempfile.mkdtemp(prefix="autotune-objectives-"))
-    picks, tuning = {}, {}
-    if args.picks_from:
-        picks, tuning = _read_picks(args.picks_from, args.model)
-    for objective in () if picks else ("goodput", "throughput"):
-        opts = pipeline.RunOptions(out=work / objective, objective=objective, progress=False)
-        start = time.perf_counter()
-        t = pipeline.tune(args.model, opts, log=lambda *_: None)
-        picks[objective] = t.tuned.train
-        tuning[objective] = {"seconds": time.perf_counter() - start, "measured": t.tuned.measured}
-    for objective, cfg in picks.items():
-        print(f"{objective} pick: micro-batch {cfg.micro_batch_size} x {cfg.accumulation_steps} = effective "
-              f"{cfg.effective_batch_size}, amp {cfg.amp}, workers {cfg.num_workers}, lr {cfg.lr:.3g}")
-    eval_every = args.eval_every or math.lcm(*(cfg.effective_batch_size for cfg in picks.values()))
-    print(f"evaluating every {eval_every} samples and after every epoch")
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in picks}
-    for _ in range(args.repeats):
-        for objective, cfg in picks.items():
-            outcome = run_isolated(full_run, {"model_path": args.model, "config": cfg.to_dict(), "eval_every": eval_every}, 3600)
-            if not outcome.ok:
-                raise SystemExit(f"the {objective} pick's full run failed: {outcome.reason}")
-            hist, checks = outcome.value["history"], outcome.value["checks"]
-            seconds, samples = time_to_target_checked(checks, args.target)
-            runs[objective].append({"time_to_target_s": seconds, "samples_to_target": samples,
-                                    "epoch_time_to_target_s": time_to_target(hist, args.target),
-                                    "final_val_accuracy": hist[-1]["val_accuracy"],
-                                    "train_seconds": sum(r["seconds"] for r in hist),
-                                    "accuracy_by_epoch": [r["val_accuracy"] for r in hist],
-                                    "seconds_by_epoch": [r["seconds"] for r in hist],
-                                    "checks": checks})
-    summary = {}
-    for objective, rs in runs.items():
-        reached = [r["time_to_target_s"] for r in rs if r["time_to_target_s"] is not None]
-        by_epoch = [r["epoch_time_to_target_s"] for r in rs if r["epoch_time_to_target_s"] is not None]
-        samples = [r["samples_to_target"] for r in rs if r["samples_to_target"] is not None]
-        summary[objective] = {
-            "effective_batch": picks[objective].effective_batch_size,
-            "runs_reaching_target": f"{len(reached)}/{len(rs)}",
-            "median_time_to_target_s": statistics.median(reached) if len(reached) == len(rs) else None,
-            "median_samples_to_target": statistics.median(samples) if len(samples) == len(rs) else None,
-            "median_epoch_time_to_target_s": statistics.median(by_epoch) if len(by_epoch) == len(rs) else None,
-            "median_train_seconds": statistics.median(r["train_seconds"] for r in rs),
-            "median_final_val_accuracy": statistics.median(r["final_val_accuracy"] for r in rs),
-        }
-    pairs = paired(runs)
-    host = machine()
-    print(f"machine: {host}; model {args.model}; target val accuracy {args.target}; checks every {eval_every} samples")
-    print(f"{'objective':<11}{'eff. batch':>11}{'reached':>9}{'median s to target':>20}{'samples':>9}"
-          f"{'(epoch ends)':>14}{'median train s':>16}{'final acc':>11}")
-    for objective, s in summary.items():
-        t, n, e = s["median_time_to_target_s"], s["median_samples_to_target"], s["median_epoch_time_to_target_s"]
-        print(f"{objective:<11}{s['effective_batch']:>11}{s['runs_reaching_target']:>9}{'-' if t is None else f'{t:.2f}':>20}"
-              f"{'-' if n is None else f'{n:.0f}':>9}{'-' if e is None else f'{e:.2f}':>14}"
-              f"{s['median_train_seconds']:>16.1f}{s['median_final_val_accuracy']:>11.4f}")
-    if pairs:
-        print(f"goodput pick sooner in {pairs['goodput_sooner']} of {pairs['pairs']} A-B pairs; time ratios (goodput / "
-              f"throughput) {', '.join(f'{r:.2f}' for r in pairs['ratios'])}, median {pairs['median_ratio']:.2f}")
-    at = commit()
-    out = args.out or ROOT / "benchmarks" / "results" / f"goodput_vs_throughput-{Path(args.model).stem}.json"
-    out.write_text(json.dumps({"machine": host, "commit": at, "model": args.model, "target": args.target,
-                               "eval_every_samples": eval_every,
-                               "command": f"benchmarks/goodput_vs_throughput.py --model {args.model} --target {args.target} --repeats {args.repeats}"
-                                          + (f" --eval-every {args.eval_every}" if args.eval_every else "")
-                                          + (f" --picks-from {args.picks_from}" if args.picks_from else ""),
-                               "picks": {k: v.to_dict() for k, v in picks.items()}, "tuning": tuning,
-                               "summary": summary, "pairs": pairs, "runs": runs}, indent=2, default=str) + "\n")
-    print(f"wrote {out}")
-
-
-def paired(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
-    """The A-B pairs side by side: each pair's goodput / throughput time to target (the two
-    runs of a pair ran one after the other, so they share most of the machine's mood),
-    and in how many pairs the goodput pick got there first. None unless both picks
-    reached the target in every run."""
-    g, t = runs.get("goodput", []), runs.get("throughput", [])
-    times = [(a["time_to_target_s"], b["time_to_target_s"]) for a, b in zip(g, t)]
-    if not times or any(a is None or b is None for a, b in times):
-        return None
-    ratios = [a / b for a, b in times]
-    return {"pairs": len(times), "goodput_sooner": sum(a < b for a, b in times), "ratios": ratios,
-            "median_ratio": statistics.median(ratios)}
-
-
-def _read_picks(path: Path, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The two picks a search_vs_grid.py run made for ``model``, as full configs."""
     from autotune.config import TrainConfig
     from autotune.task import load_task
 
-    rows = [r for r in json.loads(path.read_text())["models"] if Path(r["model"]).stem == Path(model).stem]
-    if not rows:
-        raise SystemExit(f"{path} has no result for {model}")
     base = load_task(model, validate=False).base
-    picks, tuning = {}, {}
-    for objective, got in rows[0]["tuning"].items():
-        knobs = {k: v for k, v in got["pick"].items() if k != "lr"}
-        cfg = TrainConfig.from_base(base, **knobs)
-        if abs(cfg.lr - got["pick"]["lr"]) > 1e-12 * cfg.lr:
-            raise SystemExit(f"{path}: the {objective} pick's lr {got['pick']['lr']} is not what its knobs give ({cfg.lr})")
-        picks[objective], tuning[objective] = cfg, {"seconds": got["seconds"], "from": str(path)}
+    picks: dict[str, Any] = {"base": TrainConfig.from_base(base, micro_batch_size=base.batch_size)}
+    tuning: dict[str, Any] = {}
+    for objective in ("throughput", "goodput"):
+        opts = pipeline.RunOptions(out=work / objective, objective=objective, progress=False, warm_start=False,
+                                   profiles=work / "profiles")
+        start = time.perf_counter()
+        t = pipeline.tune(model, opts, log=lambda *_: None)
+        picks[objective] = t.tuned.train
+        tuning[objective] = {"seconds": time.perf_counter() - start,
+                             "noise_scale": t.tuned.measured.get("noise_scale"),
+                             "speedup_vs_default": t.tuned.measured.get("speedup_vs_default")}
     return picks, tuning
+
+
+def one_model(name: str, target: float, repeats: int) -> dict[str, Any]:
+    """Tune, then run the three arms interleaved; the per-model summary and runs."""
+    from autotune.search.worker import run_isolated
+
+    model = str(ROOT / "examples" / f"{name}.py")
+    picks, tuning = tune_picks(model, Path(tempfile.mkdtemp(prefix="autotune-objectives-")))
+    for arm, cfg in picks.items():
+        print(f"  {name} {arm}: micro-batch {cfg.micro_batch_size} x {cfg.accumulation_steps} = "
+              f"{cfg.effective_batch_size}, amp {cfg.amp}, workers {cfg.num_workers}, lr {cfg.lr:.3g}", flush=True)
+    basis = (tuning["goodput"].get("noise_scale") or {}).get("basis")
+    print(f"  {name} goodput basis: {basis}", flush=True)
+    eval_every = math.lcm(*(cfg.effective_batch_size for cfg in picks.values()))
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    for _ in range(repeats):
+        for arm in ARMS:
+            outcome = run_isolated(full_run, {"model_path": model, "config": picks[arm].to_dict(), "eval_every": eval_every}, 3600)
+            if not outcome.ok:
+                raise SystemExit(f"{name}: the {arm} arm's full run failed: {outcome.reason}")
+            hist, checks = outcome.value["history"], outcome.value["checks"]
+            seconds, samples = time_to_target_checked(checks, target)
+            runs[arm].append({"time_to_target_s": seconds, "samples_to_target": samples,
+                              "final_val_accuracy": hist[-1]["val_accuracy"],
+                              "train_seconds": sum(r["seconds"] for r in hist)})
+    summary = {arm: {"effective_batch": picks[arm].effective_batch_size,
+                     "reached": sum(r["time_to_target_s"] is not None for r in rs),
+                     "median_time_to_target_s": _median([r["time_to_target_s"] for r in rs]),
+                     "median_samples_to_target": _median([r["samples_to_target"] for r in rs]),
+                     "median_final_val_accuracy": statistics.median(r["final_val_accuracy"] for r in rs)}
+               for arm, rs in runs.items()}
+    ratios = {other: _round_ratios(runs["goodput"], runs[other]) for other in ("throughput", "base")}
+    return {"target": target, "eval_every_samples": eval_every, "picks": {k: v.to_dict() for k, v in picks.items()},
+            "tuning": tuning, "summary": summary, "ratios": ratios, "runs": runs,
+            "passes": _passes(ratios)}
+
+
+def _median(values: list[float | None]) -> float | None:
+    """The median, or None when any run missed the target."""
+    return statistics.median(values) if values and all(v is not None for v in values) else None
+
+
+def _round_ratios(goodput: list[dict[str, Any]], other: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each round's goodput / other time to target, and their median (None when a run of
+    either missed the target: then the arm that missed is slower by more than any ratio)."""
+    pairs = [(a["time_to_target_s"], b["time_to_target_s"]) for a, b in zip(goodput, other)]
+    per = [a / b if a is not None and b is not None else None for a, b in pairs]
+    missed = {"goodput": sum(a is None for a, _ in pairs), "other": sum(b is None for _, b in pairs)}
+    return {"per_round": per, "median": _median(per), "missed": missed}
+
+
+def _passes(ratios: dict[str, Any]) -> bool:
+    """Goodput at most 5% slower than the throughput pick and no slower than BASE (medians);
+    a goodput run that missed the target fails, one of the other arm's counts for goodput."""
+    def ok(r: dict[str, Any], bound: float) -> bool:
+        if r["missed"]["goodput"]:
+            return False
+        if r["median"] is None:  # only the other arm missed
+            return True
+        return r["median"] <= bound
+    return ok(ratios["throughput"], 1.05) and ok(ratios["base"], 1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds of the three arms")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "goodput_vs_throughput.json")
+    args = parser.parse_args()
+    results = {}
+    for name in args.models:
+        results[name] = one_model(name, MODELS[name], args.repeats)
+        print(_row(name, results[name]), flush=True)
+    host = machine()
+    print(f"\nmachine: {host}; medians of {args.repeats} interleaved rounds")
+    print("| model (target) | effective batch B / T / G | median s to target B / T / G | G / T (median of rounds) | "
+          "G / B | goodput basis | passes |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        print(_row(name, r))
+    command = f"benchmarks/goodput_vs_throughput.py --models {' '.join(args.models)} --repeats {args.repeats}"
+    write_result(args.out, command, goal="goodput / throughput <= 1.05 and goodput / BASE <= 1.0 (median time to target)",
+                 passed=sum(r["passes"] for r in results.values()), models=results)
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
+    fmt = lambda x, spec=".2f": "-" if x is None else format(x, spec)  # noqa: E731
+    s = r["summary"]
+    basis = ((r["tuning"]["goodput"].get("noise_scale") or {}).get("basis") or "").replace("|", "/")
+    return (f"| {name} ({r['target']}) | {' / '.join(str(s[a]['effective_batch']) for a in ARMS)} | "
+            f"{' / '.join(fmt(s[a]['median_time_to_target_s']) for a in ARMS)} | {fmt(r['ratios']['throughput']['median'])} | "
+            f"{fmt(r['ratios']['base']['median'])} | {basis} | {'yes' if r['passes'] else 'no'} |")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The gradient noise scale: its arithmetic, the efficiency it implies, and an estimate
-checked against the exact value computed from per-example gradients."""
+"""The gradient noise scale: per-example and group gradient norms checked against the closed
+form of a logistic model's gradients, the estimate and its interval against the exact value,
+Adam's preconditioner, the arithmetic, and the efficiency it implies."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autotune.engine.gns import NoiseScale, efficiency, grad_sq_norm, observe_micro_batches
+from autotune.engine import gns
+from autotune.engine.gns import (
+    MAX_EXAMPLES,
+    NoiseScale,
+    adam_preconditioner,
+    efficiency,
+    group_norms,
+    interval,
+    per_example_norms,
+)
 
 N_EXAMPLES, N_FEATURES = 512, 10
 
@@ -41,63 +51,142 @@ def _exact_noise_scale(model: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> tu
     return mean.pow(2).sum().item(), (per_example - mean).pow(2).sum(1).mean().item()
 
 
-def test_estimate_matches_exact_noise_scale():
+def _per_example_exact(model: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each example's gradient (sigmoid(z) - y) * (x, 1), in float64, one row each."""
+    with torch.no_grad():
+        residual = torch.sigmoid(model(x).squeeze(1)) - y
+    return torch.cat([residual[:, None] * x, residual[:, None]], dim=1).double()
+
+
+def _call(model, inputs):
+    return model(inputs)
+
+
+def _bce_out(output, target):
+    return F.binary_cross_entropy_with_logits(output.squeeze(1), target)
+
+
+def test_per_example_norms_equal_the_closed_form_gradients():
+    model, x, y = _logistic_problem()
+    rows = _per_example_exact(model, x[:24], y[:24])
+    got = per_example_norms(model, _call, _bce_out, x[:24], y[:24])
+    assert (got.size, got.groups) == (1, 24)
+    assert got.sum_sq == pytest.approx(rows.pow(2).sum().item(), rel=1e-5)
+    assert got.mean_sq == pytest.approx(rows.mean(0).pow(2).sum().item(), rel=1e-5)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_per_example_norms_apply_the_preconditioner_to_each_example():
+    model, x, y = _logistic_problem()
+    scale_w, scale_b = torch.linspace(0.5, 3.0, N_FEATURES)[None, :], torch.tensor([0.25])
+    rows = _per_example_exact(model, x[:16], y[:16]) * torch.cat([scale_w[0], scale_b]).double()
+    got = per_example_norms(model, _call, _bce_out, x[:16], y[:16], {model.weight: scale_w, model.bias: scale_b})
+    assert got.sum_sq == pytest.approx(rows.pow(2).sum().item(), rel=1e-5)
+    assert got.mean_sq == pytest.approx(rows.mean(0).pow(2).sum().item(), rel=1e-5)
+
+
+def test_per_example_norms_take_at_most_max_examples_in_chunks(monkeypatch):
+    model, x, y = _logistic_problem()
+    monkeypatch.setattr(gns, "CHUNK_BYTES", 4 * 11 * 5)  # five examples' gradients at a time
+    rows = _per_example_exact(model, x[:MAX_EXAMPLES], y[:MAX_EXAMPLES])
+    got = per_example_norms(model, _call, _bce_out, x[:100], y[:100])
+    assert got.groups == MAX_EXAMPLES
+    assert got.sum_sq == pytest.approx(rows.pow(2).sum().item(), rel=1e-5)
+    assert got.mean_sq == pytest.approx(rows.mean(0).pow(2).sum().item(), rel=1e-5)
+
+
+def test_group_norms_equal_the_closed_form_group_gradients():
+    model, x, y = _logistic_problem()
+    rows = _per_example_exact(model, x[:24], y[:24])
+    groups = rows.reshape(8, 3, -1).mean(1)
+    got = group_norms(model, _bce, x[:24], y[:24], groups=8)
+    assert (got.size, got.groups) == (3, 8)
+    assert got.sum_sq == pytest.approx(groups.pow(2).sum().item(), rel=1e-5)
+    assert got.mean_sq == pytest.approx(groups.mean(0).pow(2).sum().item(), rel=1e-5)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["per-example", "groups"])
+def test_estimate_matches_exact_noise_scale(method):
     model, x, y = _logistic_problem()
     grad_sq, trace_cov = _exact_noise_scale(model, x, y)
     exact = trace_cov / grad_sq
-    b, k = 8, 4
     assert 10 < exact < 40  # comparable to the batches measured, so both terms matter
     gen = torch.Generator().manual_seed(1)
-    estimate = NoiseScale()
-    for _ in range(400):
+    observations = []
+    for _ in range(100):
         # With replacement, so the samples are independent as the formula assumes.
-        idx = torch.randint(N_EXAMPLES, (k, b), generator=gen)
-        observe_micro_batches(model, _bce, [(x[i], y[i]) for i in idx], estimate)
-    assert estimate.n == 400
-    # Over 30 seeds the relative error has an sd of ~2.5% (b_noise, |G|^2), ~1.2% (trace).
-    assert estimate.b_noise == pytest.approx(exact, rel=0.10)
-    assert estimate.grad_sq == pytest.approx(grad_sq, rel=0.10)
-    assert estimate.trace_cov == pytest.approx(trace_cov, rel=0.06)
-    # The tolerance is tight enough to reject a formula that ignores |G|^2: b*E|g_b|^2.
-    assert b * (grad_sq + trace_cov / b) != pytest.approx(trace_cov, rel=0.10)
+        idx = torch.randint(N_EXAMPLES, (32,), generator=gen)
+        one = NoiseScale()
+        if method == "per-example":
+            per_example_norms(model, _call, _bce_out, x[idx], y[idx]).add_to(one)
+        else:
+            group_norms(model, _bce, x[idx], y[idx], groups=16).add_to(one)
+        observations.append(one)
+    got = interval(observations, blocks=5)
+    assert got.estimate == pytest.approx(exact, rel=0.12)
+    assert got.low < exact < got.high and got.width < 2.0
+    # The tolerance is tight enough to reject a formula that ignores |G|^2: tr(Sigma) / E|g_1|^2.
+    assert trace_cov / (grad_sq + trace_cov) != pytest.approx(exact, rel=0.12)
 
 
-def test_observe_adds_the_norms_of_each_micro_batch_and_of_their_mean():
+def test_per_example_norms_call_a_dict_model_by_its_convention():
+    """Dict inputs are mapped key by key, and the model is called as the task calls it."""
+
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(N_FEATURES, 1)
+
+        def forward(self, features, scale):
+            return self.linear(features) * scale
+
     model, x, y = _logistic_problem()
-    batches = [(x[0:3], y[0:3]), (x[3:6], y[3:6])]
-    grads = []
-    for inputs, target in batches:
-        model.zero_grad(set_to_none=True)
-        _bce(model, inputs, target).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]).double())
-    small = (grads[0].pow(2).sum() + grads[1].pow(2).sum()).item() / 2
-    big = ((grads[0] + grads[1]) / 2).pow(2).sum().item()
-    expected = NoiseScale()
-    expected.add(small, 3, big, 6)
-    got = NoiseScale()
-    observe_micro_batches(model, _bce, batches, got)
-    assert got.n == 1
-    assert got.sum_grad_sq == pytest.approx(expected.sum_grad_sq, rel=1e-5)
-    assert got.sum_trace_cov == pytest.approx(expected.sum_trace_cov, rel=1e-5)
+    named = Named()
+    named.linear.load_state_dict(model.state_dict())
+    inputs = {"features": x[:16], "scale": torch.ones(16, 1)}
+    got = per_example_norms(named, lambda m, batch: m(**batch), _bce_out, inputs, y[:16])
+    want = per_example_norms(model, _call, _bce_out, x[:16], y[:16])
+    assert got.sum_sq == pytest.approx(want.sum_sq, rel=1e-6) and got.mean_sq == pytest.approx(want.mean_sq, rel=1e-6)
 
 
-def test_observe_leaves_grads_none_and_parameters_unchanged():
+def test_batch_norm_in_training_mode_cannot_be_mapped_and_groups_can():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)).train()
+    x, y = torch.randn(32, 4), torch.randint(2, (32,))
+    with pytest.raises(Exception):
+        per_example_norms(model, _call, F.cross_entropy, x, y)
+    got = group_norms(model, lambda m, i, t: F.cross_entropy(m(i), t), x, y)
+    assert (got.size, got.groups) == (2, 16) and got.sum_sq > 0
+
+
+def test_adam_preconditioner_is_one_over_the_bias_corrected_second_moment():
     model, x, y = _logistic_problem()
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-    before = [p.detach().clone() for p in model.parameters()]
-    observe_micro_batches(model, _bce, [(x[:4], y[:4]), (x[4:8], y[4:8])], NoiseScale())
-    assert all(p.grad is None for p in model.parameters())
-    for p, old in zip(model.parameters(), before):
-        torch.testing.assert_close(p.detach(), old, rtol=0, atol=0)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    adam = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-6)
+    assert adam_preconditioner(adam) is None  # no step yet
+    for _ in range(3):
+        adam.zero_grad()
+        _bce(model, x[:32], y[:32]).backward()
+        adam.step()
+        sgd.step()
+    scales = adam_preconditioner(adam)
+    v = adam.state[model.weight]["exp_avg_sq"]
+    torch.testing.assert_close(scales[model.weight], 1.0 / ((v / (1 - 0.99 ** 3)).sqrt() + 1e-6))
+    assert adam_preconditioner(sgd) is None
 
 
-def test_observe_rejects_one_micro_batch_and_unequal_sizes():
-    model, x, y = _logistic_problem()
-    with pytest.raises(ValueError, match=r"^Need at least 2 micro-batches of one size, but got sizes \[4\]\.$"):
-        observe_micro_batches(model, _bce, [(x[:4], y[:4])], NoiseScale())
-    with pytest.raises(ValueError, match=r"^Need at least 2 micro-batches of one size, but got sizes \[4, 3\]\.$"):
-        observe_micro_batches(model, _bce, [(x[:4], y[:4]), (x[4:7], y[4:7])], NoiseScale())
+def test_interval_is_unbounded_when_a_block_has_no_estimate_and_wide_when_blocks_disagree():
+    def obs(small_sq, big_sq):
+        one = NoiseScale()
+        one.add(small_sq, 1, big_sq, 32)
+        return one
+
+    steady = interval([obs(2.0, 1.0)] * 10, blocks=5)
+    assert steady.low == pytest.approx(steady.estimate) == pytest.approx(steady.high) and steady.width == pytest.approx(1.0)
+    negative = interval([obs(2.0, 1.0)] * 8 + [obs(1.0, 2.0)] * 2, blocks=5)  # the last block: tr(Sigma) < 0
+    assert negative.blocks[-1] is None and negative.low is None and negative.width == math.inf
+    drifting = interval([obs(2.0, 1.0)] * 5 + [obs(5.0, 1.0)] * 5, blocks=5)
+    assert drifting.width > steady.width and drifting.blocks[0] < drifting.blocks[-1]
 
 
 def test_add_gives_the_unbiased_estimates():
@@ -186,10 +275,3 @@ def test_efficiency_rejects_non_positive_batches(batch, reference):
         match=rf"^Batch sizes must be positive, but got \(batch={batch}, reference_batch={reference}\)\.$",
     ):
         efficiency(batch, reference, 10.0)
-
-
-def test_grad_sq_norm_sums_squares_and_skips_missing_grads():
-    a, b, c = (nn.Parameter(torch.zeros(n)) for n in (2, 1, 3))
-    a.grad, b.grad = torch.tensor([1.0, 2.0]), torch.tensor([3.0])
-    assert grad_sq_norm([a, b, c]) == 14.0
-    assert grad_sq_norm([c]) == 0.0

@@ -11,7 +11,7 @@ import torch
 from autotune.config import TrainConfig
 from autotune.engine.flops import mfu, peak_tflops, train_step_flops
 from autotune.errors import ConfigError
-from autotune.search.objective import Scorer
+from autotune.search.objective import Scorer, decide_noise_scale, predicted_ratio
 from autotune.search.trial import start_seconds
 
 ASSETS = Path(__file__).parent / "assets"
@@ -113,6 +113,42 @@ def test_scorer_round_trips_and_rejects_unknown_objectives():
         Scorer("speed")
 
 
+def _noise(estimate=100.0, low=80.0, high=125.0, ratios=None, reason=None, check=True):
+    record = {"estimate": estimate, "low": low, "high": high}
+    record["check"] = {"batches": [32, 128], "ratios": ratios, "reason": reason} if check else None
+    return record
+
+
+def test_the_noise_scale_is_used_when_narrow_and_the_branched_check_agrees():
+    predicted = predicted_ratio(100.0, 32, 128)  # (1 + 128/100) / (1 + 32/100)
+    assert predicted == pytest.approx(2.28 / 1.32)
+    used, basis = decide_noise_scale(_noise(ratios={"128": predicted * 1.2}))
+    assert used == 100.0 and "in agreement" in basis and "measured 2.07x" in basis
+
+
+@pytest.mark.parametrize("noise, says", [
+    (None, "no positive estimate"),
+    (_noise(estimate=None, low=None, high=None), "no positive estimate"),
+    (_noise(low=40.0, high=250.0), "uncertain by more than 1.3x"),
+    (_noise(low=None, high=None), "interval unbounded"),
+    (_noise(ratios={"128": 1.0}), "measured 1.00x, so the estimate is not used"),  # predicted 1.73x
+    (_noise(ratios={"128": 3.0}), "measured 3.00x, so the estimate is not used"),
+    (_noise(ratios=None, reason="the loss did not drop"), "could not read a loss drop (the loss did not drop)"),
+])
+def test_goodput_falls_back_to_throughput_when_the_estimate_is_a_coin_flip(noise, says):
+    used, basis = decide_noise_scale(noise)
+    assert used is None and says in basis and "goodput equals throughput" in basis
+    scorer = Scorer.build("goodput", 32, {"noise": noise, "flops_per_sample": 1.0}, {}, "cpu")
+    assert scorer.b_noise is None and scorer.basis == basis
+    cfg = TrainConfig(micro_batch_size=256)
+    assert scorer.value(cfg, {"throughput_samples_per_s": 500.0}) == 500.0
+
+
+def test_without_a_check_a_narrow_estimate_is_used_and_says_so():
+    used, basis = decide_noise_scale(_noise(check=False))
+    assert used == 100.0 and "no branched check ran" in basis
+
+
 @pytest.mark.slow
 def test_model_stats_measure_flops_and_a_noise_scale_in_a_fresh_process():
     from autotune.search.model_stats import measure_isolated
@@ -124,7 +160,11 @@ def test_model_stats_measure_flops_and_a_noise_scale_in_a_fresh_process():
     x, y = task.datasets()[0][0]
     expected = train_step_flops(model, lambda m: task.loss(m(x.unsqueeze(0)), torch.tensor([y])))
     assert stats["flops_per_sample"] == pytest.approx(expected)
-    assert stats["gns_steps"] >= 2 and stats["gns_micro_batch"] == max(1, task.base.batch_size // 4)
-    gns = stats["gns"]
-    assert gns["n"] == stats["gns_steps"] - stats["gns_steps"] // 2
-    assert gns["b_noise"] is None or gns["b_noise"] > 0
+    noise = stats["noise"]
+    assert noise["method"] == "per-example" and noise["preconditioned"]  # an MLP trained with AdamW
+    assert noise["observations"] >= 2 and noise["steps_before"] >= 1
+    assert noise["estimate"] is None or noise["estimate"] > 0
+    assert len(noise["blocks"]) == min(5, noise["observations"])
+    check = noise["check"]
+    assert check["batches"] == [noise["batch"], 4 * noise["batch"]]
+    assert check["ratios"] is not None or check["reason"]

@@ -66,6 +66,13 @@ def test_run_writes_everything_and_a_second_run_resumes(tiny_model_file, tmp_pat
     assert report["evaluation"]["labels"] == ["a", "b", "c"]
     assert sum(map(sum, report["evaluation"]["confusion_matrix"])) == 32
     assert "classification_report" in (out / "report.md").read_text()
+    noise = tuned.measured["noise_scale"]  # goodput says whether it trusted the noise scale, and why
+    assert noise["basis"] and any(noise["basis"] in line for line in logs)
+    assert (noise["used"] is None) == ("goodput equals throughput" in noise["basis"])
+    assert tuned.measured["gradient_noise_scale"] == noise["used"]
+    assert noise["check"]["batches"] == [8, 32] and noise["throughput_pick"]["trial"] in first
+    assert report["selection"]["noise_scale"]["basis"] == noise["basis"]
+    assert f"Statistical efficiency: {noise['basis']}." in (out / "report.md").read_text()
     weights = torch.load(out / "model.pt", weights_only=True)
     assert "out.weight" in weights
 

@@ -1,11 +1,19 @@
-"""The gradient noise scale, and the statistical efficiency of a batch size it implies.
+"""The gradient noise scale, how it is estimated, and the statistical efficiency it implies.
 
 The "simple" noise scale of McCandlish et al. (2018), B_noise = tr(Sigma) / |G|^2, where
 G is the true gradient and Sigma the covariance of one sample's gradient. A gradient
-averaged over B independent samples has E[|g_B|^2] = |G|^2 + tr(Sigma) / B, so the squared
-norms measured at two batch sizes give unbiased estimates of |G|^2 and tr(Sigma). One
-pair of measurements is very noisy (either estimate can come out negative); the two are
-averaged over many pairs separately, and B_noise is the ratio of the averages.
+averaged over B independent samples has E[|g_B|^2] = |G|^2 + tr(Sigma) / B, so squared
+norms measured at two batch sizes give unbiased estimates of |G|^2 and tr(Sigma).
+
+Here the two sizes are one example and the whole batch: per-example gradients from
+``torch.func`` (``per_example_norms``), whose spread gives tr(Sigma) with B - 1 degrees of
+freedom per batch, far less variance than a few micro-batches give (Gray et al., 2024).
+Models ``torch.func`` cannot map over one example (BatchNorm in training mode) use groups
+of examples instead (``group_norms``). For Adam-type optimizers the gradients are first
+divided by Adam's sqrt(v_hat) + eps (``adam_preconditioner``): that is the direction Adam
+steps in, and its noise is what limits Adam's batch scaling. The terms are averaged over
+many batches separately and B_noise is the ratio of the averages; consecutive blocks of
+batches give its 95% interval (``interval``).
 
 With it, a batch of B needs (1 + B / B_noise) times the fewest examples to reach a given
 loss, so relative to a reference batch B0 its efficiency is
@@ -15,8 +23,9 @@ reference-batch samples per second.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -93,49 +102,207 @@ def efficiency(batch: int, reference_batch: int, b_noise: float | None) -> float
     return (1.0 + reference_batch / b_noise) / (1.0 + batch / b_noise)
 
 
-def grad_sq_norm(parameters: Iterable[torch.Tensor]) -> float:
-    """Sum of the squared gradient entries of ``parameters`` (in float64); those without a
-    gradient are skipped, and no gradient at all gives 0.0."""
-    sums = [p.grad.detach().double().pow(2).sum() for p in parameters if p.grad is not None]
-    return torch.stack(sums).sum().item() if sums else 0.0
+class _Calling(nn.Module):
+    """``call(model, inputs)`` as a module, so ``torch.func.functional_call`` can run the
+    model's own calling convention with substituted parameters."""
+
+    def __init__(self, model: nn.Module, call: Callable[[nn.Module, Any], Any]) -> None:
+        super().__init__()
+        self.model = model
+        self._call = call
+
+    def forward(self, inputs: Any) -> Any:
+        return self._call(self.model, inputs)
 
 
-def observe_micro_batches(
+MAX_EXAMPLES = 64  # examples per observation: per-example gradients of a larger batch add little
+CHUNK_BYTES = 256 << 20  # per-example gradients held at once
+
+
+def adam_preconditioner(optimizer: torch.optim.Optimizer) -> dict[torch.Tensor, torch.Tensor] | None:
+    """1 / (sqrt(v_hat) + eps) per parameter, from an Adam-type optimizer's second-moment
+    state (``exp_avg_sq``, bias-corrected); None when the optimizer keeps no such state or
+    has not stepped yet. Dividing a gradient by sqrt(v_hat) is the direction Adam moves in,
+    so the noise scale of preconditioned gradients is the one that governs its batch
+    scaling."""
+    scales: dict[torch.Tensor, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        betas, eps = group.get("betas"), group.get("eps")
+        if betas is None or eps is None:
+            return None
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "exp_avg_sq" not in state or "step" not in state:
+                continue
+            step = float(state["step"])
+            if step < 1:
+                continue
+            v_hat = state["exp_avg_sq"].detach().float() / (1.0 - betas[1] ** step)
+            scales[p] = 1.0 / (v_hat.sqrt() + eps)
+    return scales or None
+
+
+@dataclass
+class GroupNorms:
+    """Squared norms of the gradients of J groups of ``size`` examples each (one example
+    per group when per-example gradients are available): ``sum_sq`` = sum_j |g_j|^2 and
+    ``mean_sq`` = |mean_j g_j|^2. Their spread gives tr(Sigma) with J - 1 degrees of
+    freedom per observation, against 3 for four micro-batches."""
+
+    size: int
+    groups: int
+    sum_sq: float
+    mean_sq: float
+
+    def add_to(self, estimate: NoiseScale) -> None:
+        estimate.add(self.sum_sq / self.groups, self.size, self.mean_sq, self.size * self.groups)
+
+
+def _scaled_sq(grads: dict[str, torch.Tensor], scales: dict[str, torch.Tensor] | None, batched: bool) -> torch.Tensor:
+    """Squared norm of each gradient (each row when ``batched``), after the preconditioner."""
+    total = None
+    for name, g in grads.items():
+        g = g.double()
+        if scales is not None and name in scales:
+            g = g * scales[name].double()
+        sq = g.pow(2).flatten(1).sum(1) if batched else g.pow(2).sum()
+        total = sq if total is None else total + sq
+    return total
+
+
+def per_example_norms(
+    model: nn.Module,
+    call: Callable[[nn.Module, Any], Any],
+    loss: Callable[[Any, torch.Tensor], torch.Tensor],
+    inputs: Any,
+    target: torch.Tensor,
+    preconditioner: dict[torch.Tensor, torch.Tensor] | None = None,
+) -> GroupNorms:
+    """Per-example gradient norms of one batch with ``torch.func`` (``vmap`` over ``grad``),
+    at most ``MAX_EXAMPLES`` examples, in chunks that hold ``CHUNK_BYTES`` of gradients.
+
+    ``call(model, inputs)`` runs the model on a batch and ``loss(output, target)`` gives a
+    mean loss. Raises whatever ``torch.func`` raises for models it cannot map over one
+    example (BatchNorm in training mode updates its statistics in place, for one);
+    ``group_norms`` is the fallback. Dropout draws differently for each example.
+    """
+    from torch.func import functional_call, grad, vmap
+    from torch.utils._pytree import tree_map
+
+    wrapper = _Calling(model, call)
+    named = {f"model.{k}": p for k, p in model.named_parameters() if p.requires_grad}
+    params = {k: p.detach() for k, p in named.items()}
+    buffers = {f"model.{k}": b for k, b in model.named_buffers()}
+    scales = None
+    if preconditioner is not None:
+        scales = {k: preconditioner[p] for k, p in named.items() if p in preconditioner}
+    n = min(int(target.shape[0]), MAX_EXAMPLES)
+    numel = sum(p.numel() for p in params.values())
+    chunk = max(1, min(n, CHUNK_BYTES // max(1, 4 * numel)))
+
+    def one_loss(p: dict[str, torch.Tensor], x: Any, y: torch.Tensor) -> torch.Tensor:
+        xb = tree_map(lambda t: t.unsqueeze(0), x)
+        return loss(functional_call(wrapper, {**p, **buffers}, (xb,)), y.unsqueeze(0))
+
+    per_example = vmap(grad(one_loss), in_dims=(None, 0, 0), randomness="different")
+    sum_sq = 0.0
+    total: dict[str, torch.Tensor] = {}
+    for start in range(0, n, chunk):
+        part = slice(start, min(start + chunk, n))
+        x = tree_map(lambda t: t[part], inputs)
+        grads = per_example(params, x, target[part])
+        sum_sq += _scaled_sq(grads, scales, batched=True).sum().item()
+        for k, g in grads.items():
+            s = g.detach().double().sum(0)
+            total[k] = s if k not in total else total[k] + s
+    mean = {k: v / n for k, v in total.items()}
+    return GroupNorms(1, n, sum_sq, _scaled_sq(mean, scales, batched=False).item())
+
+
+def group_norms(
     model: nn.Module,
     compute_loss: Callable[[nn.Module, Any, torch.Tensor], torch.Tensor],
-    micro_batches: list[tuple[Any, torch.Tensor]],
-    estimate: NoiseScale,
-) -> None:
-    """Add one pair to ``estimate`` from k >= 2 micro-batches of b samples each.
+    inputs: Any,
+    target: torch.Tensor,
+    preconditioner: dict[torch.Tensor, torch.Tensor] | None = None,
+    groups: int = 16,
+) -> GroupNorms:
+    """The gradients of ``groups`` groups of at least two examples, one backward pass each:
+    for models ``per_example_norms`` cannot map over (BatchNorm needs two examples to
+    normalise over). Leaves every ``.grad`` None."""
+    from torch.utils._pytree import tree_map
 
-    Each micro-batch's gradient g_i is computed on its own; the mean of |g_i|^2 is the
-    measurement at batch b and |mean of g_i|^2 the one at batch k*b. ``compute_loss``
-    returns the mean loss over a micro-batch; b is the first dimension of the target.
-    No optimizer steps; the parameters' ``.grad`` is None afterwards, whatever it was
-    before. Costs one extra copy of the gradients.
-    """
-    sizes = [target.shape[0] for _, target in micro_batches]
-    if len(sizes) < 2 or len(set(sizes)) != 1:
-        raise ValueError(f"Need at least 2 micro-batches of one size, but got sizes {sizes}.")
+    n = min(int(target.shape[0]), MAX_EXAMPLES)
+    groups = max(2, min(groups, n // 2))
+    size = n // groups
+    if size < 1 or groups < 2:
+        raise ValueError(f"A batch of {n} examples is too small for group gradients.")
     params = [p for p in model.parameters() if p.requires_grad]
-    totals: list[torch.Tensor | None] = [None] * len(params)
-    small_sq = 0.0
-    for inputs, target in micro_batches:
+    named = {str(i): p for i, p in enumerate(params)}
+    scales = None
+    if preconditioner is not None:
+        scales = {k: preconditioner[p] for k, p in named.items() if p in preconditioner}
+    sum_sq = 0.0
+    total: dict[str, torch.Tensor] = {}
+    for j in range(groups):
         for p in params:
             p.grad = None
-        compute_loss(model, inputs, target).backward()
-        small_sq += grad_sq_norm(params)
-        for i, p in enumerate(params):
-            if p.grad is None:
-                continue
-            if totals[i] is None:
-                dtype = torch.promote_types(p.grad.dtype, torch.float32)
-                totals[i] = p.grad.detach().to(dtype, copy=True)
-            else:
-                totals[i].add_(p.grad.detach())
+        part = slice(j * size, (j + 1) * size)
+        compute_loss(model, tree_map(lambda t: t[part], inputs), target[part]).backward()
+        grads = {k: p.grad.detach() for k, p in named.items() if p.grad is not None}
+        sum_sq += _scaled_sq(grads, scales, batched=False).item()
+        for k, g in grads.items():
+            total[k] = g.double() if k not in total else total[k] + g.double()
     for p in params:
         p.grad = None
-    k = len(sizes)
-    squares = [(t.double() / k).pow(2).sum() for t in totals if t is not None]
-    big_sq = torch.stack(squares).sum().item() if squares else 0.0
-    estimate.add(small_sq / k, sizes[0], big_sq, k * sizes[0])
+    mean = {k: v / groups for k, v in total.items()}
+    return GroupNorms(size, groups, sum_sq, _scaled_sq(mean, scales, batched=False).item())
+
+
+@dataclass
+class Interval:
+    """An estimate of B_noise with a 95% interval from K blocks of observations taken in
+    order: the t-interval of log B_noise over the blocks (a block with no positive estimate
+    makes the interval unbounded)."""
+
+    estimate: float | None
+    low: float | None
+    high: float | None
+    blocks: list[float | None]
+
+    @property
+    def width(self) -> float:
+        """high / low; infinite when either end is missing."""
+        if not self.low or not self.high:
+            return float("inf")
+        return self.high / self.low
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"estimate": self.estimate, "low": self.low, "high": self.high, "blocks": self.blocks}
+
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def interval(observations: list[NoiseScale], blocks: int = 5) -> Interval:
+    """B_noise pooled over ``observations`` (ratio of sums), and its 95% interval from
+    ``blocks`` consecutive blocks of them. Blocks in order also show a trend, which a
+    bootstrap of single observations would hide in the interval's width."""
+    pooled = NoiseScale()
+    for one in observations:
+        pooled = pooled.merge(one)
+    k = min(blocks, len(observations))
+    values: list[float | None] = []
+    for i in range(k):
+        part = NoiseScale()
+        for one in observations[i * len(observations) // k:(i + 1) * len(observations) // k]:
+            part = part.merge(one)
+        values.append(part.b_noise)
+    if k < 2 or any(v is None for v in values) or pooled.b_noise is None:
+        return Interval(pooled.b_noise, None, None, values)
+    logs = [math.log(v) for v in values]  # type: ignore[arg-type]
+    mean = sum(logs) / k
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (k - 1))
+    half = T_975.get(k - 1, 1.96) * sd / math.sqrt(k)
+    centre = math.log(pooled.b_noise)
+    return Interval(pooled.b_noise, math.exp(centre - half), math.exp(centre + half), values)

@@ -53,9 +53,19 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
     if sel.get("mfu") is not None:
         facts.append(f"MFU {pct(sel['mfu'])}")
     if sel.get("gradient_noise_scale"):
-        facts.append(f"gradient noise scale {sel['gradient_noise_scale']:,.0f}, "
-                     f"statistical efficiency {sel.get('statistical_efficiency', 1):.2f}")
+        facts.append(f"statistical efficiency {sel.get('statistical_efficiency', 1):.2f}")
     outro = ("Picked config: " + "; ".join(facts) + ".") if facts else ""
+    noise = sel.get("noise_scale")
+    if noise:
+        outro += f" Statistical efficiency: {noise['basis']}."
+        alone = noise.get("throughput_pick")
+        picked = next((c["config"] for c in [*(sel.get("candidates") or []), sel.get("default") or {}]
+                       if c.get("trial") == sel.get("picked") and "config" in c), None)
+        if alone and alone.get("config") and alone["config"] != picked:
+            outro += (f" Under throughput alone the best trial was {alone['trial']} "
+                      f"({knobs_text(alone['config'])}, {alone['samples_per_s']:,.0f} samples/s).")
+        elif alone:
+            outro += " Throughput alone would have picked the same config."
     header = ["config", "knobs", f"trial {objective}", f"{objective}, round-adjusted", "runs"]
     return Table(intro, header, rows, outro)
 

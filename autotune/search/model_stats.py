@@ -2,19 +2,26 @@
 
 - FLOPs per training sample (``engine.flops``), for every trial's MFU.
 - The gradient noise scale B_noise (``engine.gns``), for every trial's statistical
-  efficiency and goodput: the model trains for a few seconds at its reference config, and
-  every optimizer step first measures the gradient of each of its ``k`` micro-batches
-  alone and of their mean. The noise scale grows as training moves off the initial
-  weights, so only the second half of the observations is pooled into the estimate.
+  efficiency and goodput. The model trains at its reference config (the model file's
+  ``BASE``) through the run's warmup, to move off the initial weights, and then each step
+  first measures per-example gradient norms (on Adam-type
+  optimizers, of gradients preconditioned by Adam's second moments, the direction Adam
+  steps in). The observations give the estimate and its 95% interval
+  (``engine.gns.interval``).
+- A branched check (``search.branches``): from the state reached, two short runs at the
+  reference batch and at ``CHECK_FACTOR`` times it count the samples each needs for the
+  same loss drop, and the ratio is set beside the estimate's prediction.
 
-Both are properties of the model and its data, not of a config, so one measurement
-serves every trial and all trials are scored on the same scale.
+Whether goodput uses the estimate is decided from these (``objective.decide_noise_scale``).
+All are properties of the model and its data, not of a config, so one measurement serves
+every trial and all trials are scored on the same scale.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,71 +30,138 @@ from autotune.config import TrainConfig
 from autotune.engine import knobs
 from autotune.engine.data import batch_len, to_device
 from autotune.engine.flops import train_step_flops
-from autotune.engine.gns import NoiseScale, observe_micro_batches
+from autotune.engine.gns import (
+    GroupNorms,
+    Interval,
+    NoiseScale,
+    adam_preconditioner,
+    group_norms,
+    interval,
+    per_example_norms,
+)
 from autotune.engine.loop import pick_device
 from autotune.errors import TrialError
+from autotune.search import branches
+from autotune.search.objective import CHECK_FACTOR
 from autotune.task import Task, load_task
 
-GNS_GROUP = 4  # micro-batches per observation: the small batch is the reference batch / 4
+BLOCKS = 5  # blocks of observations for the interval
 
 
-def measure(model_path: str, config: dict[str, Any], max_seconds: float = 10.0, max_steps: int = 200) -> dict[str, Any]:
-    """FLOPs per sample and the gradient noise scale; runs in a fresh process.
+class Observer:
+    """Per-example gradient norms of one batch with ``torch.func``, falling back to groups of
+    examples (one backward pass each) for models it cannot map over; remembers which."""
 
-    ``config`` is the reference config (the model file's ``BASE``); the noise scale is
-    measured with micro-batches of a quarter of its batch, four to a step.
-    """
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.method = "per-example"
+        self.fallback_reason: str | None = None
+
+    def observe(self, model: torch.nn.Module, inputs: Any, target: Any, preconditioner: Any) -> GroupNorms:
+        if self.method == "per-example":
+            try:
+                return per_example_norms(model, self.task.call, self.task.loss, inputs, target, preconditioner)
+            except Exception as exc:  # noqa: BLE001 - any model torch.func cannot map goes to the fallback
+                self.method = "groups"
+                self.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                for p in model.parameters():
+                    p.grad = None
+        return group_norms(model, lambda m, x, y: self.task.loss(self.task.call(m, x), y), inputs, target, preconditioner)
+
+
+@dataclass
+class Reference:
+    """The reference config trained for a few seconds: the model and optimizer where they got
+    to, and the noise scale observed on the way."""
+
+    task: Task
+    cfg: TrainConfig
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batch: int
+    flops_per_sample: float
+    estimate: Interval
+    noise: dict[str, Any]
+
+
+def reach(model_path: str, config: dict[str, Any], max_seconds: float = 15.0, observe_steps: int = 100) -> Reference:
+    """Train the reference config ``config`` at its batch (at most half the training set)
+    through the run's warmup (at most half of ``max_seconds``), then observe per-example
+    gradient norms on up to ``observe_steps`` steps in the rest of the time: the noise scale
+    of the run after its warmup, where most of its steps are, and not of its first steps."""
     task = load_task(model_path, validate=False)
     cfg = TrainConfig.from_dict(config, source="model statistics config")
     device = pick_device()
     generator = knobs.seed_everything(cfg.seed)
     train_set = task.datasets()[0]
-    small = max(1, min(cfg.base_batch_size // GNS_GROUP, len(train_set) // GNS_GROUP))
+    batch = max(2, min(cfg.base_batch_size, len(train_set) // 2))
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=small, shuffle=True, drop_last=True, collate_fn=task.collate, generator=generator
+        train_set, batch_size=batch, shuffle=True, drop_last=True, collate_fn=task.collate, generator=generator
     )
     model = task.build_model().to(device).train()
     optimizer = task.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
-
-    def loss_of(m: torch.nn.Module, inputs: Any, target: Any) -> torch.Tensor:
-        return task.loss(task.call(m, inputs), target)
-
     batches = (to_device(b, device) for b in itertools.chain.from_iterable(itertools.repeat(loader)))
     first = next(batches)
-    flops = train_step_flops(model, lambda m: loss_of(m, *first))
-    batches = itertools.chain([first], batches)  # the noise scale starts from the same first batch
+    flops = train_step_flops(model, lambda m: task.loss(task.call(m, first[0]), first[1]))
+    batches = itertools.chain([first], batches)
+    observer = Observer(task)
     observations: list[NoiseScale] = []
+    preconditioned = False
+    run_steps = max(1, cfg.epochs * (len(train_set) // batch))
+    warmup_steps = max(1, round(cfg.warmup * run_steps))
+    steps = 0
     start = time.perf_counter()
-    if len(loader) >= GNS_GROUP:
-        while len(observations) < max_steps and time.perf_counter() - start < max_seconds:
-            group = [tuple(b) for b in itertools.islice(batches, GNS_GROUP)]
+    while len(observations) < observe_steps and time.perf_counter() - start < max_seconds:
+        inputs, target = next(batches)
+        if steps >= warmup_steps or time.perf_counter() - start >= max_seconds / 2:
+            scales = adam_preconditioner(optimizer)
+            preconditioned = scales is not None
             one = NoiseScale()
-            observe_micro_batches(model, loss_of, group, one)
+            observer.observe(model, inputs, target, scales).add_to(one)
             observations.append(one)
-            _step(model, optimizer, loss_of, group)
-    pooled = NoiseScale()
-    for one in observations[len(observations) // 2:]:
-        pooled = pooled.merge(one)
+        branches.train_step(model, optimizer, task, inputs, target)
+        steps += 1
+    estimate = interval(observations, BLOCKS)
+    noise = {
+        **estimate.to_dict(),
+        "method": observer.method,
+        "method_fallback_reason": observer.fallback_reason,
+        "preconditioned": preconditioned,
+        "observations": len(observations),
+        "steps_before": steps - len(observations),
+        "batch": batch,
+        "run_fraction": steps / run_steps,
+        "check": None,
+    }
+    return Reference(task, cfg, device, model, optimizer, batch, flops / batch_len(first[1]), estimate, noise)
+
+
+def measure(model_path: str, config: dict[str, Any], max_seconds: float = 15.0, observe_steps: int = 100,
+            check: bool = True, check_steps: int = branches.STEPS) -> dict[str, Any]:
+    """FLOPs per sample, the gradient noise scale with its interval, and the branched check;
+    runs in a fresh process.
+
+    ``config`` is the reference config (the model file's ``BASE``), trained by ``reach``; the
+    check then adds two short runs from where it got to, at its batch and at
+    ``CHECK_FACTOR`` times it, of ``check_steps`` large-batch steps each.
+    """
+    start = time.perf_counter()
+    ref = reach(model_path, config, max_seconds, observe_steps)
+    if check:
+        point = branches.Point.of(ref.model, ref.optimizer)
+        ref.noise["check"] = branches.check(
+            ref.task, ref.cfg, point, [ref.batch, CHECK_FACTOR * ref.batch], steps=check_steps, device=ref.device
+        ).to_dict()
     return {
-        "flops_per_sample": flops / batch_len(first[1]),
-        "gns": pooled.to_dict(),
-        "gns_micro_batch": small,
-        "gns_group": GNS_GROUP,
-        "gns_steps": len(observations),
+        "flops_per_sample": ref.flops_per_sample,
+        "noise": ref.noise,
         "seconds": time.perf_counter() - start,
-        "device": str(device),
+        "device": str(ref.device),
     }
 
 
-def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_of: Any, group: list[tuple[Any, Any]]) -> None:
-    """One plain optimizer step on the mean gradient of ``group``, so training moves on."""
-    for inputs, target in group:
-        (loss_of(model, inputs, target) / len(group)).backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def measure_isolated(task: Task, timeout_s: float = 120.0) -> dict[str, Any]:
+def measure_isolated(task: Task, timeout_s: float = 180.0) -> dict[str, Any]:
     """``measure`` for the model file's reference config in a fresh process."""
     from autotune.search.worker import run_isolated
 

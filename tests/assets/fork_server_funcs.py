@@ -65,7 +65,7 @@ def main(model_path: str) -> None:
     os.environ[NVML_CHECK] = "0"
     second = worker.run_isolated(report, {}, 120)
     config = TrainConfig.from_base(task.base, micro_batch_size=task.base.batch_size).to_dict()
-    stats = worker.run_isolated(model_stats.measure, {"model_path": str(task.path), "config": config, "max_steps": 2},
+    stats = worker.run_isolated(model_stats.measure, {"model_path": str(task.path), "config": config, "observe_steps": 2, "check": False},
                                 120).value
     print(json.dumps({"added": added, "first": first.value, "first_status": first.reason or first.status,
                       "env_after_first": after_first, "second": second.value,

@@ -1,0 +1,81 @@
+"""Branched runs from one point of training: the sample cost of a larger batch, measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.config import TrainConfig
+from autotune.search import branches
+from autotune.search.branches import Point, check, samples_to, train_step
+from autotune.task import load_task
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def test_samples_to_interpolates_between_evaluations():
+    curve = [(0, 2.0), (100, 1.5), (200, 1.0), (300, 1.2)]
+    assert samples_to(curve, 1.25) == pytest.approx(150.0)
+    assert samples_to(curve, 1.0) == pytest.approx(200.0)
+    assert samples_to(curve, 2.0) == 0.0
+    assert samples_to(curve, 0.9) is None
+
+
+def test_accumulated_micro_batches_make_the_same_step_as_the_whole_batch():
+    task = load_task(ASSETS / "tiny_mlp.py")
+    x, y = task.datasets()[0][:32]
+    models = []
+    for accumulation in (1, 4):
+        torch.manual_seed(0)
+        model = task.build_model()
+        train_step(model, torch.optim.SGD(model.parameters(), lr=0.5), task, x, y, accumulation)
+        models.append(model)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is None for p in models[1].parameters())
+
+
+def _point(task, steps=5):
+    torch.manual_seed(0)
+    model = task.build_model()
+    optimizer = task.make_optimizer(model.parameters(), 0.01, 0.0)
+    x, y = task.datasets()[0][:8]
+    for _ in range(steps):
+        train_step(model, optimizer, task, x, y)
+    return Point.of(model, optimizer)
+
+
+def test_a_check_branches_every_batch_from_the_same_point_for_the_same_samples():
+    task = load_task(ASSETS / "tiny_mlp.py")
+    cfg = TrainConfig.from_base(task.base, micro_batch_size=8)
+    got = check(task, cfg, _point(task), [8, 32], steps=6, repeats=2)
+    assert got.batches == [8, 32] and got.samples == 6 * 32
+    assert len(got.curves) == 2
+    for curves in got.curves:
+        starts = {curve[0][1] for curve in curves.values()}
+        assert len(starts) == 1  # every branch starts from the point
+        assert all(curve[-1][0] == 192 for curve in curves.values())
+        assert len(curves[8]) > len(curves[32]) >= 3  # evaluated as it went
+    ratios = got.ratios
+    assert ratios is not None and ratios[32] > 0
+    record = got.to_dict()
+    assert record["ratios"] == {"32": ratios[32]} and record["reason"] is None
+
+
+def test_a_check_whose_loss_does_not_move_says_why_and_has_no_ratio():
+    task = load_task(ASSETS / "tiny_mlp.py")
+    frozen = TrainConfig.from_base(task.base, micro_batch_size=8, base_lr=1e-12)
+    got = check(task, frozen, _point(task), [8, 32], steps=3)
+    assert got.ratios is None and "did not drop by 1%" in got.reason
+    assert got.to_dict()["ratios"] is None
+
+
+def test_a_check_skips_batches_larger_than_the_training_set(monkeypatch):
+    task = load_task(ASSETS / "tiny_mlp.py")  # 96 training items
+    cfg = TrainConfig.from_base(task.base, micro_batch_size=8)
+    got = check(task, cfg, _point(task), [8, 128], steps=2)
+    assert got.ratios is None and got.reason == "the training set is smaller than the check's large batch"
+    monkeypatch.setattr(branches, "EVALS", 2)
+    assert check(task, cfg, _point(task), [8, 32, 128], steps=2).batches == [8, 32]
