@@ -3,7 +3,7 @@
 From one model and optimizer state, each branch trains at its own effective batch (as
 micro-batches of the reference batch, accumulated, so memory stays that of the reference
 run; the learning rate scaled by the config's rule) for the same number of samples, and
-evaluates a fixed set of validation examples as it goes. The samples each branch needs
+evaluates the loss on a fixed set of training examples as it goes. The samples each branch needs
 for one loss drop, over those the reference batch needs, is the sample cost of the larger
 batch: what goodput's statistical efficiency predicts as eff(reference) / eff(batch).
 Samples are counted, not timed, so the measurement holds on a noisy machine.
@@ -25,8 +25,8 @@ from autotune.task import Task
 
 STEPS = 24  # optimizer steps of the largest branch
 EVALS = 12  # evaluations per branch, evenly spaced in samples
-EVAL_SAMPLES = 512  # validation examples evaluated at each point
-FRACTION = 0.8  # the loss drop timed: this fraction of the smallest drop any branch made
+EVAL_SAMPLES = 512  # training examples evaluated at each point
+FRACTION = 0.5  # the loss drop timed: half the smallest drop any branch made, where curves are steep, not flat
 MIN_DROP = 0.01  # below this fraction of the starting loss, no drop is readable
 
 
@@ -95,11 +95,12 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: T
 
 
 def eval_set(task: Task, device: torch.device, size: int = EVAL_SAMPLES) -> list[tuple[Any, Any]]:
-    """The first ``size`` validation examples (training examples when there are none), as
-    batches on ``device``; the same examples for every branch."""
-    train, val = task.datasets()
-    data = val if len(val) else train
-    subset = torch.utils.data.Subset(data, range(min(size, len(data))))
+    """``size`` training examples spread over the training set, as batches on ``device``;
+    the same examples for every branch. The training loss is what the noise scale is about;
+    a validation loss also moves with overfitting, which small models reach within a branch."""
+    data = task.datasets()[0]
+    step = max(1, len(data) // size)
+    subset = torch.utils.data.Subset(data, range(0, len(data), step)[:size])
     loader = torch.utils.data.DataLoader(subset, batch_size=128, collate_fn=task.collate)
     return [to_device(b, device) for b in loader]
 
@@ -120,7 +121,7 @@ def eval_loss(task: Task, model: torch.nn.Module, batches: list[tuple[Any, Any]]
 def branch(task: Task, cfg: TrainConfig, point: Point, batch: int, micro: int, samples: int,
            evals: list[tuple[Any, Any]], seed: int, device: torch.device) -> list[tuple[int, float]]:
     """Train ``samples`` samples at effective batch ``batch`` from ``point`` (micro-batches of
-    ``micro``); the validation loss at the start and after each ``samples / EVALS``."""
+    ``micro``); the loss on ``evals`` at the start and after each ``samples / EVALS``."""
     torch.manual_seed(seed)
     model = task.build_model().to(device)
     model.load_state_dict(point.model)
