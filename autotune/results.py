@@ -9,7 +9,7 @@ An entry (plain data, so the YAML stays readable and this module imports no torc
 
     model: digits_cnn                 # the model file's stem
     model_sha256: 08c9...             # of the file that was tuned
-    created: 2026-11-21T10:00:00+00:00
+    created: <when, ISO 8601 with the UTC offset>
     search_space: default
     device: cpu
     best:                             # the chosen config, as in tuned.yaml

@@ -73,6 +73,8 @@ def test_run_writes_everything_and_a_second_run_resumes(tiny_model_file, tmp_pat
     assert noise["check"]["batches"] == [8, 32] and noise["throughput_pick"]["trial"] in first
     assert report["selection"]["noise_scale"]["basis"] == noise["basis"]
     assert f"Statistical efficiency: {noise['basis']}." in (out / "report.md").read_text()
+    if noise["estimate"]:
+        assert f"Gradient noise scale {noise['estimate']:,.0f} (" in (out / "report.md").read_text()
     weights = torch.load(out / "model.pt", weights_only=True)
     assert "out.weight" in weights
 

@@ -57,6 +57,12 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
     outro = ("Picked config: " + "; ".join(facts) + ".") if facts else ""
     noise = sel.get("noise_scale")
     if noise:
+        if noise.get("estimate"):
+            span = (f"95% interval [{noise['low']:,.0f}, {noise['high']:,.0f}]" if noise.get("low") and noise.get("high")
+                    else "no bounded interval")
+            how = "per-example" if noise.get("method") == "per-example" else "group"
+            outro += (f" Gradient noise scale {noise['estimate']:,.0f} ({span}; from {how} gradient norms"
+                      f"{', Adam-preconditioned' if noise.get('preconditioned') else ''}).")
         outro += f" Statistical efficiency: {noise['basis']}."
         alone = noise.get("throughput_pick")
         picked = next((c["config"] for c in [*(sel.get("candidates") or []), sel.get("default") or {}]

@@ -60,8 +60,8 @@ LEAD = "micro_batch_size"
 REFERENCE_EVERY = 3
 # Knobs screened together as well as alone: a mixed-precision dtype and a memory layout
 # can each lose alone and win together (oneDNN's bf16 convolutions on the CPU and
-# tensor-core convolutions on a GPU want channels_last; measured on the digits CNN here:
-# bf16 alone 0.72 of the base, channels_last alone 0.86, both the grid's fastest).
+# tensor-core convolutions on a GPU want channels_last: on a small CNN each alone can be
+# slower than the base, and both together the fastest of a grid).
 #
 # DataLoader workers and the trainer's CPU threads share the cores: a worker decoding
 # images while two threads train on two cores slows both. Screened one at a time, the

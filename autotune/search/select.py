@@ -7,27 +7,21 @@ them, and the pick is the candidate with the best round-adjusted level of those
 re-measurements (``levels``).
 
 A race run is shorter than a trial: ``run_windows`` timing windows (2) instead of the
-trial's 5, about 1.1-1.5 s instead of 2.6-3.1 s on the development VM. There a process
-runs fast or slow as a whole, so the median of five windows spreads across runs about as
-much as the median of two: per second of measuring, two-window runs told 0.9-7.9 times as
-much (median 2.4) for two configs of each example model (benchmarks/race_runs.py,
-2026-12-02). The race spends that on more rounds and two more candidates: the best five
-trials (in s13, benchmarks/README.md, the grid's best breast-cancer config ranked fifth
-by its trial and was not raced by four), with the runs clearly behind cut after two
-rounds (``cut``), in about the time three candidates and three full-length rounds took.
+trial's 5. Where a process runs fast or slow as a whole, the median of five windows
+spreads across runs about as much as the median of two, so per second of measuring,
+short runs tell more. The race spends that on more rounds and more candidates: the best
+five trials, because the best config's own trial can be unlucky enough to rank it fifth,
+with the runs clearly behind cut after two rounds (``cut``).
 
 With ``keep``, the race halves after its first round (successive halving): the first
 round measures ``top`` configs and the default once each, and only the ``keep`` best by
 that round and their trials together (the geometric mean of the two looks) go on. It is
-off by default: on the development VM (benchmarks/README.md, s11 and s12) six candidates
-halved to three dropped the grid's best config twice after one unlucky first-round run
-(one run of a config varies by 10-25% there), and raced in no config that a race of the
-best few trials would have missed.
+off by default: where one run of a config varies by 10-25%, one unlucky first-round run
+can drop the best config, and halving saves less than it risks.
 
 Round-adjusted: on a shared machine the speed of the whole machine drifts over tens of
-seconds, so the runs of one round tend to be fast or slow together (about a quarter of
-the spread of one config's runs on the development machine: benchmarks/round_drift.py).
-Each run's level is fitted
+seconds, so the runs of one round tend to be fast or slow together. Each run's level is
+fitted
 with each round's own speed factored out (a median polish of the log values: run effect
 plus round effect), so a run that happened to be measured in the slow rounds is not
 ranked down for it. A level is in the objective's units (samples/s), close to the plain
@@ -285,10 +279,9 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 4
     With ``keep``, only the ``keep`` best go on after the first round (``halve``; None, the
     default, or ``keep`` of at least the field: no halving). Those get ``rounds`` measurements; while more than one
     is within ``margin`` of the best level (round-adjusted, ``levels``), those get another
-    round, up to ``max_rounds`` in all (6: of 13 races in benchmarks/search_vs_grid.py
-    results that went past six rounds, 11 picked the same config after six as after
-    eight, and the extra rounds took a tuning run past a quarter of the grid's time). The
-    pick is the best level of the runs that went on. The re-measurement is recorded in
+    round, up to ``max_rounds`` in all (6: races that went on past six rounds nearly
+    always kept the pick they had after six, and the extra rounds cost more than a
+    quarter of an exhaustive grid's time). The pick is the best level of the runs that went on. The re-measurement is recorded in
     the study (user attribute ``remeasured``).
     """
     scorer = scorer_of(study)
