@@ -167,22 +167,28 @@ def test_bf16_far_slower_in_two_rounds_stops_the_speedup_early():
     assert len(calls) == 4  # two rounds, not five
 
 
-def test_a_slow_call_is_timed_fewer_times_within_max_s():
-    import time
+def test_a_slow_call_is_timed_fewer_times_within_max_s(monkeypatch):
+    """On a fake clock each call takes exactly what it says, so a busy machine cannot
+    change how many times it is called."""
+    from types import SimpleNamespace
 
-    from autotune.hardware.bench import median_time_s
+    from autotune.hardware import timing
 
+    now = [0.0]
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     calls = []
 
-    def slow():
-        calls.append(1)
-        time.sleep(0.05)
+    def taking(seconds):
+        def call():
+            calls.append(1)
+            now[0] += seconds
+        return call
 
-    assert median_time_s(slow, max_s=0.12) >= 0.05
-    assert len(calls) == 3  # one warm-up and two timed, not 2 + 5
+    assert timing.median_time_s(taking(0.05), max_s=0.12) == pytest.approx(0.05)
+    assert len(calls) == 3  # one warm-up and two timed (0.12 / 0.05), not 2 + 5
     calls.clear()
-    median_time_s(lambda: calls.append(1), max_s=1.0)
-    assert len(calls) == 7  # a fast call: the usual warm-ups and repeats
+    assert timing.median_time_s(taking(0.001), max_s=1.0) == pytest.approx(0.001)
+    assert len(calls) == timing.WARMUP + timing.REPEATS  # a fast call: the usual warm-ups and repeats
 
 
 def test_a_busy_moment_on_one_side_does_not_flip_the_bf16_speedup():

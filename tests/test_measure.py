@@ -21,17 +21,23 @@ from autotune.search.worker import run_isolated
 ASSETS = Path(__file__).parent / "assets"
 
 
-def test_meter_counts_the_wait_inside_timed_windows_only():
+def test_meter_counts_the_wait_inside_timed_windows_only(monkeypatch):
+    """On a fake clock each step waits 4 ms for data and computes 4 ms, so the wait is half
+    of every window whatever else runs on the machine."""
+    from types import SimpleNamespace
+
+    from autotune.engine import measure as measuring
+
+    now = [0.0]
+    monkeypatch.setattr(measuring, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     meter = ThroughputMeter(warmup_steps=2, window_s=0.03, windows=2)
     meter.waited(5.0)  # before any window: not counted
     while not meter.done:
-        start = time.perf_counter()
-        time.sleep(0.004)
-        meter.waited(time.perf_counter() - start)
-        time.sleep(0.004)  # the step itself
+        now[0] += 0.004
+        meter.waited(0.004)
+        now[0] += 0.004  # the step itself
         meter.step(8)
-    fraction = meter.summary()["data_wait_fraction"]
-    assert 0.3 < fraction < 0.7
+    assert meter.summary()["data_wait_fraction"] == pytest.approx(0.5, abs=0.01)
 
 
 class SlowItems(Dataset):
