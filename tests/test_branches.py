@@ -79,3 +79,16 @@ def test_a_check_skips_batches_larger_than_the_training_set(monkeypatch):
     assert got.ratios is None and got.reason == "the training set is smaller than the check's large batch"
     monkeypatch.setattr(branches, "EVALS", 2)
     assert check(task, cfg, _point(task), [8, 32, 128], steps=2).batches == [8, 32]
+
+
+def test_branches_from_the_initial_weights_warm_up_as_the_full_run_at_their_batch_would():
+    task = load_task(ASSETS / "tiny_mlp.py")  # 96 training items, 2 epochs
+    cfg = TrainConfig.from_base(task.base, micro_batch_size=8, warmup=0.25)
+    assert branches._warmup_steps(cfg, 8, 96) == 6 and branches._warmup_steps(cfg, 32, 96) == 2  # 25% of 24 and of 6
+    torch.manual_seed(0)
+    model = task.build_model()
+    fresh = Point.of(model, task.make_optimizer(model.parameters(), cfg.lr, 0.0))
+    warmed = check(task, cfg, fresh, [8, 32], steps=6, warmup=True)
+    plain = check(task, cfg, fresh, [8, 32], steps=6)
+    assert warmed.curves[0][8][0] == plain.curves[0][8][0]  # the same start
+    assert warmed.curves[0][8][1][1] != plain.curves[0][8][1][1]  # a smaller first step

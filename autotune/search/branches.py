@@ -119,7 +119,7 @@ def eval_loss(task: Task, model: torch.nn.Module, batches: list[tuple[Any, Any]]
 
 
 def branch(task: Task, cfg: TrainConfig, point: Point, batch: int, micro: int, samples: int,
-           evals: list[tuple[Any, Any]], seed: int, device: torch.device) -> list[tuple[int, float]]:
+           evals: list[tuple[Any, Any]], seed: int, device: torch.device, warmup_steps: int = 0) -> list[tuple[int, float]]:
     """Train ``samples`` samples at effective batch ``batch`` from ``point`` (micro-batches of
     ``micro``); the loss on ``evals`` at the start and after each ``samples / EVALS``."""
     torch.manual_seed(seed)
@@ -142,6 +142,9 @@ def branch(task: Task, cfg: TrainConfig, point: Point, batch: int, micro: int, s
     while seen < samples:
         for inputs, target in loader:
             inputs, target = to_device((inputs, target), device)
+            if warmup_steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * min(1.0, (seen // batch + 1) / warmup_steps)
             train_step(model, optimizer, task, inputs, target, accumulation=max(1, batch // micro))
             seen += batch
             if seen >= next_eval - 1e-9 or seen >= samples:
@@ -215,12 +218,19 @@ def samples_to(curve: list[tuple[int, float]], target: float) -> float | None:
     return None
 
 
+def _warmup_steps(cfg: TrainConfig, batch: int, train_size: int) -> int:
+    """The full run's warmup steps at effective batch ``batch``."""
+    return max(1, round(cfg.warmup * cfg.epochs * max(1, train_size // batch)))
+
+
 def check(task: Task, cfg: TrainConfig, point: Point, batches: list[int], steps: int = STEPS,
-          repeats: int = 1, device: torch.device | None = None) -> Check:
+          repeats: int = 1, device: torch.device | None = None, warmup: bool = False) -> Check:
     """Branch from ``point`` at each of ``batches`` (the first is the reference) for
     ``steps`` steps of the largest, ``repeats`` times with different data orders; the
     samples each needs for ``FRACTION`` of the smallest loss drop any branch of a repeat
-    made, on curves smoothed over neighbouring evaluations."""
+    made, on curves smoothed over neighbouring evaluations. With ``warmup`` (for a point at
+    the start of training), each branch warms its learning rate up linearly over the
+    steps the full run at its batch would (``cfg.warmup`` of them)."""
     device = device or torch.device("cpu")
     train_set = task.datasets()[0]
     batches = [b for b in batches if b <= len(train_set)]
@@ -232,7 +242,8 @@ def check(task: Task, cfg: TrainConfig, point: Point, batches: list[int], steps:
     evals = eval_set(task, device)
     micro = batches[0]
     for r in range(repeats):
-        curves = {b: branch(task, cfg, point, b, micro, samples, evals, cfg.seed + 1 + r, device) for b in batches}
+        curves = {b: branch(task, cfg, point, b, micro, samples, evals, cfg.seed + 1 + r, device,
+                            _warmup_steps(cfg, b, len(train_set)) if warmup else 0) for b in batches}
         result.curves.append(curves)
         smoothed = {b: smooth(c) for b, c in curves.items()}
         start = max(c[0][1] for c in curves.values())
