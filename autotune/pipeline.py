@@ -42,7 +42,7 @@ from autotune.search.storage import redact, sqlite_url
 from autotune.search.opening import study_exists
 from autotune.search.screen import sized_trials
 from autotune.search.study import scorer_of
-from autotune.search.select import Selection
+from autotune.search.select import Selection, throughput_pick
 from autotune.run_data import report_data, search_data, selection_data, versions
 from autotune.search.space import SearchSpace
 from autotune.task import Task, load_task
@@ -377,18 +377,6 @@ def _facts(profile: HardwareProfile, task: Task, plans: list[Any] | None = None)
 
 
 
-def _throughput_pick(study: Any) -> dict[str, Any] | None:
-    """The measured trial with the most samples/s over the full run: what the pick would have
-    been under throughput alone, before the selection's race."""
-    key = "effective_throughput_samples_per_s"
-    ok = [t for t in study.trials if t.user_attrs.get("status") == "ok" and t.user_attrs.get(key)]
-    if not ok:
-        return None
-    best = max(ok, key=lambda t: t.user_attrs[key])
-    return {"trial": best.number, "config": best.user_attrs.get("config"), "samples_per_s": best.user_attrs[key],
-            "goodput_samples_per_s": best.user_attrs.get("goodput_samples_per_s")}
-
-
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -410,7 +398,7 @@ def _tuned_config(task: Task, space: SearchSpace, profile: HardwareProfile, stud
         "goodput_vs_default": _ratio(scores["goodput_samples_per_s"], default_scores["goodput_samples_per_s"]),
         "gradient_noise_scale": scorer.b_noise,
         "noise_scale": {**scorer.noise, "used": scorer.b_noise, "basis": scorer.basis,
-                        "throughput_pick": _throughput_pick(study)} if scorer.objective == "goodput" else None,
+                        "throughput_pick": throughput_pick(study)} if scorer.objective == "goodput" else None,
         "reference_batch_size": scorer.reference_batch,
         "flops_per_sample": scorer.flops_per_sample,
         "peak_memory_bytes": sel.trial_attrs.get("peak_memory_bytes"),

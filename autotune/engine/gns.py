@@ -170,6 +170,21 @@ def _scaled_sq(grads: dict[str, torch.Tensor], scales: dict[str, torch.Tensor] |
     return total
 
 
+def _by_name(named: dict[str, torch.Tensor], preconditioner: dict[torch.Tensor, torch.Tensor] | None
+             ) -> dict[str, torch.Tensor] | None:
+    """The preconditioner keyed like the gradients it scales."""
+    if preconditioner is None:
+        return None
+    return {k: preconditioner[p] for k, p in named.items() if p in preconditioner}
+
+
+def _group_norms(size: int, groups: int, sum_sq: float, total: dict[str, torch.Tensor],
+                 scales: dict[str, torch.Tensor] | None) -> GroupNorms:
+    """``GroupNorms`` from the summed squared norms and the summed gradients of the groups."""
+    mean = {k: v / groups for k, v in total.items()}
+    return GroupNorms(size, groups, sum_sq, _scaled_sq(mean, scales, batched=False).item())
+
+
 def per_example_norms(
     model: nn.Module,
     call: Callable[[nn.Module, Any], Any],
@@ -193,9 +208,7 @@ def per_example_norms(
     named = {f"model.{k}": p for k, p in model.named_parameters() if p.requires_grad}
     params = {k: p.detach() for k, p in named.items()}
     buffers = {f"model.{k}": b for k, b in model.named_buffers()}
-    scales = None
-    if preconditioner is not None:
-        scales = {k: preconditioner[p] for k, p in named.items() if p in preconditioner}
+    scales = _by_name(named, preconditioner)
     n = min(int(target.shape[0]), MAX_EXAMPLES)
     numel = sum(p.numel() for p in params.values())
     chunk = max(1, min(n, CHUNK_BYTES // max(1, 4 * numel)))
@@ -215,8 +228,7 @@ def per_example_norms(
         for k, g in grads.items():
             s = g.detach().double().sum(0)
             total[k] = s if k not in total else total[k] + s
-    mean = {k: v / n for k, v in total.items()}
-    return GroupNorms(1, n, sum_sq, _scaled_sq(mean, scales, batched=False).item())
+    return _group_norms(1, n, sum_sq, total, scales)
 
 
 def group_norms(
@@ -239,9 +251,7 @@ def group_norms(
         raise ValueError(f"A batch of {n} examples is too small for group gradients.")
     params = [p for p in model.parameters() if p.requires_grad]
     named = {str(i): p for i, p in enumerate(params)}
-    scales = None
-    if preconditioner is not None:
-        scales = {k: preconditioner[p] for k, p in named.items() if p in preconditioner}
+    scales = _by_name(named, preconditioner)
     sum_sq = 0.0
     total: dict[str, torch.Tensor] = {}
     for j in range(groups):
@@ -255,8 +265,7 @@ def group_norms(
             total[k] = g.double() if k not in total else total[k] + g.double()
     for p in params:
         p.grad = None
-    mean = {k: v / groups for k, v in total.items()}
-    return GroupNorms(size, groups, sum_sq, _scaled_sq(mean, scales, batched=False).item())
+    return _group_norms(size, groups, sum_sq, total, scales)
 
 
 @dataclass

@@ -82,14 +82,19 @@ class Check:
         }
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Task, inputs: Any, target: Any,
-               accumulation: int = 1) -> None:
-    """One optimizer step on a batch, split into ``accumulation`` equal micro-batches."""
-    n = batch_len(target)
-    size = n // accumulation
+def backward(model: torch.nn.Module, task: Task, inputs: Any, target: Any, accumulation: int = 1) -> None:
+    """The gradient of a batch's mean loss into ``.grad``, as ``accumulation`` equal
+    micro-batches, so memory stays that of one micro-batch."""
+    size = batch_len(target) // accumulation
     for j in range(accumulation):
         part = slice(j * size, (j + 1) * size)
         (task.loss(task.call(model, tree_map(lambda t: t[part], inputs)), target[part]) / accumulation).backward()
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Task, inputs: Any, target: Any,
+               accumulation: int = 1) -> None:
+    """One optimizer step on a batch, split into ``accumulation`` equal micro-batches."""
+    backward(model, task, inputs, target, accumulation)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -178,12 +183,7 @@ def remeasure_second_moment(task: Task, model: torch.nn.Module, optimizer: torch
     seen = 0
     for inputs, target in loader:
         inputs, target = to_device((inputs, target), device)
-        n = batch_len(target)
-        accumulation = max(1, n // micro)
-        size = n // accumulation
-        for j in range(accumulation):
-            part = slice(j * size, (j + 1) * size)
-            (task.loss(task.call(model, tree_map(lambda t: t[part], inputs)), target[part]) / accumulation).backward()
+        backward(model, task, inputs, target, max(1, batch_len(target) // micro))
         for total, p in zip(sums, params):
             if p.grad is not None:
                 total.add_(p.grad.detach().float().pow(2))

@@ -347,3 +347,15 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 4
                           keep if halving else None, run_budget.windows, cut, cut_after)
     study.set_user_attr("remeasured", selection.to_dict())
     return selection
+
+
+def throughput_pick(study: optuna.Study) -> dict[str, Any] | None:
+    """The measured trial with the most samples/s over the full run: what the pick would have
+    been under throughput alone, before the selection's race."""
+    key = "effective_throughput_samples_per_s"
+    ok = [t for t in study.trials if t.user_attrs.get("status") == "ok" and t.user_attrs.get(key)]
+    if not ok:
+        return None
+    best = max(ok, key=lambda t: t.user_attrs[key])
+    return {"trial": best.number, "config": best.user_attrs.get("config"), "samples_per_s": best.user_attrs[key],
+            "goodput_samples_per_s": best.user_attrs.get("goodput_samples_per_s")}
