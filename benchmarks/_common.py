@@ -11,11 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
-    """This machine in one line: CPU model, logical cores, memory (no GPU: CPU runs)."""
+    """This machine in one line: CPU model, logical cores, memory, and the GPUs torch sees."""
+    import torch
+
     from autotune.hardware import collect_host
 
     host = collect_host()
-    return f"{host['cpu_model']}, {host['logical_cores']} logical cores, {host['memory_total_bytes'] / 2**30:.0f} GiB, no GPU"
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = f"{count} x {torch.cuda.get_device_name(0)}" if count else "no GPU"
+    return f"{host['cpu_model']}, {host['logical_cores']} logical cores, {host['memory_total_bytes'] / 2**30:.0f} GiB, {gpus}"
 
 
 def commit() -> str:

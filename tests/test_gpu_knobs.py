@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import pytest
 import torch
@@ -130,7 +131,9 @@ def test_alloc_conf_keeps_the_users_other_settings(current, expected):
 
 
 def test_expandable_segments_go_into_the_environment_before_cuda_starts(monkeypatch):
-    assert not torch.cuda.is_initialized()
+    # As in a fresh trial process, whatever GPU tests ran before this one in this process
+    # (the branch after CUDA started is the next test's, in a subprocess).
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     for var in knobs.ALLOC_CONF_VARS:
         monkeypatch.delenv(var, raising=False)
     with knobs.expandable_segments("cuda", True):
@@ -185,9 +188,22 @@ def test_the_compile_clock_knows_the_first_steps_time():
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-def test_a_trials_time_limit_counts_from_after_the_compile(tiny_task):
-    # A cold compile on the CPU takes several seconds, far past this limit: counted from
-    # the start, the run would stop after its first step.
+def test_a_trials_time_limit_counts_from_after_the_compile(tiny_task, monkeypatch):
+    # A first step that takes 1.5 s stands for the compile (a real one takes from under a
+    # second on a fast host with a warm cache to minutes): counted from the start, the run
+    # would stop after that first step.
+    def slow_first_call(model, mode):
+        calls = []
+
+        def first_call_waits(module, args):
+            if not calls:
+                calls.append(1)
+                time.sleep(1.5)
+
+        model.register_forward_pre_hook(first_call_waits)
+        return model
+
+    monkeypatch.setattr(knobs, "compiled", slow_first_call)
     result = train(tiny_task, _cfg(micro_batch_size=8, epochs=100_000, compile="default"), CPU, max_seconds=1.0,
                    max_steps=10_000)
     assert result.stopped_by == "max_seconds" and result.compile_seconds > 1.0
