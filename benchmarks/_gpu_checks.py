@@ -18,7 +18,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-GOAL_RATIO = 0.8  # measured / datasheet a card must reach (matmul peak, copy bandwidth)
+GOAL_RATIO = 0.8  # measured / datasheet a card's copy bandwidth must reach
+# A burst of bf16 matmuls (8192^3, ten after three warm-ups, random data) against the
+# datasheet's dense peak: cuBLAS reaches 0.77-0.81 of it on an H100/H200 SXM at its boost
+# clock (matmul_sustained.py), so 0.75 catches a card or a measurement far off its spec
+# without failing on the spread between runs.
+MATMUL_GOAL = 0.75
+# autotune's own figure (a few hundred matmuls back to back) over the burst: under
+# sustained load a card at its power limit lowers its clock (an H200 SXM from 1980 to about
+# 1470 MHz at 700 W, 0.85 of the burst's speed), so the profile's figure, the one training
+# sees, sits below the burst; far below it, or above it, the measurement is wrong.
+SUSTAINED_RANGE = (0.6, 1.05)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,18 @@ def ratio_verdict(measured: float, datasheet: float, goal: float = GOAL_RATIO) -
         raise ValueError(f"need a finite measurement and a positive datasheet figure, got {measured} and {datasheet}")
     ratio = measured / datasheet
     return ("PASS" if ratio >= goal else "FAIL"), ratio
+
+
+def matmul_verdict(burst: float, sustained: float, datasheet: float) -> tuple[str, float, float]:
+    """PASS or FAIL, burst / datasheet and sustained / burst: PASS when the burst reaches
+    ``MATMUL_GOAL`` of the datasheet and autotune's sustained figure is in
+    ``SUSTAINED_RANGE`` of the burst."""
+    status, ratio = ratio_verdict(burst, datasheet, MATMUL_GOAL)
+    if not (burst > 0 and math.isfinite(sustained)):
+        raise ValueError(f"need a positive burst and a finite sustained figure, got {burst} and {sustained}")
+    share = sustained / burst
+    low, high = SUSTAINED_RANGE
+    return ("PASS" if status == "PASS" and low <= share <= high else "FAIL"), ratio, share
 
 
 # ------------------------------------------------------------------ checks and the report

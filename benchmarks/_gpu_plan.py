@@ -2,10 +2,11 @@
 on one H100/H200, what the time limit leaves each `autotune run` and the single trials,
 and the clock each check is started against (skipped, not failed, when it cannot fit).
 
-None of these seconds was measured on an H100 or H200: they are guesses from what each
-step does, to be replaced by what the first real result file records (its "plan" next
-to each check's "seconds"; each run's report has its trials' ``trial_seconds``). They
-decide only what is tried in the time limit; no verdict depends on them.
+The seconds come from the first H200 result file
+(results/gpu_acceptance-nvidia-h200-2026-12-04.json: its "plan" next to each check's
+"seconds", and the digits run's study), rounded up; where a step did not run there (the
+ResNet and sequence runs, two GPUs) they are guesses from what it does. They decide only
+what is tried in the time limit; no verdict depends on them.
 
 An `autotune run` costs its setup (the hardware profile with its benchmarks, the memory
 probe, a process per amp mode, the model's statistics), its trials in the order a cold
@@ -28,22 +29,25 @@ from typing import Any, Callable, Iterable
 from _gpu_checks import Check
 
 # A plain trial: a fresh process from the fork server, CUDA start, 3 warm-up steps, 5
-# timing windows of 0.5 s, a few evaluation batches. Guessed 6-10 s on an H100/H200.
-PLAIN_TRIAL_S = 8.0
-# A compiled trial, its cold Inductor compile included (each trial has a fresh cache);
-# guessed 30-90 s, max-autotune-no-cudagraphs (it benchmarks kernel candidates) longest.
-COMPILE_S = {"default": 45.0, "reduce-overhead": 50.0, "max-autotune-no-cudagraphs": 90.0}
-RACE_S = 22 * 6.0  # the selection race: about 22 runs of 2 windows, each in a fresh process
+# timing windows of 0.5 s, a few evaluation batches: 3.6-4.2 s on the H200.
+PLAIN_TRIAL_S = 4.5
+# A compiled trial, its cold Inductor compile included (each trial has a fresh cache): on
+# the H200 22 s for default (digits) and reduce-overhead (a single ResNet trial), 79 s for
+# max-autotune-no-cudagraphs, which benchmarks kernel candidates.
+COMPILE_S = {"default": 25.0, "reduce-overhead": 30.0, "max-autotune-no-cudagraphs": 85.0}
+# The selection race: about 22 runs of 2 windows, each in a fresh process. On the H200 the
+# digits run's setup, race, final run and report took 94 s together.
+RACE_S = 22 * 3.0
 REPORT_S = 10.0  # report.md/html with its figures, parameter importances, the profile record
 MIN_TRIALS = 3  # a run that cannot hold this many trials in what is left is skipped
 
 # The checks that are not autotune runs, in seconds (the trials check is sized by
 # ``pooled_s`` once the runs have said which labels they covered).
 CHECK_S = {
-    "nvml": 20.0,  # torch's CUDA start and the hardware profile with its short benchmarks
+    "nvml": 10.0,  # torch's CUDA start and the hardware profile with its short benchmarks (3 s)
     "matmul": 10.0,  # an 8192^3 bf16 matmul, timed after warm-up
     "bandwidth": 5.0,
-    "probe": 45.0,  # about 10 probes of the ResNet example, each a fresh process, then 2 more
+    "probe": 40.0,  # the ResNet example's probes, each a fresh process, then 2 more (31 s)
     "nproc": 45.0,  # torchrun with 2 ranks (nccl start), 2 epochs of the digits CNN
     "knobs": 0.0,
     "mfu": 0.0,
@@ -147,7 +151,7 @@ def fit_labels(costs: dict[str, float], seconds: float, parallel: int) -> list[s
 
 def plan_lines(rows: list[tuple[str, float, str]], limit_s: float) -> list[str]:
     """The printed plan: one line per check (name, expected seconds, note) and the total."""
-    lines = [f"plan for --time-limit {limit_s:.0f} s (guessed seconds on an H100/H200, not measured there):"]
+    lines = [f"plan for --time-limit {limit_s:.0f} s (expected seconds on an H100/H200, from an H200 run where one ran there):"]
     lines += [f"  {name:<13} {seconds:5.0f} s  {note}".rstrip() for name, seconds, note in rows]
     total = sum(seconds for _, seconds, _ in rows)
     lines.append(f"  {'total':<13} {total:5.0f} s  of {limit_s:.0f} s")

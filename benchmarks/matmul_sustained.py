@@ -73,12 +73,13 @@ class Sampler:
                 "power_w": statistics.median(p for _, p in inside)}
 
 
-def tflops(seconds_each: float) -> float:
-    return 2.0 * SIZE**3 / seconds_each / 1e12
+def tflops(seconds_each: float, size: int = SIZE) -> float:
+    return 2.0 * size**3 / seconds_each / 1e12
 
 
-def burst(mm: Any, warmup: int = 3, timed: int = 10) -> float:
-    """Mean TFLOP/s of ``timed`` matmuls after ``warmup`` (CUDA events, one wait)."""
+def burst(mm: Any, warmup: int = 3, timed: int = 10, size: int = SIZE) -> float:
+    """Mean TFLOP/s of ``timed`` square ``size`` matmuls ``mm()`` after ``warmup`` (CUDA
+    events, one wait): short enough that the card keeps its boost clock."""
     import torch
 
     for _ in range(warmup):
@@ -89,7 +90,7 @@ def burst(mm: Any, warmup: int = 3, timed: int = 10) -> float:
         mm()
     end.record()
     end.synchronize()
-    return tflops(start.elapsed_time(end) / 1e3 / timed)
+    return tflops(start.elapsed_time(end) / 1e3 / timed, size)
 
 
 def sustained(mm: Any, seconds: float, window: int) -> list[float]:

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from autotune.search import SearchBudget, TrialBudget, open_study, parse_space, run_search
 from autotune.search.worker import run_isolated
 from autotune.task import load_task
+from tests.child_env import child_env
 
 ASSETS = Path(__file__).parent / "assets"
 ROOT = Path(__file__).parents[1]
@@ -131,7 +132,7 @@ def _wait_for(db: Path, proc: subprocess.Popen, finished: int, timeout: float = 
 def test_ctrl_c_and_sigkill_lose_no_trial_and_the_same_command_resumes(tmp_path):
     out, profiles = tmp_path / "run", tmp_path / "profiles"
     db = out / "study.db"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env(ROOT)
 
     # Ctrl-C (SIGINT) while a trial runs: a clean stop that says how to resume. (A shell
     # starts background jobs with SIGINT ignored, and Python keeps it so: give the tuner

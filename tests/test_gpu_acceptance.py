@@ -120,7 +120,7 @@ def test_run_arguments_keep_the_default_budget_cut_by_timeout_and_write_a_valid_
 def test_a_run_that_cannot_fit_is_skipped_with_the_reason_and_marked_short(tmp_path):
     ctx = _context(tmp_path, "--time-limit", "100")
     status, figure, _ = runs.check_run(runs.RUNS[1], ctx)
-    assert status == "SKIP" and figure.startswith("time limit: needs at least 229 s (494 s whole), ")
+    assert status == "SKIP" and figure.startswith("time limit: needs at least 229 s (449 s whole), ")
     assert ctx.short == {"run-resnet": "skipped (time limit)"} and not list(tmp_path.glob("run-resnet*"))
 
 
@@ -187,7 +187,7 @@ def test_each_runs_budget_and_costed_trials_match_what_autotune_queues_on_a_gpu(
 
 def test_a_run_gets_its_whole_budget_where_it_fits_and_stops_before_what_does_not():
     cost = gp.RunCost(setup_s=10, final_s=5, trial_s=8, compiles={4: "max-autotune-no-cudagraphs"}, race_s=20)
-    assert cost.whole_s(6) == 10 + 5 * 8 + 90 + 20 + 5 + gp.REPORT_S
+    assert cost.whole_s(6) == 10 + 5 * 8 + gp.COMPILE_S["max-autotune-no-cudagraphs"] + 20 + 5 + gp.REPORT_S
     whole = gp.fit(cost, 6, 1000)
     assert (whole.trials, whole.cut, whole.seconds) == (6, False, cost.whole_s(6))
     assert whole.timeout_s >= cost.search_s(6)  # the budget ends the search, not the timeout
@@ -195,7 +195,7 @@ def test_a_run_gets_its_whole_budget_where_it_fits_and_stops_before_what_does_no
     assert (cut.trials, cut.cut) == (4, True) and cost.search_s(3) < cut.timeout_s < cost.search_s(4)
     assert gp.fit(cost, 6, cost.whole_s(2)).trials == 0  # fewer than MIN_TRIALS: skipped
     free = gp.RunCost(setup_s=10, final_s=5, trial_s=8, compiles={4: "default"}, free=frozenset({1, 2}))
-    assert free.search_s(2) == 16 and free.search_s(3) == 16 + 45  # two counted trials reach the compiled one
+    assert free.search_s(2) == 16 and free.search_s(3) == 16 + gp.COMPILE_S["default"]  # two counted trials reach the compiled one
 
 
 def test_single_trials_fit_in_priority_order_leaving_out_what_does_not():
@@ -259,6 +259,18 @@ def test_ratio_against_the_datasheet_meets_the_goal_or_not():
     assert gc.ratio_verdict(0.8 * 989, 989)[0] == "PASS"
     with pytest.raises(ValueError, match="positive datasheet figure, got 1.0 and 0"):
         gc.ratio_verdict(1.0, 0)
+
+
+def test_the_matmul_check_takes_the_burst_to_the_datasheet_and_the_profile_to_the_burst():
+    # The H200's figures: a burst at its boost clock of 794 TFLOP/s, the profile's sustained
+    # 674 at its power limit (benchmarks/results/matmul_sustained-nvidia-h200-2026-12-04.json).
+    status, ratio, share = gc.matmul_verdict(794, 674, 989)
+    assert status == "PASS" and ratio == pytest.approx(0.803, abs=1e-3) and share == pytest.approx(0.849, abs=1e-3)
+    assert gc.matmul_verdict(0.7 * 989, 0.7 * 989, 989)[0] == "FAIL"  # the card far off its spec
+    assert gc.matmul_verdict(794, 0.5 * 794, 989)[0] == "FAIL"  # the profile's figure broken low
+    assert gc.matmul_verdict(794, 1.1 * 794, 989)[0] == "FAIL"  # or above what the card can do
+    with pytest.raises(ValueError, match="finite sustained figure"):
+        gc.matmul_verdict(794, float("nan"), 989)
 
 
 def test_nvml_fields_that_read_na_are_named():
@@ -550,7 +562,7 @@ def test_cpu_dry_run_end_to_end(tmp_path):
     data = json.loads(result.read_text())
     assert data["dry_run"] is True and data["counts"]["FAIL"] == 0
     assert [c["name"] for c in data["checks"]] == [n for n in gpu_acceptance.ORDER if n not in ("run-resnet", "run-sequence")]
-    assert done.stdout.splitlines()[1] == "plan for --time-limit 480 s (guessed seconds on an H100/H200, not measured there):"
+    assert done.stdout.splitlines()[1] == "plan for --time-limit 480 s (expected seconds on an H100/H200, from an H200 run where one ran there):"
     assert done.stdout.index("  total ") < done.stdout.index("PASS  run-digits") < done.stdout.index("PASS  trials")
     trials = next(c for c in data["checks"] if c["name"] == "trials")
     # The run's checkpointing trial is slower than the default (35-50% per step on a small

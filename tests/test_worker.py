@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from autotune.search.worker import run_isolated
+from tests.child_env import child_env
 
 ASSETS = Path(__file__).parent / "assets"
 if str(ASSETS) not in sys.path:
@@ -154,8 +155,8 @@ def test_the_fork_server_asks_nvml_so_a_model_files_cuda_check_cannot_poison_it(
     shutil.copy(ASSETS / "tiny_mlp.py", model)
     model.write_text(f"import {fork_server_funcs.PROBE_MODULE}\n" + model.read_text())
     root = ASSETS.parents[1]
-    env = {k: v for k, v in os.environ.items() if k != fork_server_funcs.NVML_CHECK}
-    env["PYTHONPATH"] = os.pathsep.join([str(root), str(tmp_path), str(ASSETS)])
+    env = child_env(root, tmp_path, ASSETS)
+    env.pop(fork_server_funcs.NVML_CHECK, None)
     done = subprocess.run([sys.executable, str(ASSETS / "fork_server_funcs.py"), str(model)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -22,6 +22,7 @@ from autotune.errors import ConfigError
 from autotune.hardware import SCHEMA_VERSION, HardwareProfile
 from autotune.parallel import plan_workers
 from autotune.search.storage import claim, is_claim, open_storage, redact
+from tests.child_env import child_env
 from tests.storages import storage_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    return child_env(ROOT)
 
 
 @pytest.mark.slow
