@@ -14,10 +14,12 @@ A model passes when the prediction is within +-30% of the measurement at both la
 batches. The goal: at least 4 of the 5 models.
 
     .venv/bin/python benchmarks/batch_efficiency.py [--models digits_cnn ...] [--steps 48] [--repeats 3]
-        [--from-start] [--out FILE]
+        [--from-start] [--estimate-at {warmup,start}] [--out FILE]
 
 ``--from-start`` branches from the initial weights and a fresh optimizer, each with the
 full run's warmup at its batch: the sample cost a run pays to reach an early target.
+``--estimate-at start`` observes the noise scale from the initial weights too, rather
+than after the warmup, so that the estimate and the branches see the same steps.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ FACTORS = (1, 4, 8)
 TOLERANCE = 0.30
 
 
-def validate(model_path: str, steps: int, repeats: int, from_start: bool = False) -> dict[str, Any]:
+def validate(model_path: str, steps: int, repeats: int, from_start: bool = False,
+             estimate_at: str = "warmup") -> dict[str, Any]:
     """The estimate at the study's point of training, and branches from it (in a trial
     process); with ``from_start``, the branches start from the initial weights and a fresh
     optimizer instead, with the run's warmup, as a full run does."""
@@ -45,7 +48,7 @@ def validate(model_path: str, steps: int, repeats: int, from_start: bool = False
 
     task = load_task(model_path, validate=False)
     cfg = TrainConfig.from_base(task.base, micro_batch_size=task.base.batch_size)
-    ref = reach(model_path, cfg.to_dict())
+    ref = reach(model_path, cfg.to_dict(), observe_from=estimate_at)
     point = branches.Point.of(ref.model, ref.optimizer)
     if from_start:
         import torch
@@ -75,6 +78,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="branches per batch, with different data orders")
     parser.add_argument("--from-start", action="store_true",
                         help="branch from the initial weights with the run's warmup, not from after the warmup")
+    parser.add_argument("--estimate-at", choices=("warmup", "start"), default="warmup",
+                        help="observe the gradient noise after the run's warmup (the study's default) or from the "
+                             "initial weights")
     parser.add_argument("--out", type=Path, help="result file (default benchmarks/results/batch_efficiency[-from_start].json)")
     args = parser.parse_args()
     from autotune.search.worker import run_isolated
@@ -83,7 +89,7 @@ def main() -> None:
     for name in args.models:
         path = str(ROOT / "examples" / f"{name}.py")
         outcome = run_isolated(validate, {"model_path": path, "steps": args.steps, "repeats": args.repeats,
-                                          "from_start": args.from_start}, 3600)
+                                          "from_start": args.from_start, "estimate_at": args.estimate_at}, 3600)
         if not outcome.ok:
             raise SystemExit(f"{name}: {outcome.reason}")
         got = results[name] = outcome.value
@@ -102,8 +108,10 @@ def main() -> None:
     for r in table:
         print(_row(r))
     command = (f"benchmarks/batch_efficiency.py --models {' '.join(args.models)} --steps {args.steps} "
-               f"--repeats {args.repeats}" + (" --from-start" if args.from_start else ""))
-    out = args.out or ROOT / "benchmarks" / "results" / f"batch_efficiency{'-from_start' if args.from_start else ''}.json"
+               f"--repeats {args.repeats}" + (" --from-start" if args.from_start else "")
+               + (f" --estimate-at {args.estimate_at}" if args.estimate_at != "warmup" else ""))
+    suffix = ("-from_start" if args.from_start else "") + (f"-estimate_{args.estimate_at}" if args.estimate_at != "warmup" else "")
+    out = args.out or ROOT / "benchmarks" / "results" / f"batch_efficiency{suffix}.json"
     write_result(out, command, goal="predicted within +-30% of measured at both larger batches, 4 of 5 models",
                  passed=passed, table=table, results=results)
 

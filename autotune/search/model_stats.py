@@ -85,11 +85,16 @@ class Reference:
     noise: dict[str, Any]
 
 
-def reach(model_path: str, config: dict[str, Any], max_seconds: float = 15.0, observe_steps: int = 100) -> Reference:
+def reach(model_path: str, config: dict[str, Any], max_seconds: float = 15.0, observe_steps: int = 100,
+          observe_from: str = "warmup") -> Reference:
     """Train the reference config ``config`` at its batch (at most half the training set)
-    through the run's warmup (at most half of ``max_seconds``), then observe per-example
-    gradient norms on up to ``observe_steps`` steps in the rest of the time: the noise scale
-    of the run after its warmup, where most of its steps are, and not of its first steps."""
+    and observe per-example gradient norms on up to ``observe_steps`` steps within
+    ``max_seconds``. With ``observe_from="warmup"`` the observations start after the run's
+    warmup (or half of ``max_seconds``): the noise scale of the run where most of its steps
+    are. With "start" they start at the initial weights: the noise scale of the first
+    steps, which decides what a larger batch costs to reach an early target."""
+    if observe_from not in ("warmup", "start"):
+        raise ValueError(f"observe_from must be 'warmup' or 'start', got {observe_from!r}")
     task = load_task(model_path, validate=False)
     cfg = TrainConfig.from_dict(config, source="model statistics config")
     device = pick_device()
@@ -114,7 +119,7 @@ def reach(model_path: str, config: dict[str, Any], max_seconds: float = 15.0, ob
     start = time.perf_counter()
     while len(observations) < observe_steps and time.perf_counter() - start < max_seconds:
         inputs, target = next(batches)
-        if steps >= warmup_steps or time.perf_counter() - start >= max_seconds / 2:
+        if observe_from == "start" or steps >= warmup_steps or time.perf_counter() - start >= max_seconds / 2:
             scales = adam_preconditioner(optimizer)
             preconditioned = scales is not None
             one = NoiseScale()
@@ -130,6 +135,7 @@ def reach(model_path: str, config: dict[str, Any], max_seconds: float = 15.0, ob
         "preconditioned": preconditioned,
         "observations": len(observations),
         "steps_before": steps - len(observations),
+        "observed_from": observe_from,
         "batch": batch,
         "run_fraction": steps / run_steps,
         "check": None,
