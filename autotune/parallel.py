@@ -28,6 +28,7 @@ from typing import Any, Mapping
 
 from autotune.errors import AutotuneError, ConfigError
 from autotune.hardware.devices import cuda_gpus, visible_devices
+import autotune.search.optuna_adapter as study_data
 
 WORKER_LOG = "worker-{i}.log"  # in the run directory
 
@@ -221,7 +222,7 @@ def is_last(study: Any) -> bool:
     would then claim different keys and both finalize."""
     from optuna.trial import TrialState
 
-    from autotune.search.storage import claim
+    from autotune.search.optuna_adapter import claim
 
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.RUNNING for t in trials):
@@ -253,7 +254,7 @@ def finalize_study(model_path: str | Path, storage: str, name: str, out: Path, p
     if running:
         raise AutotuneError(f"Trials {running} of study {name!r} are still running; finalize once they have finished.",
                             hint="Workers that are still running finalize by themselves when the budget is spent.")
-    data = study.user_attrs.get("hardware_profile")
+    data = study_data.attrs(study).get("hardware_profile")
     profile = HardwareProfile.from_dict(data, source=f"study {name!r}") if data else collect_profile()
     out.mkdir(parents=True, exist_ok=True)
     opts = pipeline.RunOptions(out=out, storage=storage, study=name, progress=progress, profiles=None)

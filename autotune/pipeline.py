@@ -46,6 +46,7 @@ from autotune.search.select import Selection, throughput_pick
 from autotune.run_data import report_data, search_data, selection_data, versions
 from autotune.search.space import SearchSpace
 from autotune.task import Task, load_task
+import autotune.search.optuna_adapter as study_data
 
 STUDY_FILE = "study.db"
 TUNED_FILE = "tuned.yaml"
@@ -160,7 +161,7 @@ def storage_of(opts: RunOptions) -> str:
 
 def study_budget(study: Any, fallback: SearchBudget) -> SearchBudget:
     """The budget the study was last run with (``autotune run`` stores it for workers)."""
-    data = study.user_attrs.get("budget")
+    data = study_data.attrs(study).get("budget")
     return SearchBudget.from_dict(data) if data else fallback
 
 
@@ -185,7 +186,7 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
     budget = opts.budget
     if opts.size_budget and sized_trials(budget.n_trials, s.space, s.study) > budget.n_trials:
         budget = dataclasses.replace(budget, n_trials=sized_trials(budget.n_trials, s.space, s.study))
-        s.study.set_user_attr("budget", budget.to_dict())  # where workers read it
+        s.study_data.put(study, "budget", budget.to_dict())  # where workers read it
         log(f"autotune: budget {budget.n_trials} trials, for the screening of each knob's choices (--trials sets it)")
     before = len(s.study.get_trials(deepcopy=False))
     if plans:
@@ -219,10 +220,10 @@ def setup_study(model_path: str | Path, opts: RunOptions, log: Any = print, plan
     def prepare(study: Any, space: SearchSpace) -> tuple[SearchSpace, Scorer]:
         space, probe = _probe_memory(task, space, profile, opts, log)
         scorer = _scorer(task, profile, opts, log)
-        study.set_user_attr("memory_probe", probe)
-        study.set_user_attr("hardware_profile", profile.to_dict())
-        study.set_user_attr("trial_device", parallel.trial_device(profile))
-        study.set_user_attr("budget", opts.budget.to_dict())
+        study_data.put(study, "memory_probe", probe)
+        study_data.put(study, "hardware_profile", profile.to_dict())
+        study_data.put(study, "trial_device", parallel.trial_device(profile))
+        study_data.put(study, "budget", opts.budget.to_dict())
         warm = _warm_plan(space, profile, task, opts)
         # A warm start seeds the study with another machine's best; a cold one screens
         # every knob's choices first (search/screen.py).
@@ -237,7 +238,7 @@ def setup_study(model_path: str | Path, opts: RunOptions, log: Any = print, plan
     study, space = open_study(storage, opts.study or task.name, task, raw, space, profile.fingerprint, task.base.seed,
                               Scorer(opts.objective), prepare=prepare, log=log)
     if own_budget:
-        study.set_user_attr("budget", opts.budget.to_dict())
+        study_data.put(study, "budget", opts.budget.to_dict())
     stale = fail_stale_trials(study)
     if stale:
         log(f"autotune: marked {stale} trial(s) left running by a stopped tuner as failed")
@@ -250,10 +251,10 @@ def select_and_save(task: Task, profile: HardwareProfile, study: Any, space: Sea
                     ran: int, log: Any = print) -> Tuning:
     """Re-measure the best few (``select``) and write tuned.yaml into ``opts.out``."""
     budget = study_budget(study, opts.budget)
-    if ran == 0 and study.user_attrs.get("remeasured"):
+    if ran == 0 and study_data.attrs(study).get("remeasured"):
         # Nothing new was measured: the selection made before still holds (and a resumed
         # final run must train the config it started with).
-        selection = Selection.from_dict(study.user_attrs["remeasured"], study)
+        selection = Selection.from_dict(study_data.attrs(study)["remeasured"], study)
         selection.picked.config = dataclasses.replace(selection.picked.config, epochs=task.base.epochs)
         log("autotune: the study was complete; using its earlier selection")
     else:

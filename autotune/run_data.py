@@ -23,6 +23,7 @@ from autotune.search.screen import LEAD
 from autotune.search.select import Selection
 from autotune.search.space import SearchSpace
 from autotune.task import Task
+import autotune.search.optuna_adapter as study_data
 
 
 def versions() -> dict[str, str]:
@@ -150,15 +151,15 @@ def search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[st
     return {
         "space": space.to_dict(),
         "gated": space.gated,
-        "warm_start": study.user_attrs.get("warm_start"),
-        "memory_probe": study.user_attrs.get("memory_probe"),
+        "warm_start": study_data.attrs(study).get("warm_start"),
+        "memory_probe": study_data.attrs(study).get("memory_probe"),
         "budget": {"n_trials": budget.n_trials, "timeout_s": budget.timeout_s, "prune_below": budget.prune_below,
                    "trial": budget.trial.to_dict()},
-        "objective": study.user_attrs.get("objective", "throughput"),
+        "objective": study_data.attrs(study).get("objective", "throughput"),
         "trials": trials,
         "param_importances": param_importances(study),
-        "knob_effects": knob_effects(study.get_trials(deepcopy=False), study.user_attrs.get("screening_default"), choices,
-                                     study.user_attrs.get("screening_base"), LEAD),
+        "knob_effects": knob_effects(study.get_trials(deepcopy=False), study_data.attrs(study).get("screening_default"), choices,
+                                     study_data.attrs(study).get("screening_base"), LEAD),
     }
 
 

@@ -253,11 +253,13 @@ def _study_trials(db: Path) -> tuple[list[dict[str, Any]], int | None]:
         return [], None
     import optuna
 
+    import autotune.search.optuna_adapter as study_data
+
     storage = f"sqlite:///{db}"
     rows, budget = [], None
     for name in (n for n in optuna.get_all_study_names(storage) if "~" not in n):
         study = optuna.load_study(study_name=name, storage=storage)
-        budget = (study.user_attrs.get("budget") or {}).get("n_trials", budget)
+        budget = (study_data.attrs(study).get("budget") or {}).get("n_trials", budget)
         for t in study.trials:
             rows.append({"number": t.number, "state": t.state.name.lower(), "value": t.value, **t.user_attrs})
     return rows, budget

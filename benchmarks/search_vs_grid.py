@@ -179,7 +179,9 @@ def _race(study: Any) -> list[dict[str, Any]]:
     values by round, level and whether it went on after the first round."""
     from autotune.config import TrainConfig
 
-    sel = study.user_attrs.get("remeasured") or {}
+    import autotune.search.optuna_adapter as study_data
+
+    sel = study_data.attrs(study).get("remeasured") or {}
     runs = sel.get("candidates", []) + ([sel["default"]] if sel.get("default", {}).get("trial") is None else [])
     return [{"trial": c.get("trial"), "config": _short(TrainConfig.from_dict(c["config"])), "trial_mean": c.get("trial_mean"),
              "values": c.get("values"), "rounds": c.get("rounds"), "windows": c.get("windows"), "level": c.get("level"),

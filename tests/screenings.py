@@ -8,6 +8,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from tests.spaces import _space
+import autotune.search.optuna_adapter as study_data
 
 SPACE = _space({"micro_batch_size": {"choices": [8, 16, 32]}, "amp": {"choices": ["off", "bf16"]},
                 "lr_rule": {"choices": ["sqrt"]}, "warmup": {"low": 0.0, "high": 0.2}})
@@ -18,7 +19,7 @@ DISTS = {"micro_batch_size": CategoricalDistribution([8, 16, 32]), "amp": Catego
 def _study(results: list[tuple[dict, str, object]], dists: dict = DISTS) -> optuna.Study:
     """A study holding the default and screening trials: (params, role, value or state)."""
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("screening_default", DEFAULT)
+    study_data.put(study, "screening_default", DEFAULT)
     for params, role, outcome in results:
         if isinstance(outcome, TrialState):
             trial = create_trial(params=params, distributions=dists, state=outcome, user_attrs={"role": role},

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import autotune
+import autotune.search.optuna_adapter as study_data
 from autotune.search import TrialBudget
 
 ASSETS = Path(__file__).parent / "assets"
@@ -121,8 +122,12 @@ def test_the_optuna_cli_reads_the_study_and_its_measured_fields(api_run):
     studies = subprocess.run([*cmd, "studies", "--storage", storage, "-f", "json"], capture_output=True, text=True,
                              timeout=120)
     assert studies.returncode == 0, studies.stderr
-    (study,) = json.loads(studies.stdout)
+    (study,) = [s for s in json.loads(studies.stdout) if "~claim~" not in s["name"]]
     assert study["name"] == "toy"
+    # What a user browses stays short; the bulk (space, probe, profile, race) is kept apart.
+    assert set(study["user_attrs"]) <= set(study_data.SHOWN) and study["user_attrs"]["objective"] in ("goodput", "throughput")
+    table = subprocess.run([*cmd, "studies", "--storage", storage], capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and max(len(line) for line in table.stdout.splitlines()) < 300, table.stdout
 
 
 def test_a_lambda_or_a_nested_function_is_refused_with_the_reason(tmp_path):

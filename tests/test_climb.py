@@ -10,6 +10,7 @@ from optuna.trial import create_trial
 from autotune.search.climb import enqueue_refinement, neighbours
 from tests.screenings import DEFAULT, DISTS, SPACE, _finish_waiting, _run_queued, _study
 from tests.spaces import _space
+import autotune.search.optuna_adapter as study_data
 
 
 def _three_amps():
@@ -43,7 +44,7 @@ def test_refinement_climbs_one_knob_at_a_time_until_no_neighbour_is_better():
                        {"micro_batch_size": 8, "amp": "fp16"}, {"micro_batch_size": 8, "amp": "bf16"},
                        {"micro_batch_size": 16, "amp": "fp16"}]
     assert [t.user_attrs["role"] for t in study.trials[-2:]] == ["recheck", "refine"]
-    assert study.user_attrs["refined_around"] == [
+    assert study_data.attrs(study)["refined_around"] == [
         {"micro_batch_size": 16, "amp": "off"}, {"micro_batch_size": 16, "amp": "bf16"}, {"micro_batch_size": 8, "amp": "bf16"}]
 
 
@@ -62,9 +63,9 @@ def test_the_climb_stays_where_it_is_for_a_lead_within_the_noise():
         climbed += _finish_waiting(study, values, dists)
     assert climbed[:3] == [{"micro_batch_size": 8, "amp": "off"}, {"micro_batch_size": 16, "amp": "bf16"},
                            {"micro_batch_size": 16, "amp": "fp16"}]
-    assert study.user_attrs["refined_around"][:2] == [{"micro_batch_size": 16, "amp": "off"},
+    assert study_data.attrs(study)["refined_around"][:2] == [{"micro_batch_size": 16, "amp": "off"},
                                                        {"micro_batch_size": 16, "amp": "fp16"}]
-    assert {"micro_batch_size": 8, "amp": "off"} not in study.user_attrs["refined_around"]
+    assert {"micro_batch_size": 8, "amp": "off"} not in study_data.attrs(study)["refined_around"]
 
 
 
@@ -125,7 +126,7 @@ def test_a_lucky_incumbent_is_measured_again_and_the_climb_moves_on():
     # 105 falls behind (16, bf16)'s 110, so the climb moves there, finds (8, bf16), and
     # ends once that one is measured twice with every neighbour.
     assert done == [(16, "bf16", "refine"), (16, "off", "recheck"), (8, "bf16", "refine"), (8, "bf16", "recheck")]
-    assert study.user_attrs["refined_around"] == [
+    assert study_data.attrs(study)["refined_around"] == [
         {"micro_batch_size": 16, "amp": "off"}, {"micro_batch_size": 16, "amp": "bf16"}, {"micro_batch_size": 8, "amp": "bf16"}]
 
 
@@ -139,7 +140,7 @@ def test_the_climb_measures_first_the_neighbours_the_screening_expects_most_of()
     default = {"micro_batch_size": 32, "cpu_threads": 2, "amp": "off"}
     assert [n["cpu_threads"] != 2 for n in neighbours(space, {**default, "micro_batch_size": 64})] == [False, True, False]
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("screening_default", default)
+    study_data.put(study, "screening_default", default)
     for params, role, value in [
         (default, "default", 100.0),
         ({**default, "micro_batch_size": 16}, "screening", 80.0),

@@ -10,6 +10,7 @@ import pytest
 from autotune import results
 from autotune.hardware import collect_profile, load_profile
 from autotune.search import parse_space, warmstart
+import autotune.search.optuna_adapter as study_data
 
 SPACE = parse_space(
     {
@@ -95,7 +96,7 @@ def test_warm_start_queues_scaled_seeds_after_the_default(here, tmp_path):
     first = study.ask()
     assert SPACE.suggest(first) == plan["seeds"][0]
     assert first.user_attrs == {"role": "warm_start", "warm_start_from": "big"}
-    assert study.user_attrs["warm_start"]["seeds"] == plan["seeds"]
+    assert study_data.attrs(study)["warm_start"]["seeds"] == plan["seeds"]
 
 
 def test_no_plan_without_saved_results(here, tmp_path):

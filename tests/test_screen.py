@@ -15,6 +15,7 @@ from autotune.search import SearchBudget, TrialBudget, enqueue_default, open_stu
 from autotune.search.screen import combination, screening_configs, screening_trials
 from tests.screenings import DEFAULT, DISTS, SPACE, _finish_waiting, _run_queued, _study
 from tests.spaces import _space
+import autotune.search.optuna_adapter as study_data
 
 FAST = TrialBudget(warmup_steps=1, window_s=0.02, windows=2, max_eval_batches=1, timeout_s=60)
 
@@ -81,7 +82,7 @@ def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
     # the default by 5%; a new base is measured twice as well.
     best = max((small, micro), key=lambda t: t.value)
     base = best if best.value >= 1.05 * ref else default
-    assert study.user_attrs["screening_base"] == {"micro_batch_size": base.params["micro_batch_size"], "accumulation_steps": 1}
+    assert study_data.attrs(study)["screening_base"] == {"micro_batch_size": base.params["micro_batch_size"], "accumulation_steps": 1}
     assert accum.params == {"micro_batch_size": base.params["micro_batch_size"], "accumulation_steps": 2}
     # The base is measured again after its choices (a recheck with ``stage: 2``), also
     # when it is the default; a new base before them too. So it has three measurements.
@@ -101,7 +102,7 @@ def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
     # effective batch) from a config the search was refined around or, once those are
     # measured, from a config measured before it that scored near the climb's (which of
     # them were near depends on timing); none a config measured before.
-    around = study.user_attrs.get("refined_around", [])
+    around = study_data.attrs(study).get("refined_around", [])
     assert around and around[0] in [t.params for t in study.trials[:combined.number + 1]]
     def same_effective_batch(t, a):
         return t.params["micro_batch_size"] * t.params["accumulation_steps"] == a["micro_batch_size"] * a["accumulation_steps"]
@@ -135,14 +136,14 @@ def test_a_two_stage_screening_compares_the_other_knobs_with_the_base():
     study.enqueue_trial(DEFAULT, user_attrs={"role": "default"})
     # The micro-batch's two other choices only, then the default again.
     assert enqueue_screening(study, SPACE, DEFAULT) == 3
-    assert study.user_attrs["screening_rest"] == ["amp"]
+    assert study_data.attrs(study)["screening_rest"] == ["amp"]
     assert enqueue_second_stage(study, SPACE) == 0 and combination(study, SPACE) is None  # not run yet
     _finish_waiting(study, {(32, "off"): 100.0, (8, "off"): 90.0, (16, "off"): 130.0})
     assert combination(study, SPACE) is None  # the second stage is still to queue
     # The new base again (its one measurement is the one that made it the base), bf16 at
     # it, then the base once more.
     assert enqueue_second_stage(study, SPACE) == 3
-    assert study.user_attrs["screening_base"] == {"micro_batch_size": 16, "amp": "off"}
+    assert study_data.attrs(study)["screening_base"] == {"micro_batch_size": 16, "amp": "off"}
     assert study.trials[-2].params == {} and study.trials[-2].system_attrs["fixed_params"] == {"micro_batch_size": 16, "amp": "bf16"}
     for again in (study.trials[-3], study.trials[-1]):
         assert again.system_attrs["fixed_params"] == {"micro_batch_size": 16, "amp": "off"}
@@ -152,7 +153,7 @@ def test_a_two_stage_screening_compares_the_other_knobs_with_the_base():
     _finish_waiting(study, {(16, "off"): 130.0, (16, "bf16"): 143.0})
     assert combination(study, SPACE) == {"micro_batch_size": 16, "amp": "bf16"}
     effects = knob_effects(study.trials, DEFAULT, {"micro_batch_size": [8, 16, 32], "amp": ["off", "bf16"]},
-                           study.user_attrs["screening_base"], "micro_batch_size")
+                           study_data.attrs(study)["screening_base"], "micro_batch_size")
     assert effects["lead"] == "micro_batch_size" and effects["base_trial"] == 2
     amp = {r["choice"]: r for r in effects["knobs"]["amp"]}
     assert amp["bf16"]["relative"] == pytest.approx(1.1) and amp["bf16"]["base_trial"] == 2
@@ -167,7 +168,7 @@ def test_a_second_stage_without_a_clear_micro_batch_gain_screens_around_the_defa
     enqueue_screening(study, SPACE, DEFAULT)
     _finish_waiting(study, {(32, "off"): 100.0, (8, "off"): 90.0, (16, "off"): 102.0})  # no micro-batch gains 5%
     assert enqueue_second_stage(study, SPACE) == 2  # bf16 at the default, then the default a third time
-    assert study.user_attrs["screening_base"] == DEFAULT
+    assert study_data.attrs(study)["screening_base"] == DEFAULT
     # The machine slows by a fifth during the second stage: bf16 (10% faster) measures 88,
     # and so does the default's third measurement, 80.
     _finish_waiting(study, {(32, "bf16"): 88.0, (32, "off"): 80.0})
@@ -252,7 +253,7 @@ def test_a_lucky_default_measured_twice_no_longer_hides_a_gain():
             trial.suggest_categorical(k, d.choices)
         study.tell(trial, next(answers))
     assert enqueue_second_stage(study, SPACE) == 3  # the new base, bf16 at it, the base again
-    assert study.user_attrs["screening_base"] == {"micro_batch_size": 16, "amp": "off"}
+    assert study_data.attrs(study)["screening_base"] == {"micro_batch_size": 16, "amp": "off"}
 
 
 LAYOUT_SPACE = _space({"micro_batch_size": {"choices": [32, 64]}, "amp": {"choices": ["off", "bf16"]},
@@ -283,7 +284,7 @@ def test_a_dtype_and_a_layout_that_lose_alone_but_win_together_are_taken_togethe
                      ((64, "bf16", True), "screening"), ((64, "off", False), "recheck")]
     assert combination(study, LAYOUT_SPACE) == {"micro_batch_size": 64, "amp": "bf16", "channels_last": True}
     effects = knob_effects(study.trials, LAYOUT_DEFAULT, {n: d.choices for n, d in LAYOUT_DISTS.items()},
-                           study.user_attrs["screening_base"], "micro_batch_size")
+                           study_data.attrs(study)["screening_base"], "micro_batch_size")
     # The pair's trial is no row of either knob's own effects; it has a row of its own.
     assert [r["choice"] for r in effects["knobs"]["amp"]] == ["off", "bf16"]
     (pair,) = effects["pairs"]["amp + channels_last"]
@@ -352,5 +353,5 @@ def test_a_sized_budget_holds_the_whole_screening_of_a_gpus_space():
     # machine's configs instead.
     study = optuna.create_study(direction="maximize")
     assert sized_trials(24, gpu, study) == 24
-    study.set_user_attr("screening_default", {"micro_batch_size": 32})
+    study_data.put(study, "screening_default", {"micro_batch_size": 32})
     assert sized_trials(24, gpu, study) == screening_trials(gpu) + AFTER_SCREENING

@@ -7,7 +7,8 @@ import optuna
 import pytest
 import sqlalchemy
 
-from autotune.search.storage import open_storage, write_trial
+from autotune.search.optuna_adapter import write_trial
+from autotune.search.storage import open_storage
 from tests.storages import storage_url
 
 ATTRS = {f"measured_{i}": i * 1.5 for i in range(30)} | {"status": "ok", "config": {"micro_batch_size": 32}}

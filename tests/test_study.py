@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from autotune.search import SearchBudget, TrialBudget, enqueue_default, fail_stale_trials, open_study, parse_space, run_search
 from autotune.task import load_task
+import autotune.search.optuna_adapter as study_data
 
 ASSETS = Path(__file__).parent / "assets"
 FAST = TrialBudget(warmup_steps=1, window_s=0.02, windows=2, max_eval_batches=1, timeout_s=60)
@@ -168,7 +169,7 @@ def test_selection_remeasures_the_best_few_with_the_default_in_turns(tiny_task, 
     # A race run times fewer windows than the trials did.
     assert all(t.user_attrs["windows"] == FAST.windows == 2 for t in study.trials if t.user_attrs["status"] == "ok")
     assert all(c.windows == [1, 1] for c in runs) and sel.run_windows == 1
-    recorded = study.user_attrs["remeasured"]
+    recorded = study_data.attrs(study)["remeasured"]
     assert recorded["run_windows"] == 1 and [c["windows"] for c in recorded["candidates"]] == [[1, 1], [1, 1]]
     assert [c["rounds"] for c in recorded["candidates"]] == [[0, 1], [0, 1]]
     assert [c["level"] for c in recorded["candidates"]] == [c.level for c in sel.candidates]
@@ -193,7 +194,7 @@ def test_selection_cuts_the_runs_clearly_behind(tiny_task, tmp_path):
     runs = sel.candidates + ([sel.default] if sel.default not in sel.candidates else [])
     assert all(c.rounds == [0] for c in runs)
     assert [c for c in runs if not c.dropped] == [sel.picked]
-    recorded = study.user_attrs["remeasured"]
+    recorded = study_data.attrs(study)["remeasured"]
     assert (recorded["cut"], recorded["cut_after"]) == (0.0, 1)
     raced = recorded["candidates"] + ([recorded["default"]] if recorded["default"]["trial"] is None else [])
     assert sum(not c["dropped"] for c in raced) == 1
@@ -217,7 +218,7 @@ def test_selection_halves_after_its_first_round(tiny_task, tmp_path):
     assert all(c.rounds == [0] for c in runs if c.dropped)  # the rest: the first only
     assert not sel.picked.dropped and sel.picked.level == max(c.level for c in went_on)
     assert all(c.trial_mean is not None for c in sel.candidates)
-    recorded = study.user_attrs["remeasured"]
+    recorded = study_data.attrs(study)["remeasured"]
     assert recorded["keep"] == 2
     assert sum(c["dropped"] for c in recorded["candidates"] + [recorded["default"]]) >= 1
 
@@ -300,7 +301,7 @@ def test_configs_rank_by_the_mean_of_their_measurements_not_their_luckiest():
 def test_memory_over_the_budget_is_an_optuna_constraint(tiny_task, tmp_path, limit, feasible):
     space = _space([8])
     study, space = _open(tmp_path, tiny_task, space)
-    study.set_user_attr("memory_probe", {"limit_bytes": limit, "headroom": 0.1})
+    study_data.put(study, "memory_probe", {"limit_bytes": limit, "headroom": 0.1})
     run_search(study, tiny_task, space, SearchBudget(n_trials=1, trial=FAST), progress=False)
     trial = study.trials[0]
     budget = limit * 0.9
@@ -326,7 +327,7 @@ def test_the_sqlite_study_is_in_write_ahead_log_mode(tiny_task, tmp_path):
     import sqlite3
 
     study, _ = _open(tmp_path, tiny_task, _space([8]))
-    study.set_user_attr("x", 1)
+    study_data.put(study, "x", 1)
     with sqlite3.connect(tmp_path / "study.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 

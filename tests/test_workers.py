@@ -21,9 +21,11 @@ from optuna.trial import TrialState
 from autotune.errors import ConfigError
 from autotune.hardware import SCHEMA_VERSION, HardwareProfile
 from autotune.parallel import plan_workers
-from autotune.search.storage import claim, is_claim, open_storage, redact
+from autotune.search.optuna_adapter import claim
+from autotune.search.storage import is_claim, open_storage, redact
 from tests.child_env import child_env
 from tests.storages import storage_url
+import autotune.search.optuna_adapter as study_data
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets"
@@ -187,14 +189,14 @@ def test_joiners_wait_while_the_creator_beats_and_stop_when_it_is_gone(tiny_task
     study, _ = open_study(storage, "s", tiny_task, space, space, "fp", 0)
     joined = time.monotonic()
     creator.join()
-    assert study.user_attrs["setup"] == "done" and joined >= made["at"]
+    assert study_data.attrs(study)["setup"] == "done" and joined >= made["at"]
 
     # A creator on another machine that stopped beating mid-setup: the joiner stops within
     # about STALE_AFTER_S, with an error that says so, instead of waiting for SETUP_WAIT_S.
     half = optuna.create_study(study_name="half", storage=open_storage(storage))
-    half.set_user_attr("setup", "pending")
-    half.set_user_attr("setup_by", "other-host:pid:[1]:7")
-    half.set_user_attr("setup_heartbeat", time.time() - 3600)
+    study_data.put(half, "setup", "pending")
+    study_data.put(half, "setup_by", "other-host:pid:[1]:7")
+    study_data.put(half, "setup_heartbeat", time.time() - 3600)
     start = time.monotonic()
     with pytest.raises(ConfigError, match="was never set up"):
         join_study(storage, "half", tiny_task, "cpu")

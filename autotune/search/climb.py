@@ -29,6 +29,7 @@ from autotune.search.screen import (
     COMBINATION, LEAD, RECHECK, REFINE, Claim, alone, enqueue_recheck, screened_estimate, screened_knobs,
 )
 from autotune.search.space import SearchSpace
+import autotune.search.optuna_adapter as study_data
 
 # A neighbour must beat the climb's current config by this much to move the climb there.
 MIN_MOVE = 1.03
@@ -95,7 +96,7 @@ def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float 
     these are measured: the sampler goes on from there, and should it find a clearly
     better config, the climb starts again around it. Of several processes sharing the study, the one that gets the claim for
     this step of the climb queues it."""
-    default = study.user_attrs.get("screening_default")
+    default = study_data.attrs(study).get("screening_default")
     trials = study.get_trials(deepcopy=False)
     combined = [t for t in trials if t.user_attrs.get("role") == COMBINATION]
     if default is None or not combined or not combined[0].state.is_finished():
@@ -106,13 +107,13 @@ def enqueue_refinement(study: optuna.Study, space: SearchSpace, min_move: float 
     if not scores:
         return 0
     best = max(scores.values(), key=lambda s: _mean(s[1]))
-    around = study.user_attrs.get("refined_around", [])
+    around = study_data.attrs(study).get("refined_around", [])
     incumbent = best[0]
     if around and repr(around[-1]) in scores:
         if _mean(best[1]) < min_move * _mean(scores[repr(around[-1])][1]):
             incumbent = around[-1]
     if not around or around[-1] != incumbent:
-        study.set_user_attr("refined_around", around + [incumbent])
+        study_data.put(study, "refined_around", around + [incumbent])
     tried = [{k: t.params.get(k, v) for k, v in default.items()} for t in trials if t.state.is_finished()]
     step = f"climb-{sum(t.user_attrs.get('role') in (REFINE, RECHECK) for t in trials)}"
     role, knobs = next(_climb_steps(space, scores, incumbent, tried, screened_estimate(study, space)), (None, None))

@@ -25,6 +25,7 @@ from autotune.search.stale import gone_here, owner, setup_heartbeat, stood_still
 from autotune.search.storage import is_claim, open_storage, redact
 from autotune.search.study import POLL_S
 from autotune.task import Task
+import autotune.search.optuna_adapter as study_data
 
 # How long a process that joins a study waits for the process that created it to finish
 # setting it up (profile, memory probe, model statistics), as long as that process's
@@ -61,8 +62,8 @@ def open_study(
         created = False
     if created:
         study = _load(backend, name, seed)
-        study.set_user_attr("setup", "pending")
-        study.set_user_attr("setup_by", owner())
+        study_data.put(study, "setup", "pending")
+        study_data.put(study, "setup_by", owner())
         try:
             with setup_heartbeat(study):
                 if prepare is not None:
@@ -71,7 +72,7 @@ def open_study(
         except BaseException:
             optuna.delete_study(study_name=name, storage=backend)
             raise
-        study.set_user_attr("setup", "done")
+        study_data.put(study, "setup", "done")
         return study, space
     existing = _wait_set_up(backend, name, storage, log)
     study = _load(backend, name, seed + existing.pop("_n_trials", 0))
@@ -135,7 +136,7 @@ def _write_attrs(study: optuna.Study, task: Task, raw: SearchSpace, space: Searc
         "seed": seed,
     }
     for key, value in attrs.items():
-        study.set_user_attr(key, value)
+        study_data.put(study, key, value)
     # The objective's name and unit, for optuna-dashboard and Optuna's plots.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -159,7 +160,7 @@ def _wait_set_up(backend: Any, name: str, storage: str, log: Callable[[str], Non
         except KeyError:
             raise ConfigError(f"The process creating study {name!r} in {redact(storage)} failed, and deleted it.",
                               hint="Its own output says why; run again to create it.") from None
-        attrs = study.user_attrs
+        attrs = study_data.attrs(study)
         if _is_set_up(attrs):
             return {**attrs, "_n_trials": len(study.get_trials(deepcopy=False))}
         creator = str(attrs.get("setup_by", ""))

@@ -47,6 +47,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autotune.search.space import SearchSpace
+import autotune.search.optuna_adapter as study_data
 
 SCREENING, COMBINATION, REFINE, RECHECK = "screening", "combination", "refine", "recheck"
 # Two trials of one config differ by a few percent on a quiet machine (5-10% on a busy
@@ -137,7 +138,7 @@ def sized_trials(n_trials: int, space: SearchSpace, study: optuna.Study | None =
     ``AFTER_SCREENING`` trials after it: a GPU's space has many more choices than a
     CPU's, and a screening cut short never measures the knobs it reaches last. With
     ``study``, only where that study screens (a warm-started one does not)."""
-    if study is not None and study.user_attrs.get("screening_default") is None:
+    if study is not None and study_data.attrs(study).get("screening_default") is None:
         return n_trials
     return max(n_trials, screening_trials(space) + AFTER_SCREENING)
 
@@ -154,8 +155,8 @@ def enqueue_screening(study: optuna.Study, space: SearchSpace, default: dict[str
     screened = screened_knobs(space)
     first = [LEAD] if LEAD in screened and len(screened) > 1 else screened
     queued = _enqueue_stage(study, screening_configs(space, default, first) + pair_configs(space, default, first), default)
-    study.set_user_attr("screening_default", default)
-    study.set_user_attr("screening_rest", [n for n in screened if n not in first])
+    study_data.put(study, "screening_default", default)
+    study_data.put(study, "screening_rest", [n for n in screened if n not in first])
     return queued
 
 
@@ -239,7 +240,7 @@ def alone(key: str) -> bool:
 def in_stages(study: optuna.Study) -> bool:
     """Whether the study is still screening: what it queues next depends on the trials
     running now, so a process with nothing queued should wait for them."""
-    if study.user_attrs.get("screening_default") is None:
+    if study_data.attrs(study).get("screening_default") is None:
         return False
     combined = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("role") == COMBINATION]
     return not combined or not combined[0].state.is_finished()
@@ -250,8 +251,8 @@ def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: floa
     choices around the base: the default with the best screened micro-batch (when it beat
     the default's by ``min_gain``). Returns how many were queued; 0 when not due, or when
     another process sharing the study got ``claim("second-stage")`` first."""
-    default, rest = study.user_attrs.get("screening_default"), study.user_attrs.get("screening_rest")
-    if default is None or not rest or "screening_base" in study.user_attrs:
+    default, rest = study_data.attrs(study).get("screening_default"), study_data.attrs(study).get("screening_rest")
+    if default is None or not rest or "screening_base" in study_data.attrs(study):
         return 0
     screened = _screened_done(study.get_trials(deepcopy=False))
     if screened is None or not claim("second-stage"):
@@ -263,7 +264,7 @@ def enqueue_second_stage(study: optuna.Study, space: SearchSpace, min_gain: floa
     configs = screening_configs(space, base, rest) + pair_configs(space, base, rest)
     queued = _enqueue_stage(study, configs, base, first=base != default, stage=2)
     # Last: the combination is due once this is set and every queued screening trial ran.
-    study.set_user_attr("screening_base", base)
+    study_data.put(study, "screening_base", base)
     return queued
 
 
@@ -281,12 +282,12 @@ def combination(study: optuna.Study, space: SearchSpace,
 
     A pair of ``PAIRS`` screened together (both knobs changed) is taken instead of its
     knobs' own best choices when it gained more than the product of their gains."""
-    default = study.user_attrs.get("screening_default")
+    default = study_data.attrs(study).get("screening_default")
     trials = study.get_trials(deepcopy=False)
     if default is None or any(t.user_attrs.get("role") == COMBINATION for t in trials):
         return None
-    staged = study.user_attrs.get("screening_rest")
-    if staged and "screening_base" not in study.user_attrs:
+    staged = study_data.attrs(study).get("screening_rest")
+    if staged and "screening_base" not in study_data.attrs(study):
         return None  # the second stage has not been queued yet
     screened = _screened_done(trials)
     if screened is None:
@@ -321,9 +322,9 @@ def _screening_gains(study: optuna.Study, space: SearchSpace, screened: list[opt
                      ) -> tuple[dict[str, dict[Any, float]], dict[tuple[str, ...], dict[tuple[Any, ...], float]], dict[str, Any]]:
     """Each screened knob's choices' gains over their reference, each screened pair's, and
     the reference each knob was screened at (its choice in the default, or in the base)."""
-    default = study.user_attrs["screening_default"]
-    staged = study.user_attrs.get("screening_rest")
-    base = study.user_attrs.get("screening_base", default)
+    default = study_data.attrs(study)["screening_default"]
+    staged = study_data.attrs(study).get("screening_rest")
+    base = study_data.attrs(study).get("screening_base", default)
     singles, refs = {}, {}
     for name in screened_knobs(space):
         # The micro-batch was screened around the default, the rest around the base.
@@ -347,7 +348,7 @@ def screened_estimate(study: optuna.Study, space: SearchSpace) -> Callable[[dict
     product of its choices' screened gains, with a pair screened together counted as that
     pair's gain (1 for a choice the screening did not measure). Only its ratios mean
     anything: the climb tries the neighbours it expects most of first."""
-    screened = [] if study.user_attrs.get("screening_default") is None else \
+    screened = [] if study_data.attrs(study).get("screening_default") is None else \
         _screened_done(study.get_trials(deepcopy=False)) or []
     if not screened:
         return lambda knobs: 1.0

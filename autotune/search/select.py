@@ -51,6 +51,7 @@ from autotune.search.study import scorer_of
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import run_isolated
 from autotune.task import Task
+import autotune.search.optuna_adapter as study_data
 
 
 @dataclass
@@ -345,7 +346,7 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 4
     picked = max(measured, key=lambda c: c.level or 0.0)
     selection = Selection(picked, candidates, default, scorer.objective, rounds, max(rounds, max_rounds), margin,
                           keep if halving else None, run_budget.windows, cut, cut_after)
-    study.set_user_attr("remeasured", selection.to_dict())
+    study_data.put(study, "remeasured", selection.to_dict())
     return selection
 
 

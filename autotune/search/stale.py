@@ -18,7 +18,8 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from autotune.search.storage import claim
+from autotune.search.optuna_adapter import claim
+import autotune.search.optuna_adapter as study_data
 
 # A running trial's process writes a heartbeat this often (seconds); AUTOTUNE_STALE_AFTER_S
 # overrides how long one may stand still.
@@ -56,7 +57,7 @@ def _is_stale(trial: optuna.trial.FrozenTrial, study_id: int) -> bool:
     changed for STALE_AFTER_S while this process watched."""
     if gone_here(str(trial.user_attrs.get("worker", ""))):
         return True
-    return stood_still((study_id, trial._trial_id), trial.user_attrs.get("heartbeat"))
+    return stood_still((study_id, study_data.trial_id(trial)), trial.user_attrs.get("heartbeat"))
 
 
 def gone_here(who: str) -> bool:
@@ -90,7 +91,7 @@ def fail_stale_trials(study: optuna.Study) -> int:
     down) with the reason, and queue each one's config again, once (``_is_stale`` says
     which). Returns how many this process failed."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    stale = [t for t in running if _is_stale(t, study._study_id)]
+    stale = [t for t in running if _is_stale(t, study_data.study_id(study))]
     return sum(mark_stale(study, t, "the tuner stopped while this trial ran") for t in stale)
 
 
@@ -99,14 +100,12 @@ def mark_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str
     such a retry, or was stopped before it had a config (between Optuna's ask and the
     draw). Safe when several processes find the same trial: one of them does it."""
     try:
-        study._storage.set_trial_user_attr(trial._trial_id, "status", "stale")
-        study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study_data.fail_trial(study, trial, {"status": "stale", "reason": reason})
     except optuna.exceptions.UpdateFinishedTrialError:
         return False  # it finished after all, or another process failed it first
     if not claim(study, f"stale-{trial.number}"):
         return False
-    study.set_user_attr(f"stale_trial_{trial.number}", reason)
+    study_data.put(study, f"stale_trial_{trial.number}", reason)
     # Its config: the knobs it had drawn, or for a queued trial stopped before drawing
     # them, the ones it was queued with; a trial stopped before either had none.
     knobs = trial.params or trial.system_attrs.get("fixed_params")
@@ -145,9 +144,9 @@ class Heartbeat:
 
 def trial_heartbeat(study: optuna.Study, trial: optuna.Trial) -> Heartbeat:
     """A running trial's heartbeat: its ``heartbeat`` user attribute."""
-    return Heartbeat(lambda now: study._storage.set_trial_user_attr(trial._trial_id, "heartbeat", now))
+    return Heartbeat(lambda now: study_data.set_trial_attr(study, trial, "heartbeat", now))
 
 
 def setup_heartbeat(study: optuna.Study) -> Heartbeat:
     """The heartbeat of the process setting a new study up: its ``setup_heartbeat`` attribute."""
-    return Heartbeat(lambda now: study.set_user_attr("setup_heartbeat", now))
+    return Heartbeat(lambda now: study_data.put(study, "setup_heartbeat", now))

@@ -31,10 +31,11 @@ from autotune.search.climb import enqueue_refinement
 from autotune.search.screen import enqueue_combination, enqueue_screening, enqueue_second_stage, in_stages
 from autotune.search.space import SearchSpace
 from autotune.search.stale import _stale_after, fail_stale_trials, mark_stale, owner, trial_heartbeat
-from autotune.search.storage import claim, write_trial
+from autotune.search.optuna_adapter import claim, write_trial
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
 from autotune.task import Task
+import autotune.search.optuna_adapter as study_data
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 # How often a process waiting on others' trials (or on a study's set-up) looks again.
@@ -65,7 +66,7 @@ class SearchBudget:
 
 def scorer_of(study: optuna.Study) -> Scorer:
     """The scorer a study was created with (studies from before scorers: throughput)."""
-    return _scorer_in(study.user_attrs)
+    return _scorer_in(study_data.attrs(study))
 
 
 def _scorer_in(study_attrs: dict[str, Any]) -> Scorer:
@@ -203,12 +204,12 @@ def _one_trial(study: optuna.Study, task: Task, space: SearchSpace, budget: Sear
     except optuna.exceptions.UpdateFinishedTrialError:
         return None
     except Exception:
-        if study._storage.get_trial(trial._trial_id).state.is_finished():
+        if study_data.fetch_trial(study, trial).state.is_finished():
             return None  # failed as stale by another process meanwhile (tell says ValueError)
-        mark_stale(study, study._storage.get_trial(trial._trial_id), "the tuner failed while this trial ran")
+        mark_stale(study, study_data.fetch_trial(study, trial), "the tuner failed while this trial ran")
         raise
     except BaseException:
-        mark_stale(study, study._storage.get_trial(trial._trial_id), "the tuner was stopped while this trial ran")
+        mark_stale(study, study_data.fetch_trial(study, trial), "the tuner was stopped while this trial ran")
         raise
 
 
@@ -233,7 +234,7 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
         # A queued trial (a screening choice, a step of the climb) needs the value: wait
         # for the other worker's measurement and answer from it, as from any earlier one.
         deadline = time.monotonic() + budget.trial.timeout_for(cfg) + 2 * _stale_after()
-        while not study._storage.get_trial(busy._trial_id).state.is_finished() and time.monotonic() < deadline:
+        while not study_data.fetch_trial(study, busy).state.is_finished() and time.monotonic() < deadline:
             time.sleep(POLL_S)
         trials = study.get_trials(deepcopy=False)
     earlier = None if recheck else _measured_before(trials, cfg)
@@ -246,7 +247,7 @@ def _measure_and_tell(study: optuna.Study, trial: optuna.Trial, task: Task, spac
             return study.tell(trial, earlier.value)
         write_trial(trial, {**attrs, "reason": earlier.user_attrs.get("reason", "")})
         return study.tell(trial, state=TrialState.PRUNED)
-    study_attrs = study.user_attrs
+    study_attrs = study_data.attrs(study)
     scorer = _scorer_in(study_attrs)
     scale = scorer.value(cfg, {"throughput_samples_per_s": 1.0}) or 1.0
     report = None
@@ -271,7 +272,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, outcome: Outcome, cfg: Train
     """Record the trial's measurements (with ``attrs`` and the ``windows`` as intermediate
     values, all in one write) and tell the study its value or state. ``study_attrs``: the
     study's user attributes, when the caller has read them already."""
-    study_attrs = study.user_attrs if study_attrs is None else study_attrs
+    study_attrs = study_data.attrs(study) if study_attrs is None else study_attrs
     scorer = _scorer_in(study_attrs)
     measured = {**(attrs or {}), **outcome.value, **(scorer.score(cfg, outcome.value) if outcome.ok else {})}
     value = scorer.value(cfg, outcome.value) if outcome.ok else None
@@ -318,5 +319,5 @@ def _postfix(study: optuna.Study, last: optuna.trial.FrozenTrial) -> str:
     status = last.user_attrs.get("status", last.state.name.lower())
     text = f"last: {status}"
     if best is not None:
-        text += f", best {best:,.0f} {study.user_attrs.get('objective', 'throughput')} samples/s"
+        text += f", best {best:,.0f} {study_data.attrs(study).get('objective', 'throughput')} samples/s"
     return text

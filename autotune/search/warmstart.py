@@ -15,6 +15,7 @@ import optuna
 from autotune import results
 from autotune.hardware.profile import HardwareProfile
 from autotune.search.space import SearchSpace
+import autotune.search.optuna_adapter as study_data
 
 
 def scale_micro_batch(micro: int, ratio: float, choices: tuple[int, ...]) -> int:
@@ -72,5 +73,5 @@ def apply(study: optuna.Study, warm: dict[str, Any]) -> int:
     """Queue the planned seeds in ``study`` and record the plan; returns how many."""
     for knobs in warm["seeds"]:
         study.enqueue_trial(knobs, user_attrs={"role": "warm_start", "warm_start_from": warm["source_fingerprint"]})
-    study.set_user_attr("warm_start", warm)
+    study_data.put(study, "warm_start", warm)
     return len(warm["seeds"])
