@@ -11,7 +11,7 @@
 function, ``datasets`` is a ``(train, val)`` pair of datasets or a function returning one,
 and the model file's optional names (``loss_fn``, ``build_optimizer``, ``BASE``,
 ``checkpoint_blocks``, ``CLASS_NAMES``, ``collate_fn``) are keyword arguments. Objects are
-handed to the trial processes as ``OUT/model_task.py`` (see ``autotune.inmemory``), so
+handed to the trial processes as ``OUT/model_task.py`` (see ``autotune.model.inmemory``), so
 functions must be defined at the top level of a module or script. Errors a user can cause
 raise ``autotune.AutotuneError`` (``ConfigError``, ``ModelFileError``, ...), whose
 ``message`` and ``hint`` say what to change.
@@ -37,7 +37,7 @@ def _model_file(model: Any, datasets: Any, out: Path, hooks: dict[str, Any]) -> 
                 hint="Pass either a model file's path, or build_model and datasets as objects.",
             )
         return Path(model)
-    from autotune.inmemory import write_task
+    from autotune.model.inmemory import write_task
 
     if datasets is None:
         raise ConfigError("a model given as a function needs `datasets`: a (train, val) pair or a function returning one.")
@@ -52,7 +52,7 @@ def _default_out(model: Any, suffix: str = "") -> Path:
 def _options(out: Path, objective: str, trials: int, timeout: float | None, space: str, memory_limit: int | str | None,
              headroom: float, seed: int | None, epochs: int | None, profiles: str | Path | None, warm_start: bool,
              progress: bool, final: Any, trial_budget: Any = None) -> Any:
-    from autotune import pipeline
+    from autotune.workflow import pipeline
     from autotune.engine.memory import parse_size
     from autotune.search import SearchBudget, TrialBudget
 
@@ -71,7 +71,7 @@ def _options(out: Path, objective: str, trials: int, timeout: float | None, spac
 
 
 def _final(resume: bool, target_accuracy: float | None, checkpoint_every: int | None, nproc: int) -> Any:
-    from autotune.final import FinalOptions
+    from autotune.workflow.final import FinalOptions
 
     return FinalOptions(resume=resume, target_accuracy=target_accuracy, checkpoint_every_steps=checkpoint_every,
                         nproc=nproc)
@@ -89,7 +89,7 @@ def tune(model: Any, datasets: Any = None, *, out: str | Path | None = None, obj
     resumes the study. ``profiles``: a folder of saved hardware profiles to record the
     result in and warm-start from (default: none). ``trial_budget``: a
     ``search.TrialBudget`` for how long each trial measures (default: autotune's)."""
-    from autotune import pipeline
+    from autotune.workflow import pipeline
 
     out = Path(out) if out is not None else _default_out(model)
     path = _model_file(model, datasets, out, hooks)
@@ -109,7 +109,7 @@ def run(model: Any, datasets: Any = None, *, out: str | Path | None = None, obje
     ``pipeline.RunResult``: ``.paths`` (tuned.yaml, the report, the weights), ``.result``
     (the final run's ``TrainResult``, with ``.model`` and ``.evaluation``), ``.config``
     and ``.tuning``."""
-    from autotune import pipeline
+    from autotune.workflow import pipeline
 
     out = Path(out) if out is not None else _default_out(model)
     path = _model_file(model, datasets, out, hooks)
@@ -126,7 +126,7 @@ def train(model: Any, datasets: Any = None, *, config: str | Path | TunedConfig 
     YAML's path, a ``TunedConfig`` (``tune(...).tuned``, ``load_config(...)``), a
     ``TrainConfig``, or a dict of knobs (the rest at their defaults; ``lr`` is taken as
     given). Returns a ``pipeline.RunResult``."""
-    from autotune import pipeline
+    from autotune.workflow import pipeline
 
     out = Path(out) if out is not None else _default_out(model, "-train")
     path = _model_file(model, datasets, out, hooks)
@@ -160,7 +160,7 @@ def profile(save: str | Path | None = None, bench: bool = True) -> Any:
 
     hw = collect_profile(measure=bench)
     if save is not None:
-        from autotune.results import save_profile
+        from autotune.machines.results import save_profile
 
         save_profile(save, hw)
     return hw

@@ -232,7 +232,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         return 0
     if args.command == "compare":
-        from autotune.compare import compare_command
+        from autotune.machines.compare import compare_command
 
         print(compare_command([str(p) for p in args.profiles], args.format), end="")
         return 0
@@ -242,7 +242,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _check_out_file(args.out, "--out")
         profile = collect_profile(measure=not args.no_bench)
         print(profile.summary())
-        from autotune.results import save_profile
+        from autotune.machines.results import save_profile
 
         out = args.out or Path("profiles") / f"{profile.fingerprint}.yaml"
         try:
@@ -250,21 +250,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise AutotuneError(f"Cannot write the profile to {out}: {exc.strerror or exc}.") from exc
         return 0
-    from autotune import pipeline
+    from autotune.workflow import pipeline
     from autotune.search import SearchBudget, TrialBudget
 
     if args.command in ("worker", "finalize"):
-        from autotune import parallel
+        from autotune.workflow import workers
 
         name = args.study or args.model.stem
         out = args.out or pipeline.default_out(args.model)
         if args.command == "worker":
             create = pipeline.RunOptions(out=out, space=args.space, budget=SearchBudget(n_trials=args.trials), storage=args.storage,
                                          study=name, progress=not args.no_progress, profiles=None)
-            parallel.work(args.model, args.storage, name, out, finalize=not args.no_finalize, progress=not args.no_progress,
+            workers.work(args.model, args.storage, name, out, finalize=not args.no_finalize, progress=not args.no_progress,
                           cpus=args.cpus, create=create)
         else:
-            parallel.finalize_study(args.model, args.storage, name, out, progress=not args.no_progress, epochs=args.epochs)
+            workers.finalize_study(args.model, args.storage, name, out, progress=not args.no_progress, epochs=args.epochs)
         return 0
     if args.command == "run":
         opts = pipeline.RunOptions(
@@ -311,7 +311,7 @@ def _check_out_file(out: Path | None, option: str) -> None:
 
 
 def _final_options(args: argparse.Namespace) -> Any:
-    from autotune.final import FinalOptions
+    from autotune.workflow.final import FinalOptions
 
     return FinalOptions(resume=args.resume, target_accuracy=args.target_accuracy, checkpoint_every_steps=args.checkpoint_every,
                         nproc=args.nproc)

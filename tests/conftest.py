@@ -23,7 +23,7 @@ def tiny_model_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny_task(tiny_model_file: Path):
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     return load_task(tiny_model_file)
 

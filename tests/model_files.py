@@ -1,4 +1,4 @@
-"""Model files for the tests of autotune.task: a valid one to extend, and how to expect
+"""Model files for the tests of autotune.model.task: a valid one to extend, and how to expect
 a contract error by its words."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import ModelFileError
-from autotune.task import load_task
+from autotune.model.task import load_task
 
 # A valid model file; tests append code to it, and a later `def` replaces an earlier one.
 GOOD = """

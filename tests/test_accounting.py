@@ -12,7 +12,7 @@ from autotune.engine.checkpoint import Checkpointer
 from autotune.engine.evaluation import EvalResult
 from autotune.engine.loop import TrainResult, train
 from autotune.hardware import usable_cores
-from autotune.run_data import GAP, accounting
+from autotune.workflow.run_data import GAP, accounting
 
 
 def test_the_ledger_accounts_for_the_run_and_its_parts(tiny_task, tmp_path):

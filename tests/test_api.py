@@ -166,7 +166,7 @@ def test_a_script_main_function_is_found_by_a_fresh_process(tmp_path):
         "import sys, torch\n"
         "from torch import nn\n"
         "from torch.utils.data import TensorDataset\n"
-        "from autotune.inmemory import write_task\n"
+        "from autotune.model.inmemory import write_task\n"
         "def build():\n"
         "    return nn.Linear(3, 2)\n"
         "def data():\n"
@@ -177,7 +177,7 @@ def test_a_script_main_function_is_found_by_a_fresh_process(tmp_path):
     )
     out = tmp_path / "out"
     subprocess.run([sys.executable, str(script), str(out)], check=True, capture_output=True, text=True)
-    check = ("import sys; from autotune.task import load_task; t = load_task(sys.argv[1]); "
+    check = ("import sys; from autotune.model.task import load_task; t = load_task(sys.argv[1]); "
              "print(type(t.build_model()).__name__, len(t.datasets()[0]))")
     done = subprocess.run([sys.executable, "-c", check, str(out / "scripted.py")], capture_output=True, text=True,
                           cwd=tmp_path.parent)

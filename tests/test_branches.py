@@ -10,7 +10,7 @@ import torch
 from autotune.config import TrainConfig
 from autotune.search import branches
 from autotune.search.branches import Point, check, samples_to, train_step
-from autotune.task import load_task
+from autotune.model.task import load_task
 
 ASSETS = Path(__file__).parent / "assets"
 

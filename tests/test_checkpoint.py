@@ -20,7 +20,7 @@ from autotune.engine import checkpoint
 from autotune.engine.checkpoint import BEST, LAST, Checkpointer, ResumableSampler, load, save_atomic, to_cpu
 from autotune.engine.loop import train
 from autotune.errors import AutotuneError
-from autotune.task import load_task
+from autotune.model.task import load_task
 from tests.run_checks import assert_same_final_run
 from tests.training import CPU, _weights
 
@@ -235,7 +235,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
 
 def test_an_existing_tuned_yaml_with_another_config_is_kept_aside(tmp_path):
     from autotune.config import load_tuned
-    from autotune.pipeline import _keep_previous
+    from autotune.workflow.pipeline import _keep_previous
 
     logs: list[str] = []
     path = tmp_path / "tuned.yaml"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from autotune.compare import TUNED_KNOBS, compare, compare_command
-from autotune.compare_render import render_json, render_markdown, render_text
+from autotune.machines.compare import TUNED_KNOBS, compare, compare_command
+from autotune.machines.compare_render import render_json, render_markdown, render_text
 from autotune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ SPEC_NAMES = [
     "fp16 allowed",
 ]
 
-# What digits_cnn tuned to on the CPU (the example in autotune/results.py's docstring).
+# What digits_cnn tuned to on the CPU (the example in autotune/machines/results.py's docstring).
 CPU_DIGITS_ENTRY = {
     "model": "digits_cnn",
     "model_sha256": "08c9b39b1d270307d28b1eb72832c05d401d94be2dbe552b679c9dfcc5ab9396",
@@ -367,7 +367,7 @@ BLOCKED = """
 import sys
 sys.modules["torch"] = None  # an import of torch now raises ImportError
 sys.modules["optuna"] = None
-from autotune.compare import compare_command
+from autotune.machines.compare import compare_command
 print(compare_command(sys.argv[1:]), end="")
 """
 

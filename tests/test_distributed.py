@@ -19,7 +19,7 @@ import torch
 from autotune.config import TrainConfig, TunedConfig, scaled_lr
 from autotune.engine.checkpoint import LAST, Checkpointer, ResumableSampler, load
 from autotune.engine.distributed import Dist, ShardSampler, leave
-from autotune.final import per_rank_config
+from autotune.workflow.final import per_rank_config
 from tests.run_checks import assert_same_final_run
 
 ASSETS = Path(__file__).parent / "assets"
@@ -152,7 +152,7 @@ def _rank(rank: int, folder: Path, results: "mp.Queue") -> None:
     import torch.distributed as dist
 
     from autotune.engine.loop import train
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=2)

@@ -9,7 +9,7 @@ import pytest
 
 from autotune.config import TrainConfig
 from autotune.engine.loop import train
-from autotune.task import load_task
+from autotune.model.task import load_task
 
 ASSETS = Path(__file__).parent / "assets"
 CFG = TrainConfig(micro_batch_size=8, epochs=2, lr=0.01, base_lr=0.01, warmup=0.0)

@@ -13,7 +13,7 @@ import torch
 
 from autotune.config import TrainConfig
 from autotune.engine.loop import train
-from autotune.task import load_task
+from autotune.model.task import load_task
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.py"))
 

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from autotune.search import SearchBudget, TrialBudget, open_study, parse_space, run_search
 from autotune.search.worker import run_isolated
-from autotune.task import load_task
+from autotune.model.task import load_task
 from tests.child_env import child_env
 
 ASSETS = Path(__file__).parent / "assets"

@@ -157,7 +157,7 @@ def test_gate_leaves_a_user_space_that_fixes_gpu_knobs_alone_where_it_agrees():
 
 
 def test_has_conv2d():
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     assert has_conv2d(load_task(ASSETS / "tiny_cnn.py").build_model())
     assert not has_conv2d(load_task(ASSETS / "tiny_mlp.py").build_model())

@@ -131,7 +131,7 @@ def _gpu_facts(model: str, capability=(9, 0), cores: int = 16):
     """The gate's facts for ``model`` on a GPU of ``capability`` with ``cores`` CPU cores."""
     from autotune.engine.knobs import optimizer_impls
     from autotune.search.gate import Facts, has_conv2d
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     task = load_task(model)
     net = task.build_model()
@@ -167,7 +167,7 @@ def test_each_runs_budget_and_costed_trials_match_what_autotune_queues_on_a_gpu(
     from autotune.search.gate import gate
     from autotune.search.screen import sized_trials
     from autotune.search.space import load_space, parse_space
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     spec = runs.RUNS[index]
     raw = parse_space(spec.space(), "acceptance") if spec.space else load_space("default")

@@ -20,7 +20,7 @@ from autotune.config import TrainConfig, TunedConfig
 from autotune.engine import knobs
 from autotune.engine.checkpoint import FORMAT_VERSION, LAST, Checkpointer, load, rng_state, save_atomic, set_rng_state
 from autotune.engine.loop import train
-from autotune.task import load_task
+from autotune.model.task import load_task
 from tests.training import _cfg, _weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -192,7 +192,7 @@ print(sorted({t.device.type for t in tensors(saved)}))
 
 
 def test_the_final_runs_weights_and_checkpoints_load_on_a_machine_without_a_gpu(tmp_path, tiny_model_file):
-    from autotune.final import final_run
+    from autotune.workflow.final import final_run
 
     final_run(load_task(tiny_model_file), _cfg(micro_batch_size=8), tmp_path, progress=False, log=lambda *_: None)
     for path in (tmp_path / "model.pt", tmp_path / "checkpoints" / LAST):

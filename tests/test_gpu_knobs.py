@@ -248,7 +248,7 @@ def test_expandable_segments_reach_the_allocator_when_torch_was_imported_before(
     code = (
         "import torch, sys\n"
         "from autotune.engine.loop import train\n"
-        "from autotune.task import load_task\n"
+        "from autotune.model.task import load_task\n"
         "from tests.training import _cfg\n"
         "task = load_task(sys.argv[1])\n"
         "train(task, _cfg(micro_batch_size=16, expandable_segments=True), torch.device('cuda', 0))\n"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from autotune.config import TrainConfig
-from autotune.final import per_rank_config
+from autotune.workflow.final import per_rank_config
 from autotune.hardware.devices import bare_uuid, cuda_devices, cuda_gpus, visible_devices
 from autotune.search.limits import default_limit_bytes
 
@@ -122,7 +122,7 @@ def test_cuda_devices_are_torchs_own():
 @NEEDS_CUDA
 def test_a_profile_gpu_unlike_the_device_yields_to_torchs_description():
     from autotune.hardware import SCHEMA_VERSION, HardwareProfile
-    from autotune.parallel import trial_device
+    from autotune.workflow.parallel import trial_device
 
     props = torch.cuda.get_device_properties(0)
     other = {"name": "Some Other GPU", "uuid": f"GPU-{props.uuid}", "memory_total_bytes": 1 * GiB, "sm_count": 1}

@@ -15,7 +15,7 @@ from autotune.config import Base, TrainConfig, scaled_lr
 from autotune.engine import knobs
 from autotune.engine.loop import train
 from autotune.errors import ConfigError
-from autotune.task import load_task
+from autotune.model.task import load_task
 from tests.spaces import _whole
 from tests.training import CPU, ATOL, _cfg, _sgd_task, _weights
 

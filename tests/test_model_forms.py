@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune import pipeline
+from autotune.workflow import pipeline
 from autotune.search import SearchBudget, TrialBudget
 
 ROOT = Path(__file__).parents[1]
@@ -104,7 +104,7 @@ def test_a_tokenized_hugging_face_dataset_works_as_it_is(tmp_path):
     pytest.importorskip("datasets", reason="needs the Hugging Face datasets library")
     from autotune.config import TrainConfig
     from autotune.engine.loop import train
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     path = tmp_path / "tokenized.py"
     path.write_text(DATASETS_MODEL)

@@ -152,7 +152,7 @@ def test_without_a_check_a_narrow_estimate_is_used_and_says_so():
 @pytest.mark.slow
 def test_model_stats_measure_flops_and_a_noise_scale_in_a_fresh_process():
     from autotune.search.model_stats import measure_isolated
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     task = load_task(ASSETS / "tiny_mlp.py")
     stats = measure_isolated(task)

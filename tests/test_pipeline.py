@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from autotune import pipeline, results
+from autotune.workflow import pipeline
+from autotune.machines import results
 from autotune.hardware import load_profile
 from autotune.cli import main
 from autotune.config import TrainConfig, TunedConfig, load_tuned

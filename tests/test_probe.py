@@ -19,7 +19,7 @@ from autotune.config import TrainConfig
 from autotune.engine.memory import parse_size
 from autotune.errors import ConfigError, TrialError
 from autotune.search.probe import Probe, find_max_batch, isolated_prober, worst_case_indices
-from autotune.task import load_task
+from autotune.model.task import load_task
 
 ASSETS = Path(__file__).parent / "assets"
 MIB = 2**20

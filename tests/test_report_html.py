@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune import pipeline
+from autotune.workflow import pipeline
 from autotune.cli import main
 from autotune.config import TrainConfig, TunedConfig
 from autotune.report import classification_metrics, rerender

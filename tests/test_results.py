@@ -7,7 +7,7 @@ import dataclasses
 import optuna
 import pytest
 
-from autotune import results
+from autotune.machines import results
 from autotune.hardware import collect_profile, load_profile
 from autotune.search import parse_space, warmstart
 import autotune.search.optuna_adapter as study_data

@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from autotune.search import SearchBudget, TrialBudget, enqueue_default, fail_stale_trials, open_study, parse_space, run_search
-from autotune.task import load_task
+from autotune.model.task import load_task
 import autotune.search.optuna_adapter as study_data
 
 ASSETS = Path(__file__).parent / "assets"

@@ -1,4 +1,4 @@
-"""Tests for autotune.task: loading valid model files, and finding the blocks to checkpoint."""
+"""Tests for autotune.model.task: loading valid model files, and finding the blocks to checkpoint."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from autotune.config import Base
-from autotune import _calling
-from autotune.task import Task, detect_blocks, load_task
+from autotune.model import calling
+from autotune.model.task import Task, detect_blocks, load_task
 
 from tests.model_files import write
 
@@ -149,26 +149,26 @@ class _Two(nn.Module):
 ], ids=["tensor", "args-tuple", "kwargs-dict", "names", "names-default", "dict-whole", "tuple-whole",
         "tuple-spread", "list-spread"])
 def test_the_calling_convention_follows_the_forward_signature(model, inputs, form) -> None:
-    assert _calling.convention(model, inputs) == form
+    assert calling.convention(model, inputs) == form
 
 
 def test_the_convention_looks_through_compile_and_ddp_wrappers() -> None:
     wrapped = torch.compile(_Whole())
-    assert _calling.unwrap(wrapped).__class__ is _Whole
-    assert _calling.convention(wrapped, {"tokens": 1}) == "x"
+    assert calling.unwrap(wrapped).__class__ is _Whole
+    assert calling.convention(wrapped, {"tokens": 1}) == "x"
 
 
 def test_call_passes_the_input_in_the_chosen_form() -> None:
     model, x = _Record(), torch.zeros(1)
-    assert _calling.call(model, x, "x") == ((x,), {})
-    assert _calling.call(model, (x, x), "*x") == ((x, x), {})
-    assert _calling.call(model, {"a": x}, "**x") == ((), {"a": x})
-    assert _calling.call(model, {"a": x}, "x") == (({"a": x},), {})
+    assert calling.call(model, x, "x") == ((x,), {})
+    assert calling.call(model, (x, x), "*x") == ((x, x), {})
+    assert calling.call(model, {"a": x}, "**x") == ((), {"a": x})
+    assert calling.call(model, {"a": x}, "x") == (({"a": x},), {})
 
 
 def test_a_forward_that_binds_neither_form_is_named_with_both_attempts() -> None:
     with pytest.raises(TypeError) as err:
-        _calling.convention(_Two(), {"tokens": 1})
+        calling.convention(_Two(), {"tokens": 1})
     text = str(err.value)
     assert text.startswith("forward(a, b) accepts neither model(**batch) (")
     assert "'tokens'" in text and "nor model(batch) (" in text and "'b'" in text
@@ -186,24 +186,24 @@ class _Output(dict):
 
 def test_logits_by_one_rule() -> None:
     logits, loss = torch.randn(2, 3), torch.tensor(1.0)
-    assert _calling.logits_of(logits) is logits
-    assert _calling.logits_of(_Output(loss=loss, logits=logits)) is logits  # .logits before first tensor
-    assert _calling.logits_of({"loss": loss, "logits": logits}) is logits
-    assert _calling.logits_of({"scores": logits, "extra": loss}) is logits
-    assert _calling.logits_of((logits, loss)) is logits
-    assert _calling.logits_of(["text", logits]) is logits
-    assert _calling.logits_of({"text": "no tensor"}) is None
-    assert _calling.logits_of("text") is None
+    assert calling.logits_of(logits) is logits
+    assert calling.logits_of(_Output(loss=loss, logits=logits)) is logits  # .logits before first tensor
+    assert calling.logits_of({"loss": loss, "logits": logits}) is logits
+    assert calling.logits_of({"scores": logits, "extra": loss}) is logits
+    assert calling.logits_of((logits, loss)) is logits
+    assert calling.logits_of(["text", logits]) is logits
+    assert calling.logits_of({"text": "no tensor"}) is None
+    assert calling.logits_of("text") is None
 
 
 def test_split_labels_batches_dict_items_and_takes_the_target_out() -> None:
     items = [{"ids": torch.tensor([i, i]), "labels": torch.tensor(i % 2)} for i in range(3)]
-    inputs, target = _calling.SplitLabels("labels")(items)
+    inputs, target = calling.SplitLabels("labels")(items)
     assert set(inputs) == {"ids"} and inputs["ids"].shape == (3, 2)
     assert target.tolist() == [0, 1, 0]
-    assert _calling.label_key({"label": 1, "labels": 2}) == "labels"
-    assert _calling.label_key({"label": 1}) == "label"
-    assert _calling.label_key((1, 2)) is None and _calling.label_key({"y": 1}) is None
+    assert calling.label_key({"label": 1, "labels": 2}) == "labels"
+    assert calling.label_key({"label": 1}) == "label"
+    assert calling.label_key((1, 2)) is None and calling.label_key({"y": 1}) is None
 
 
 DICT_MODELS = """

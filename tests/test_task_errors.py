@@ -1,4 +1,4 @@
-"""Tests for autotune.task: every contract error of a model file, by its words."""
+"""Tests for autotune.model.task: every contract error of a model file, by its words."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autotune.errors import ModelFileError
-from autotune.task import load_task
+from autotune.model.task import load_task
 
 from tests.model_files import GOOD, fails, line_of, write
 

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from autotune.errors import ConfigError
 from autotune.hardware import SCHEMA_VERSION, HardwareProfile
-from autotune.parallel import plan_workers
+from autotune.workflow.parallel import plan_workers
 from autotune.search.optuna_adapter import claim
 from autotune.search.storage import is_claim, open_storage, redact
 from tests.child_env import child_env
@@ -259,7 +259,7 @@ def test_a_worker_describes_the_device_torch_gives_it_not_the_profiles_first_gpu
     from types import SimpleNamespace
 
     from autotune.hardware.devices import device_facts
-    from autotune.parallel import trial_device
+    from autotune.workflow.parallel import trial_device
 
     # NVML lists an A100 first and an H100 second (without an SM count, as for a GPU torch
     # cannot see); with CUDA_VISIBLE_DEVICES=1 this process's device 0 is the H100.
@@ -274,7 +274,7 @@ def test_a_worker_describes_the_device_torch_gives_it_not_the_profiles_first_gpu
 
 
 def test_a_cpu_trial_device_is_the_cpu_even_where_nvml_lists_gpus():
-    from autotune.parallel import trial_device
+    from autotune.workflow.parallel import trial_device
 
     gpu = {"name": "NVIDIA H100 80GB HBM3", "uuid": UUID_A, "memory_total_bytes": 80 * 2**30, "sm_count": 132}
     assert trial_device(_profile("cpu", [gpu])) == "CPU Test CPU, 64 GiB"  # torch without CUDA trains on the CPU
@@ -313,7 +313,7 @@ def test_the_finalize_claim_does_not_count_a_trial_queued_between_two_workers_lo
     # One worker looks, then the other's last trial queues a step of the climb and looks:
     # both find the same finished trials, so only the first finalizes; more budget (a
     # new finished trial) is finalized again.
-    from autotune.parallel import is_last
+    from autotune.workflow.workers import is_last
 
     study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"), study_name="s")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)

@@ -28,8 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    from autotune.final import RESULT_FILE, FinalOptions, run_rank, save_result
-    from autotune.task import load_task
+    from autotune.workflow.final import RESULT_FILE, FinalOptions, run_rank, save_result
+    from autotune.model.task import load_task
 
     d = distributed.from_env()
     finished = False

@@ -2,7 +2,7 @@
 metrics need (``report.evaluate``): the accuracy and every target and prediction for a
 classifier (class logits against integer targets), every target and prediction for a
 regression model (float outputs of the targets' shape). An output that is not a tensor
-(a Hugging Face ``ModelOutput``, a dict, a tuple) is read by ``_calling.logits_of``."""
+(a Hugging Face ``ModelOutput``, a dict, a tuple) is read by ``calling.logits_of``."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 from autotune.engine import distributed, knobs
 from autotune.engine.data import batch_len, to_device
 from autotune.engine.distributed import SINGLE, Dist
-from autotune import _calling
-from autotune.task import Task
+from autotune.model import calling
+from autotune.model.task import Task
 
 # Regression targets with more values a sample than this (images, sequences) are not
 # collected: per-value metrics of such outputs say little, and would fill memory.
@@ -54,7 +54,7 @@ def evaluate(model: torch.nn.Module, loader: Any, task: Task, device: torch.devi
         with knobs.autocast(device.type, amp):
             output = task.call(model, inputs)
             loss = task.loss(output, target)
-        output = _calling.logits_of(output)  # a ModelOutput's, a dict's or a tuple's logits
+        output = calling.logits_of(output)  # a ModelOutput's, a dict's or a tuple's logits
         n = batch_len(target)
         loss_total += float(loss) * n
         samples += n

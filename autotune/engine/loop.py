@@ -25,7 +25,7 @@ from autotune.engine.evaluation import EvalResult, evaluate
 from autotune.engine.measure import ThroughputMeter
 from autotune.engine.memory import peak_memory_bytes, reset_peak_memory
 from autotune.engine.step import Run, check_finite, groups, prepare, skipped_steps, timed_step
-from autotune.task import Task
+from autotune.model.task import Task
 
 
 def pick_device() -> torch.device:

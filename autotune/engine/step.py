@@ -22,7 +22,7 @@ from autotune.engine.data import batch_len, make_loader, to_device
 from autotune.engine.distributed import SINGLE, Dist
 from autotune.engine.measure import ThroughputMeter
 from autotune.errors import TrialError
-from autotune.task import Task
+from autotune.model.task import Task
 
 
 class NonFiniteLossError(TrialError):

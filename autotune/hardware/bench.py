@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from autotune.hardware.profile import load_average_1m, usable_cores
+from autotune.hardware.host import load_average_1m, usable_cores
 from autotune.hardware.timing import (
     REPEATS,
     WARMUP,

@@ -25,11 +25,10 @@ import yaml
 
 from autotune.config import read_yaml, write_atomic
 from autotune.errors import ConfigError
+from autotune.hardware.host import _GIB, AMP_DTYPES, _gib, load_average_1m, usable_cores
 from autotune.hardware.nvml import NA, GpuInfo, query_gpus
 
 SCHEMA_VERSION = 1
-AMP_DTYPES = ("fp16", "bf16")
-_GIB = 1024**3
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 CPU_FP16_REASON = (
     "fp16 autocast on the CPU is supported but slow (17-66x slower than fp32 where "
@@ -56,7 +55,7 @@ class HardwareProfile:
     measured: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""
     # What models tuned to on this machine, one entry per model file name (see
-    # autotune/results.py): the best config and the top few, with their throughput.
+    # autotune/machines/results.py): the best config and the top few, with their throughput.
     tuned: list[dict[str, Any]] = field(default_factory=list)
 
     def allowed_amp(self) -> dict[str, str | None]:
@@ -232,25 +231,6 @@ def _memory_total_bytes() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def usable_cores() -> int:
-    """The CPUs this process may run on: its affinity mask where the system has one.
-
-    Under ``taskset -c 0`` (or a container's CPU set) this is 1 on a many-core machine;
-    training here gets those cores only, so they are what the profile describes.
-    """
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def load_average_1m() -> float | None:
-    """The system's 1-minute load average, None where there is none (Windows)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
 def collect_host() -> dict[str, Any]:
     """The CPU model, core counts, memory, load and the CPU flags that matter for AMP.
 
@@ -358,11 +338,6 @@ def _torch_dtype_support(device: str) -> dict[str, Any]:
 def _slug(text: str) -> str:
     """Lower-case words joined by dashes: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3"."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
-def _gib(value: Any) -> Any:
-    """Bytes rounded to whole GiB; "N/A" stays "N/A"."""
-    return round(value / _GIB) if isinstance(value, (int, float)) else NA
 
 
 def fingerprint(host: dict[str, Any], gpus: list[dict[str, Any]], driver_version: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from autotune.hardware.nvml import NA
-from autotune.hardware.profile import _GIB, AMP_DTYPES, _gib
+from autotune.hardware.host import _GIB, AMP_DTYPES, _gib
 
 if TYPE_CHECKING:
     from autotune.hardware.profile import HardwareProfile

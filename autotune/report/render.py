@@ -1,6 +1,6 @@
 """Render the report data (one dict) as JSON, Markdown and HTML.
 
-The data model is built by ``autotune.pipeline``; its sections are all optional except
+The data model is built by ``autotune.workflow.pipeline``; its sections are all optional except
 ``model`` and ``config``, so a plain ``autotune train`` (no search) renders too. The JSON
 Schema ``report.schema.json`` (next to this module) documents every key:
 

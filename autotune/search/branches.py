@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_map
 
 from autotune.config import TrainConfig, scaled_lr
 from autotune.engine.data import batch_len, to_device
-from autotune.task import Task
+from autotune.model.task import Task
 
 STEPS = 24  # optimizer steps of the largest branch
 EVALS = 12  # evaluations per branch, evenly spaced in samples

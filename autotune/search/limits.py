@@ -18,7 +18,7 @@ from autotune.engine.memory import format_size
 from autotune.hardware.devices import cuda_gpus
 from autotune.search.probe import FinderResult, find_max_batch, isolated_prober
 from autotune.search.space import SearchSpace, memory_key
-from autotune.task import Task
+from autotune.model.task import Task
 
 GRANULARITY = 8  # micro-batches are probed in multiples of 8 (tensor-core friendly)
 REL_TOL = 0.02  # stop when the answer is within 2% of the true largest

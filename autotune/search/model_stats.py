@@ -43,7 +43,7 @@ from autotune.engine.loop import pick_device
 from autotune.errors import TrialError
 from autotune.search import branches
 from autotune.search.objective import CHECK_FACTOR
-from autotune.task import Task, load_task
+from autotune.model.task import Task, load_task
 
 BLOCKS = 5  # blocks of observations for the interval
 

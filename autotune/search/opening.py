@@ -24,7 +24,7 @@ from autotune.search.space import SearchSpace, parse_space
 from autotune.search.stale import gone_here, owner, setup_heartbeat, stood_still
 from autotune.search.storage import is_claim, open_storage, redact
 from autotune.search.study import POLL_S
-from autotune.task import Task
+from autotune.model.task import Task
 import autotune.search.optuna_adapter as study_data
 
 # How long a process that joins a study waits for the process that created it to finish

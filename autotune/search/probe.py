@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import torch
 
-from autotune._calling import item_input
+from autotune.model.calling import item_input
 from autotune.config import TrainConfig
 from autotune.engine import knobs
 from autotune.engine.data import to_device
 from autotune.engine.memory import cap_memory, memory_used_bytes, reraise_at_cap, vm_bytes
 from autotune.errors import TrialError
-from autotune.task import Task, load_task
+from autotune.model.task import Task, load_task
 
 
 @dataclass(frozen=True)

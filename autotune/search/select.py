@@ -50,7 +50,7 @@ from autotune.errors import AutotuneError
 from autotune.search.study import scorer_of
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import run_isolated
-from autotune.task import Task
+from autotune.model.task import Task
 import autotune.search.optuna_adapter as study_data
 
 

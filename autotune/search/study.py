@@ -34,7 +34,7 @@ from autotune.search.stale import _stale_after, fail_stale_trials, mark_stale, o
 from autotune.search.optuna_adapter import claim, write_trial
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import Outcome, run_isolated
-from autotune.task import Task
+from autotune.model.task import Task
 import autotune.search.optuna_adapter as study_data
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

@@ -21,7 +21,7 @@ from autotune.engine.memory import cap_memory, memory_used_bytes, reraise_at_cap
 from autotune.errors import TrialError
 from autotune.search.probe import prime_imports
 from autotune.search.prune import window_judge
-from autotune.task import Task, load_task
+from autotune.model.task import Task, load_task
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Warm start: begin a new study from what the same model tuned to on similar hardware.
 
-The best configs saved for the model in the most similar profile (see autotune/results.py)
+The best configs saved for the model in the most similar profile (see autotune/machines/results.py)
 are queued as the study's first trials after the default config, with the micro-batch
 scaled by the ratio of the two machines' memory and every knob snapped to a choice the
 current search space allows. The sampler then goes on from there as usual.
@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from autotune import results
+from autotune.machines import results
 from autotune.hardware.profile import HardwareProfile
 from autotune.search.space import SearchSpace
 import autotune.search.optuna_adapter as study_data

@@ -56,7 +56,7 @@ def main(model_path: str) -> None:
     steps in one (``model_stats.measure``)."""
     from autotune.config import TrainConfig
     from autotune.search import model_stats, worker
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     task = load_task(model_path)
     added = worker.preload_for(task.path)

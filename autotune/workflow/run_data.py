@@ -15,14 +15,14 @@ import torch
 
 from autotune.config import TrainConfig, TunedConfig
 from autotune.engine.loop import TrainResult
-from autotune.final import FinalOptions
+from autotune.workflow.final import FinalOptions
 from autotune.hardware import HardwareProfile
 from autotune.report import evaluation_metrics, knob_effects, param_importances
 from autotune.search import SearchBudget
 from autotune.search.screen import LEAD
 from autotune.search.select import Selection
 from autotune.search.space import SearchSpace
-from autotune.task import Task
+from autotune.model.task import Task
 import autotune.search.optuna_adapter as study_data
 
 

@@ -1,9 +1,9 @@
-"""The checks behind ``autotune.task``.
+"""The checks behind ``autotune.model.task``.
 
 Each function here turns one way a model file can break the contract into one
 ``ModelFileError`` whose message names the file, what was wrong and what was got, and
 whose hint (where a message alone would run long) says how to fix it. Nothing here
-imports the user's file; ``autotune.task`` does that and calls these checks.
+imports the user's file; ``autotune.model.task`` does that and calls these checks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from autotune._calling import LABEL_KEYS, label_key
+from autotune.model.calling import LABEL_KEYS, label_key
 from autotune.config import BASE_RANGES, Base
 from autotune.errors import ModelFileError
 

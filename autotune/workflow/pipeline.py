@@ -17,9 +17,10 @@ from typing import Any
 from autotune.config import TrainConfig, TunedConfig, load_tuned
 from autotune.errors import AutotuneError
 from autotune.engine.loop import TrainResult
-from autotune.final import WEIGHTS_FILE, FinalOptions, final_run
+from autotune.workflow.final import WEIGHTS_FILE, FinalOptions, final_run
 from autotune.hardware import HardwareProfile, collect_profile
-from autotune import parallel, results
+from autotune.workflow import parallel
+from autotune.machines import results
 from autotune.report import write_report
 from autotune.search import (
     Facts,
@@ -43,9 +44,9 @@ from autotune.search.opening import study_exists
 from autotune.search.screen import sized_trials
 from autotune.search.study import scorer_of
 from autotune.search.select import Selection, throughput_pick
-from autotune.run_data import report_data, search_data, selection_data, versions
+from autotune.workflow.run_data import report_data, search_data, selection_data, versions
 from autotune.search.space import SearchSpace
-from autotune.task import Task, load_task
+from autotune.model.task import Task, load_task
 import autotune.search.optuna_adapter as study_data
 
 STUDY_FILE = "study.db"

@@ -6,7 +6,7 @@ People write ``forward`` two ways for a structured input: taking its parts by na
 batch whole (``forward(self, batch)``, called as ``model(batch)``). ``convention`` reads
 ``forward``'s signature once and picks the form it accepts, so neither has to be rewritten.
 Outputs come as a tensor, a Hugging Face ``ModelOutput``, a dict or a tuple; ``logits_of``
-applies one rule to all of them. Nothing here imports the user's file or ``autotune.task``.
+applies one rule to all of them. Nothing here imports the user's file or ``autotune.model.task``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``compare(paths)`` loads two or more profiles (``profiles/*.yaml``) and builds plain data:
 the specs and the measured peaks of each machine, every numeric row with the ratio of each
 profile to the first, and, per model tuned on those machines (the profiles' ``tuned``
-entries, see autotune/results.py), the best config and its throughput side by side.
+entries, see autotune/machines/results.py), the best config and its throughput side by side.
 ``compare_render`` turns that data into output (text, Markdown, JSON);
 ``compare_command`` is what the CLI calls.
 
@@ -24,6 +24,7 @@ from typing import Any, Callable
 from autotune.errors import ConfigError
 from autotune.hardware.nvml import NA
 from autotune.hardware.profile import AMP_DTYPES, HardwareProfile, load_profile
+from autotune.machines.compare_render import _GIB, _MISSING, _is_number, render_json, render_markdown, render_text
 
 __all__ = [
     "FORMATS",
@@ -47,8 +48,6 @@ TUNED_KNOBS = (
     "expandable_segments",
     "lr",
 )
-_GIB = 1024**3
-_MISSING = "-"
 
 Getter = Callable[[HardwareProfile], Any]
 
@@ -175,10 +174,6 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _ratio(value: Any, first: Any) -> float | None:
     """value / first; None where either is missing or not a number, or first is 0."""
     if not (_is_number(value) and _is_number(first)) or first == 0:
@@ -287,8 +282,6 @@ def _tuned_rows(per_profile: list[dict[str, Any] | None]) -> list[dict[str, Any]
 
 def compare_command(paths: list[str], fmt: str = "text") -> str:
     """``autotune compare PATHS --format FMT``: the rendered comparison."""
-    from autotune.compare_render import render_json, render_markdown, render_text
-
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, but got {fmt!r}.")
     renderers = {"text": render_text, "markdown": render_markdown, "json": render_json}

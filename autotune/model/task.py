@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from autotune import _task_checks as checks
+from autotune.model import checks
 from autotune.config import Base
-from autotune import _calling
+from autotune.model import calling
 from autotune.errors import ModelFileError
 
 __all__ = ["Task", "detect_blocks", "load_task"]
@@ -93,10 +93,10 @@ class Task:
 
     def call(self, model: nn.Module, inputs: Any) -> Any:
         """``model`` called on a batch input, in the form its ``forward`` accepts
-        (``_calling.convention``), decided on the first call and kept."""
+        (``calling.convention``), decided on the first call and kept."""
         if self._form is None:
             try:
-                self._form = _calling.convention(model, inputs)
+                self._form = calling.convention(model, inputs)
             except TypeError as exc:
                 raise ModelFileError(
                     f"The model from `build_model()` in {self.path} cannot be called on a batch "
@@ -104,19 +104,19 @@ class Task:
                     hint="Make `forward` take the input's parts by name (called as "
                     "model(**batch)) or the batch whole (called as model(batch)).",
                 ) from exc
-        return _calling.call(model, inputs, self._form)
+        return calling.call(model, inputs, self._form)
 
     @property
     def calling(self) -> str | None:
         """How the model is called, e.g. ``model(**batch)``; None before the first call."""
-        return _calling.describe_form(self._form) if self._form is not None else None
+        return calling.describe_form(self._form) if self._form is not None else None
 
     def loss(self, output: Any, target: Any) -> torch.Tensor:
         """The user's ``loss_fn(output, target)``, or cross-entropy on the output's logits
-        (``_calling.logits_of``) when there is none."""
+        (``calling.logits_of``) when there is none."""
         if self.has_custom_loss:
             return self.module.loss_fn(output, target)
-        logits = _calling.logits_of(output)
+        logits = calling.logits_of(output)
         if logits is None:
             raise ModelFileError(_no_logits(self.path, output), hint=_NO_LOGITS_HINT)
         return F.cross_entropy(logits, target)
@@ -140,9 +140,9 @@ class Task:
             train = self.datasets()[0]
             first = checks.call_user(f"Reading item 0 of the train dataset from {self.path}", self.path,
                                      train.__getitem__, 0)
-            self._label_key = _calling.label_key(first)
+            self._label_key = calling.label_key(first)
             self._items_read = True
-        return _calling.SplitLabels(self._label_key) if self._label_key is not None else None
+        return calling.SplitLabels(self._label_key) if self._label_key is not None else None
 
     def make_optimizer(self, params: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         """The user's ``build_optimizer(params, lr)``, else AdamW with ``weight_decay``.
@@ -335,7 +335,7 @@ def _forward(task: Task, model: nn.Module, inputs: Any, n: int) -> Any:
 
 def _check_loss(task: Task, output: Any, target: Any, n: int) -> None:
     what = "`loss_fn`" if task.has_custom_loss else "the default cross-entropy"
-    if not task.has_custom_loss and _calling.logits_of(output) is None:
+    if not task.has_custom_loss and calling.logits_of(output) is None:
         raise ModelFileError(_no_logits(task.path, output), hint=_NO_LOGITS_HINT)
     try:
         loss = task.loss(output, target)

@@ -23,7 +23,7 @@ from autotune.engine.checkpoint import LAST, Checkpointer, save_atomic, to_cpu
 from autotune.engine.distributed import SINGLE, Dist
 from autotune.engine.loop import EvalResult, TrainResult, pick_device, train as train_loop
 from autotune.errors import AutotuneError
-from autotune.task import Task
+from autotune.model.task import Task
 
 WEIGHTS_FILE = "model.pt"
 CHECKPOINT_DIR = "checkpoints"

@@ -5,9 +5,16 @@ values as "-"."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
-from autotune.compare import _GIB, _MISSING, _is_number
+_GIB = 1024**3
+_MISSING = "-"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 def _number(value: float | int) -> str:
     if isinstance(value, int):
