@@ -51,7 +51,7 @@ def _default_out(model: Any, suffix: str = "") -> Path:
 
 def _options(out: Path, objective: str, trials: int, timeout: float | None, space: str, memory_limit: int | str | None,
              headroom: float, seed: int | None, epochs: int | None, profiles: str | Path | None, warm_start: bool,
-             progress: bool, final: Any, trial_budget: Any = None) -> Any:
+             progress: bool, final: Any, trial_budget: Any = None, max_tuning_share: float | None = None) -> Any:
     from autotune.workflow import pipeline
     from autotune.engine.memory import parse_size
     from autotune.search import SearchBudget, TrialBudget
@@ -60,10 +60,12 @@ def _options(out: Path, objective: str, trials: int, timeout: float | None, spac
         raise ConfigError(f"objective must be 'goodput' or 'throughput', not {objective!r}.")
     if not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"trials must be a whole number >= 1, not {trials!r}.")
+    if max_tuning_share is not None and not (isinstance(max_tuning_share, (int, float)) and max_tuning_share > 0):
+        raise ConfigError(f"max_tuning_share must be a number > 0, not {max_tuning_share!r}.")
     limit = parse_size(memory_limit) if isinstance(memory_limit, str) else memory_limit
     return pipeline.RunOptions(
         out=out, space=space,
-        budget=SearchBudget(n_trials=trials, timeout_s=timeout,
+        budget=SearchBudget(n_trials=trials, timeout_s=timeout, max_tuning_share=max_tuning_share,
                             trial=dataclasses.replace(trial_budget or TrialBudget(), memory_limit_bytes=limit)),
         memory_limit=limit, headroom=headroom, objective=objective, seed=seed, epochs=epochs, progress=progress,
         profiles=Path(profiles) if profiles is not None else None, warm_start=warm_start, final=final,
@@ -81,20 +83,23 @@ def tune(model: Any, datasets: Any = None, *, out: str | Path | None = None, obj
          trials: int = 24, timeout: float | None = None, space: str = "default",
          memory_limit: int | str | None = None, headroom: float = 0.1, seed: int | None = None,
          profiles: str | Path | None = None, warm_start: bool = True, progress: bool = True,
-         trial_budget: Any = None, log: Callable[..., Any] = print, **hooks: Any) -> Any:
+         trial_budget: Any = None, max_tuning_share: float | None = None, log: Callable[..., Any] = print,
+         **hooks: Any) -> Any:
     """Profile this machine, probe the largest micro-batches, search and re-measure, and
     write ``OUT/tuned.yaml`` (``autotune run`` without the final training). Returns a
     ``pipeline.Tuning``: ``.tuned`` (the ``TunedConfig``), ``.path``, ``.study`` (the
     Optuna study), ``.selection`` and ``.profile``. Calling it again on the same ``out``
     resumes the study. ``profiles``: a folder of saved hardware profiles to record the
     result in and warm-start from (default: none). ``trial_budget``: a
-    ``search.TrialBudget`` for how long each trial measures (default: autotune's)."""
+    ``search.TrialBudget`` for how long each trial measures (default: autotune's).
+    ``max_tuning_share``: stop tuning at this share of the full run's estimated time
+    (``--max-tuning-share``)."""
     from autotune.workflow import pipeline
 
     out = Path(out) if out is not None else _default_out(model)
     path = _model_file(model, datasets, out, hooks)
     opts = _options(out, objective, trials, timeout, space, memory_limit, headroom, seed, None, profiles,
-                    warm_start, progress, _final(False, None, None, 1), trial_budget)
+                    warm_start, progress, _final(False, None, None, 1), trial_budget, max_tuning_share)
     return pipeline.tune(path, opts, log)
 
 
@@ -103,8 +108,8 @@ def run(model: Any, datasets: Any = None, *, out: str | Path | None = None, obje
         memory_limit: int | str | None = None, headroom: float = 0.1, seed: int | None = None,
         epochs: int | None = None, profiles: str | Path | None = None, warm_start: bool = True,
         resume: bool = False, target_accuracy: float | None = None, checkpoint_every: int | None = None,
-        nproc: int = 1, progress: bool = True, trial_budget: Any = None, log: Callable[..., Any] = print,
-        **hooks: Any) -> Any:
+        nproc: int = 1, progress: bool = True, trial_budget: Any = None, max_tuning_share: float | None = None,
+        log: Callable[..., Any] = print, **hooks: Any) -> Any:
     """``autotune run``: tune, train with the result, and report. Returns a
     ``pipeline.RunResult``: ``.paths`` (tuned.yaml, the report, the weights), ``.result``
     (the final run's ``TrainResult``, with ``.model`` and ``.evaluation``), ``.config``
@@ -114,7 +119,8 @@ def run(model: Any, datasets: Any = None, *, out: str | Path | None = None, obje
     out = Path(out) if out is not None else _default_out(model)
     path = _model_file(model, datasets, out, hooks)
     opts = _options(out, objective, trials, timeout, space, memory_limit, headroom, seed, epochs, profiles,
-                    warm_start, progress, _final(resume, target_accuracy, checkpoint_every, nproc), trial_budget)
+                    warm_start, progress, _final(resume, target_accuracy, checkpoint_every, nproc), trial_budget,
+                    max_tuning_share)
     return pipeline.run_all(path, opts, log)
 
 

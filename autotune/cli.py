@@ -108,6 +108,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="run directory for tuned.yaml, study.db, the report and the weights (default: runs/<model name>)")
     p.add_argument("--trials", type=_positive_int, help="measured trials the study should hold in all, counting earlier runs; a new study spends the first on screening each knob's choices (default: 24, or for a study that screens, what the screening takes plus 5 where that is more, as on a GPU, whose space has more knobs)")
     p.add_argument("--timeout", type=_positive_float, help="start no new trial after this many seconds of search")
+    p.add_argument("--max-tuning-share", type=_positive_float, metavar="FRACTION",
+                   help="stop tuning once its time reaches this share of the full run's time at the default config, "
+                        "estimated from the default's trial (e.g. 0.5: tune for at most half as long as the run takes)")
     p.add_argument("--space", default="default", help="a built-in search space name or a YAML file (default: default)")
     p.add_argument("--epochs", type=_positive_int, help="epochs of the final run (default: the model file's BASE['epochs'])")
     p.add_argument("--seed", type=_seed, help="seed for the sampler and the training runs (default: BASE['seed'])")
@@ -274,6 +277,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             budget=SearchBudget(
                 n_trials=args.trials or SearchBudget.n_trials,
                 timeout_s=args.timeout,
+                max_tuning_share=args.max_tuning_share,
                 trial=TrialBudget(memory_limit_bytes=args.memory_limit),
             ),
             memory_limit=args.memory_limit,

@@ -176,7 +176,7 @@ def check_trials(ctx: Context, labels: dict[str, dict[str, Any]], model: str) ->
     short direct trial of ``model`` (``trial.measure`` in its own process, several at
     once) to a finite training and validation loss."""
     from autotune.search.trial import TrialBudget
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     covered = gc.coverage(ctx.summaries, labels)
     costs = {label: gp.label_s(labels[label]) for label, where in covered.items() if where is None}
@@ -212,7 +212,7 @@ def check_nproc(ctx: Context) -> tuple[str, str, dict[str, Any]]:
     if ctx.gpu_count < 2:
         return "SKIP", f"{ctx.gpu_count} GPU visible; --nproc 2 needs two or more", {}
     from autotune.config import TrainConfig, TunedConfig
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     config = TunedConfig(train=TrainConfig.from_base(load_task(DIGITS, validate=False).base)).save(ctx.work / "nproc.yaml")
     out = ctx.work / "nproc"

@@ -65,7 +65,7 @@ class Recorder:
     def __init__(self, model: str, cap: int) -> None:
         from autotune.config import TrainConfig
         from autotune.search.probe import isolated_prober
-        from autotune.task import load_task
+        from autotune.model.task import load_task
 
         self.inner = isolated_prober(load_task(ROOT / model), TrainConfig(amp="off"), cap, headroom=0.0)
         self.log: list[dict[str, Any]] = []

@@ -88,7 +88,7 @@ def _lightning_module(base: type, model: str, n: int) -> Any:
 
     from autotune.config import TrainConfig
     from autotune.search.probe import worst_case_indices
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     task, cfg = load_task(ROOT / model), TrainConfig(amp="off")
     train = task.datasets()[0]

@@ -38,7 +38,7 @@ def main() -> None:
     from autotune.hardware import collect_host
     from autotune.search.trial import TrialBudget, measure
     from autotune.search.worker import run_isolated
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     task = load_task(ROOT / args.model)
     rows = []

@@ -44,7 +44,7 @@ def full_run(model_path: str, config: dict[str, Any], eval_every: int) -> dict[s
     ``eval_every`` samples (in a trial process)."""
     from autotune.config import TrainConfig
     from autotune.engine.loop import train
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     task = load_task(model_path, validate=False)
     result = train(task, TrainConfig.from_dict(config), eval_each_epoch=True, eval_every_samples=eval_every)
@@ -71,9 +71,9 @@ ARMS = ("base", "throughput", "goodput")
 
 def tune_picks(model: str, work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """BASE and the two objectives' picks, as full configs, with what each tuning measured."""
-    from autotune import pipeline
+    from autotune.workflow import pipeline
     from autotune.config import TrainConfig
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     base = load_task(model, validate=False).base
     picks: dict[str, Any] = {"base": TrainConfig.from_base(base, micro_batch_size=base.batch_size)}

@@ -66,7 +66,7 @@ class Context:
         """The hardware profile, collected (benchmarks included) once, saved under --profiles."""
         if self.profile is None:
             from autotune.hardware import collect_profile
-            from autotune.results import profile_path, save_profile
+            from autotune.machines.results import profile_path, save_profile
 
             self.profile = collect_profile()
             save_profile(profile_path(self.args.profiles, self.profile.fingerprint), self.profile)
@@ -146,7 +146,7 @@ def check_probe(ctx: Context) -> tuple[str, str, dict[str, Any]]:
     from autotune.config import TrainConfig
     from autotune.engine.memory import format_size, parse_size
     from autotune.search.probe import find_max_batch, isolated_prober
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     task = load_task(RESNET)
     limit = parse_size(ctx.args.probe_limit)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_run(model: str, trials: int, workers: int, work: Path) -> dict:
-    from autotune import pipeline
+    from autotune.workflow import pipeline
     from autotune.search import SearchBudget
     from autotune.search.study import counts
 

@@ -47,7 +47,7 @@ def main() -> None:
     from autotune.search.select import rotated
     from autotune.search.trial import TrialBudget, measure
     from autotune.search.worker import run_isolated
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     for model in CONFIGS:
         worker.preload_for(load_task(model).path)

@@ -45,7 +45,7 @@ def measure_rounds(model: str, configs: dict[str, dict[str, Any]], rounds: int) 
     from autotune.search.select import rotated
     from autotune.search.trial import TrialBudget, measure
     from autotune.search.worker import preload_for, run_isolated
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     task = load_task(model)
     preload_for(task.path)

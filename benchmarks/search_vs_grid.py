@@ -84,7 +84,7 @@ def measure_once(task: Any, cfg: Any) -> tuple[dict[str, Any], float]:
 
 
 def tune(model: str, objective: str, work: Path, trials: int | None) -> dict[str, Any]:
-    from autotune import pipeline
+    from autotune.workflow import pipeline
     from autotune.search import SearchBudget
 
     budget = SearchBudget() if trials is None else SearchBudget(n_trials=trials)
@@ -267,7 +267,7 @@ def recheck(path: Path, rounds: int, top: int = 3) -> None:
     from autotune.config import TrainConfig
     from autotune.search import worker
     from autotune.search.objective import Scorer
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     data = json.loads(path.read_text())
     tasks = {m["model"]: load_task(m["model"]) for m in data["models"]}
@@ -331,7 +331,7 @@ def main() -> None:
     if args.recheck:
         return recheck(args.recheck, args.rounds)
     from autotune.search import worker
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     for model in args.models:  # one fork server serves every model: preload all their imports
         worker.preload_for(load_task(model).path)

@@ -41,7 +41,7 @@ def main() -> None:
 
     from autotune.search import SearchBudget, TrialBudget, open_study, parse_space, run_search
     from autotune.search.worker import run_isolated
-    from autotune.task import load_task
+    from autotune.model.task import load_task
     from test_faults import _children, _noop
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -32,10 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def search(model: str, out: Path, profiles: Path, warm: bool, seed: int, trials: int, record: bool) -> list[float]:
     """One study on this process's hardware; returns measured throughputs in trial order."""
-    from autotune import pipeline, results
+    from autotune.workflow import pipeline
+    from autotune.machines import results
     from autotune.hardware import collect_profile
     from autotune.search import SearchBudget, enqueue_default, gate, load_space, open_study, run_search, select, warmstart
-    from autotune.task import load_task
+    from autotune.model.task import load_task
 
     out.mkdir(parents=True, exist_ok=True)
     task = load_task(model)

@@ -248,3 +248,32 @@ def test_an_existing_tuned_yaml_with_another_config_is_kept_aside(tmp_path):
     assert kept is not None and kept.name.startswith("tuned.previous-") and not path.exists()
     assert load_tuned(kept).train == first.train
     assert str(kept) in logs[-1]
+
+
+def test_by_default_the_final_run_checkpoints_every_ten_minutes_within_an_epoch(tiny_task, tmp_path, monkeypatch):
+    from autotune.workflow.final import FinalOptions, final_run
+
+    # The checkpointer's clock moves 100 s at each look: ten minutes pass within the
+    # epoch, and a checkpoint mid-epoch says the default (600 s) is in force.
+    clock = _Clock()
+
+    def ticking() -> float:
+        clock.now += 100.0
+        return clock.now
+
+    clock.perf_counter = ticking  # type: ignore[method-assign]
+    monkeypatch.setattr(checkpoint, "time", clock)
+    saved: list[tuple[str, int, int]] = []
+    original = Checkpointer.save
+
+    def spy(self, state, name=LAST):
+        saved.append((name, state["position"]["epoch"], state["position"]["steps"]))
+        return original(self, state, name)
+
+    monkeypatch.setattr(Checkpointer, "save", spy)
+    assert FinalOptions().checkpoint_every_steps is None and FinalOptions().checkpoint_every_s == 600.0
+    cfg = TrainConfig(micro_batch_size=4, epochs=1, lr=0.01, base_lr=0.01)
+    result = final_run(tiny_task, cfg, tmp_path, progress=False, log=lambda _: None)
+    last = [steps for name, _, steps in saved if name == LAST]
+    assert len(last) >= 2 and 0 < last[0] < result.steps  # one within the epoch, then the epoch's end
+    assert (tmp_path / "checkpoints" / LAST).is_file()

@@ -3,6 +3,8 @@ model statistics measured once per study."""
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from autotune.config import TrainConfig
 from autotune.engine.flops import mfu, peak_tflops, train_step_flops
 from autotune.errors import ConfigError
-from autotune.search.objective import Scorer, decide_noise_scale, predicted_ratio
+from autotune.search.objective import Scorer, decide_noise_scale, fitted_noise_scale, predicted_ratio
 from autotune.search.trial import start_seconds
 
 ASSETS = Path(__file__).parent / "assets"
@@ -113,40 +115,46 @@ def test_scorer_round_trips_and_rejects_unknown_objectives():
         Scorer("speed")
 
 
-def _noise(estimate=100.0, low=80.0, high=125.0, ratios=None, reason=None, check=True):
-    record = {"estimate": estimate, "low": low, "high": high}
-    record["check"] = {"batches": [32, 128], "ratios": ratios, "reason": reason} if check else None
+def _noise(estimate=100.0, ratios=None, per_repeat=None, reason=None, check=True):
+    record = {"estimate": estimate, "low": 80.0, "high": 125.0}
+    record["check"] = ({"batches": [32, 128], "ratios": ratios, "per_repeat": per_repeat, "reason": reason}
+                       if check else None)
     return record
 
 
-def test_the_noise_scale_is_used_when_narrow_and_the_branched_check_agrees():
-    predicted = predicted_ratio(100.0, 32, 128)  # (1 + 128/100) / (1 + 32/100)
-    assert predicted == pytest.approx(2.28 / 1.32)
-    used, basis = decide_noise_scale(_noise(ratios={"128": predicted * 1.2}))
-    assert used == 100.0 and "in agreement" in basis and "measured 2.07x" in basis
+def test_the_noise_scale_is_fitted_to_the_measured_sample_ratio():
+    # (1 + 128/B) / (1 + 32/B) = 1.5  =>  B = 32 (4 - 1.5) / 0.5 = 160
+    assert fitted_noise_scale(1.5, 32, 128) == pytest.approx(160.0)
+    assert predicted_ratio(fitted_noise_scale(1.5, 32, 128), 32, 128) == pytest.approx(1.5)
+    assert fitted_noise_scale(1.0, 32, 128) == math.inf  # no extra samples: no penalty
+    assert fitted_noise_scale(4.0, 32, 128) == pytest.approx(0.32)  # no gain per sample at all
+
+
+def test_goodput_uses_the_noise_scale_the_branches_measured():
+    used, basis = decide_noise_scale(_noise(ratios={"128": 1.5}, per_repeat=[1.45, 1.55]))
+    assert used == pytest.approx(160.0)
+    assert "needed 1.50x the samples at batch 128 as at batch 32" in basis and "repeats 1.45x, 1.55x" in basis
+    assert "noise scale 160 fitted" in basis and "per-example estimate was 100" in basis
+    scorer = Scorer.build("goodput", 32, {"noise": _noise(ratios={"128": 1.5}, per_repeat=[1.45, 1.55]),
+                                          "flops_per_sample": 1.0}, {}, "cpu")
+    # at 4x the reference batch a sample is worth 1 / 1.5 of one at the reference batch
+    assert scorer.value(TrainConfig(micro_batch_size=128), {"throughput_samples_per_s": 300.0}) == pytest.approx(200.0)
 
 
 @pytest.mark.parametrize("noise, says", [
-    (None, "no positive estimate"),
-    (_noise(estimate=None, low=None, high=None), "no positive estimate"),
-    (_noise(low=40.0, high=250.0), "uncertain by more than 1.3x"),
-    (_noise(low=None, high=None), "interval unbounded"),
-    (_noise(ratios={"128": 1.0}), "measured 1.00x, so the estimate is not used"),  # predicted 1.73x
-    (_noise(ratios={"128": 3.0}), "measured 3.00x, so the estimate is not used"),
+    (None, "no branched check ran"),
+    (_noise(check=False), "no branched check ran"),
     (_noise(ratios=None, reason="the loss did not drop"), "could not read a loss drop (the loss did not drop)"),
+    (_noise(ratios={"128": 1.5}, per_repeat=[1.2, 1.8]), "the repeats disagree by more than 1.3x"),
+    (_noise(ratios={"128": 0.95}, per_repeat=[0.95, 0.96]), "no extra cost"),
 ])
-def test_goodput_falls_back_to_throughput_when_the_estimate_is_a_coin_flip(noise, says):
+def test_goodput_falls_back_to_throughput_when_the_measurement_cannot_say(noise, says):
     used, basis = decide_noise_scale(noise)
     assert used is None and says in basis and "goodput equals throughput" in basis
     scorer = Scorer.build("goodput", 32, {"noise": noise, "flops_per_sample": 1.0}, {}, "cpu")
     assert scorer.b_noise is None and scorer.basis == basis
     cfg = TrainConfig(micro_batch_size=256)
     assert scorer.value(cfg, {"throughput_samples_per_s": 500.0}) == 500.0
-
-
-def test_without_a_check_a_narrow_estimate_is_used_and_says_so():
-    used, basis = decide_noise_scale(_noise(check=False))
-    assert used == 100.0 and "no branched check ran" in basis
 
 
 @pytest.mark.slow
@@ -166,5 +174,5 @@ def test_model_stats_measure_flops_and_a_noise_scale_in_a_fresh_process():
     assert noise["estimate"] is None or noise["estimate"] > 0
     assert len(noise["blocks"]) == min(5, noise["observations"])
     check = noise["check"]
-    assert check["batches"] == [noise["batch"], 4 * noise["batch"]]
+    assert check["batches"] == [noise["batch"], 4 * noise["batch"]] and len(check["per_repeat"]) == 2
     assert check["ratios"] is not None or check["reason"]

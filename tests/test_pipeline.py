@@ -14,6 +14,8 @@ import pytest
 import torch
 import yaml
 
+import autotune.search.optuna_adapter as study_data
+from autotune.report import format as f
 from autotune.workflow import pipeline
 from autotune.machines import results
 from autotune.hardware import load_profile
@@ -78,6 +80,16 @@ def test_run_writes_everything_and_a_second_run_resumes(tiny_model_file, tmp_pat
         assert f"Gradient noise scale {noise['estimate']:,.0f} (" in (out / "report.md").read_text()
     weights = torch.load(out / "model.pt", weights_only=True)
     assert "out.weight" in weights
+    # The report answers first: the card, from this run's own figures.
+    sel, md = report["selection"], (out / "report.md").read_text()
+    assert sel["tuning_seconds"] == tuned.measured["tuning_seconds"] > 0
+    assert md.index("## Summary") < md.index("## Hardware")
+    assert f"| Tuning took | {f.duration(sel['tuning_seconds'])} |" in md
+    speedup = sel["goodput_vs_default"] if sel["objective"] == "goodput" and sel.get("goodput_vs_default") else \
+        sel["speedup_vs_default"]
+    back = f.payback_seconds(sel["tuning_seconds"], speedup)
+    assert (f"after {f.duration(back)} of training" in md) if back else ("| Pays back | never" in md)
+    assert 'id="summary"' in (out / "report.html").read_text()
 
     pipeline.run(tiny_model_file, _opts(out, 4), log=logs.append)
     second = _study(out).trials
@@ -178,13 +190,21 @@ def test_a_run_records_its_result_and_the_next_study_starts_from_it(tiny_model_f
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["search"]["warm_start"]["source_fingerprint"] == load_profile(first["profile"]).fingerprint
 
+    # --no-warm-start: the same saved results are there, and a new study screens instead.
+    logs.clear()
+    cold = dataclasses.replace(_opts(tmp_path / "c", 2), profiles=profiles, warm_start=False)
+    pipeline.run(tiny_model_file, cold, log=logs.append)
+    assert not any(line.startswith("autotune: warm start: ") for line in logs)
+    assert [t.user_attrs.get("role") for t in _study(tmp_path / "c").trials[:2]] == ["default", "screening"]
+    assert json.loads((tmp_path / "c" / "report.json").read_text())["search"]["warm_start"] is None
+
 
 @pytest.mark.slow
 def test_run_resume_keeps_the_selection_and_goes_on_from_the_last_checkpoint(tiny_model_file, tmp_path):
     out = tmp_path / "run"
     pipeline.run(tiny_model_file, _opts(out, 2), log=lambda _: None)
     tuned_before = load_tuned(out / "tuned.yaml").train
-    remeasured = _study(out).user_attrs["remeasured"]
+    remeasured = study_data.attrs(_study(out))["remeasured"]
     weights = torch.load(out / "model.pt", weights_only=True)
     logs: list[str] = []
     resumed = dataclasses.replace(_opts(out, 2), final=pipeline.FinalOptions(resume=True))
@@ -192,7 +212,7 @@ def test_run_resume_keeps_the_selection_and_goes_on_from_the_last_checkpoint(tin
     # No trial and no re-measurement ran again: the same pick, trained no further (the
     # final run had finished, so its last checkpoint is its end).
     assert "autotune: the study was complete; using its earlier selection" in logs
-    assert _study(out).user_attrs["remeasured"] == remeasured
+    assert study_data.attrs(_study(out))["remeasured"] == remeasured
     assert load_tuned(out / "tuned.yaml").train == tuned_before
     assert f"autotune: the checkpointed final run had finished its {tuned_before.epochs} epochs; nothing is left to train" in logs
     again = torch.load(out / "model.pt", weights_only=True)

@@ -52,3 +52,23 @@ def test_the_selection_table_names_the_other_knobs_too():
     text = render_markdown(data)
 
     assert "| trial 3 **picked** | 64 x 1, amp off, workers 0, cpu_threads 2 | 900 | 880 | 870, 890 |" in text
+
+
+def test_the_summary_card_says_what_to_use_its_speed_up_and_when_the_tuning_pays_back():
+    from autotune.report import format as f
+
+    default = {"micro_batch_size": 32, "accumulation_steps": 1, "amp": "off", "lr": 0.002, "cudnn_benchmark": False}
+    data = {"config": {**default, "micro_batch_size": 256, "cudnn_benchmark": True, "lr": 0.005657},
+            "selection": {"objective": "throughput", "speedup_vs_default": 1.25, "tuning_seconds": 95.0,
+                          "default": {"config": default}},
+            "final": {"seconds": 100.0}}
+    card = dict(f.summary_card(data))
+    assert card["Use"] == "micro_batch_size 32 -> 256; cudnn_benchmark false -> true; lr 0.002 -> 0.005657"
+    assert card["Speed-up"] == "1.25x the default's samples/s"
+    assert card["Tuning took"] == "95 s"
+    # 95 s at 0.25 s saved per second of tuned training: 380 s
+    assert card["Pays back"].startswith("after 6.3 min of training at this size with the tuned config")
+    assert card["Pays back"].endswith("this run trained for 100 s, 26% of that")
+    data["selection"]["speedup_vs_default"] = 0.98
+    assert dict(f.summary_card(data))["Pays back"].startswith("never")
+    assert f.summary_card({"config": default, "selection": {}}) is None  # autotune train: no search, no card

@@ -100,6 +100,9 @@ def _expected_figures(data: dict) -> set[str]:
     expected = set()
     if len(points) >= 2:
         expected.add("fig-pareto")
+    if any(t.get("value") is not None and t.get("state") == "complete" for t in search.get("trials", [])
+           if t.get("status") not in ("infeasible", "duplicate")):
+        expected.add("fig-history")
     if (search.get("param_importances") or {}).get("importances"):
         expected.add("fig-importances")
     if (search.get("knob_effects") or {}).get("knobs"):
@@ -116,9 +119,9 @@ def test_the_html_has_every_section_and_figure_and_nothing_from_outside():
     page = render_html(data)
     _assert_self_contained(page)
     figs = _figures(page)
-    assert set(figs) == _expected_figures(data) == {"fig-pareto", "fig-importances", "fig-knob-effects",
+    assert set(figs) == _expected_figures(data) == {"fig-history", "fig-pareto", "fig-importances", "fig-knob-effects",
                                                     "fig-training-curves", "fig-confusion-matrix"}
-    assert page.count("<img ") == 5
+    assert page.count("<img ") == 6
     for png in figs.values():
         width, height = _png_size(png)
         assert width >= 400 and height >= 150
@@ -277,7 +280,7 @@ def test_a_version_1_report_still_renders(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps({"schema_version": 1, **data}))
     paths = rerender(tmp_path)
     page = paths["html"].read_text()
-    assert set(_figures(page)) == {"fig-pareto", "fig-training-curves", "fig-confusion-matrix"}
+    assert set(_figures(page)) == {"fig-history", "fig-pareto", "fig-training-curves", "fig-confusion-matrix"}
     assert "## Parameter importances" not in paths["markdown"].read_text()
 
 
@@ -293,8 +296,6 @@ def test_a_regression_model_trains_and_reports(tmp_path):
     assert report["final"]["val_accuracy"] is None and [r["epoch"] for r in report["final"]["history"]] == [1, 2]
     page = (tmp_path / "t" / "report.html").read_text()
     assert "fig-confusion-matrix" not in page and "fig-training-curves" in page
-    if "evaluation" not in report:
-        pytest.skip("engine/loop.py does not keep regression targets and predictions yet")
     ev = report["evaluation"]
     assert ev["kind"] == "regression" and ev["samples"] == 32
     assert ev["rmse"] ** 2 == pytest.approx(ev["mse"]) and ev["mse"] == pytest.approx(report["final"]["val_loss"], rel=1e-4)
@@ -323,3 +324,22 @@ def test_chromium_draws_the_report(real_run, tmp_path):
     # A page with tables and figures: many colours, and far from one flat background.
     colours = {tuple(p) for p in (pixels[::8, ::8].reshape(-1, 3) * 255).astype(int).tolist()}
     assert len(colours) > 50 and pixels.std() > 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI installs it when it can)")
+def test_the_summary_card_is_on_the_first_screen_at_1280_by_800(real_run, tmp_path):
+    # The report has no scripts; a copy of it gets one that writes where the browser laid
+    # out the card into the title, which --dump-dom then prints.
+    probe = ("<script>const r = document.getElementById('summary').getBoundingClientRect();"
+             "document.title = 'CARD ' + [r.top, r.bottom, r.left, r.right].join(' ');</script>")
+    page = tmp_path / "probe.html"
+    page.write_text((real_run / "report.html").read_text().replace("</body>", probe + "</body>"))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+           "--window-size=1280,800", "--dump-dom", page.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    found = re.search(r"<title>CARD ([-\d. ]+)</title>", proc.stdout)
+    assert proc.returncode == 0 and found, proc.stderr[-2000:]
+    top, bottom, left, right = map(float, found.group(1).split())
+    assert 0 <= top < bottom <= 800 and 0 <= left < right <= 1280

@@ -16,6 +16,7 @@ from autotune.search.screen import combination, screening_configs, screening_tri
 from tests.screenings import DEFAULT, DISTS, SPACE, _finish_waiting, _run_queued, _study
 from tests.spaces import _space
 import autotune.search.optuna_adapter as study_data
+from autotune.search.climb import neighbours
 
 FAST = TrialBudget(warmup_steps=1, window_s=0.02, windows=2, max_eval_batches=1, timeout_s=60)
 
@@ -107,7 +108,13 @@ def test_a_new_study_screens_then_measures_the_combination(tiny_task, tmp_path):
     def same_effective_batch(t, a):
         return t.params["micro_batch_size"] * t.params["accumulation_steps"] == a["micro_batch_size"] * a["accumulation_steps"]
 
-    for i, t in [(i, t) for i, t in enumerate(study.trials) if t.user_attrs.get("role") == "refine"]:
+    refines = [(i, t) for i, t in enumerate(study.trials) if t.user_attrs.get("role") == "refine"]
+    assert refines
+    # The first step of the climb is a neighbour of the config it starts from, as the
+    # climb lists them (in a space this small most configs are one knob from something).
+    first = refines[0][1].params
+    assert {**around[0], **first} in [{**around[0], **n} for n in neighbours(space, around[0])]
+    for i, t in refines:
         measured = [u.params for u in study.trials[:i] if u.value is not None]
         assert any(sum(t.params[k] != a[k] for k in a) == 1 or same_effective_batch(t, a) for a in around + measured)
         assert t.params not in [u.params for u in study.trials[:i]]

@@ -375,3 +375,44 @@ def test_the_default_trial_with_its_thread_count_spelled_out_is_the_races_defaul
     assert default_run(study, tiny_task, [Candidate(None, plain, {})]).config == plain
     alone = default_run(study, tiny_task, runs[:1])  # not among the best: raced as the model file gives it
     assert alone.trial_number is None and alone.config == plain
+
+
+def test_the_search_says_what_tuning_costs_against_the_run_and_stops_at_its_share(tiny_task, tmp_path, capsys):
+    space = _space([8, 16, 32])
+    study, space = _open(tmp_path, tiny_task, space)
+    enqueue_default(study, space)
+    # A share of the run so small that the default's trial alone uses it up: the search
+    # stops after it, and says so.
+    budget = SearchBudget(n_trials=3, trial=FAST, max_tuning_share=1e-6)
+    run_search(study, tiny_task, space, budget, progress=False)
+    measured = [t for t in study.trials if t.user_attrs.get("status") == "ok"]
+    assert [t.user_attrs["role"] for t in measured] == ["default"]
+    estimate = study_data.attrs(study)["tuning_estimate"]
+    default = measured[0].user_attrs
+    assert estimate["full_run_s"] == pytest.approx(default["run_samples"] / default["throughput_samples_per_s"])
+    assert estimate["tuning_s"] == pytest.approx(default["trial_seconds"] * 3)
+    assert study_data.attrs(study)["stopped_by"] == "max_tuning_share"
+    out = capsys.readouterr().out
+    assert f"the full run at the default config would take about {estimate['full_run_s']:,.0f} s" in out
+    assert "tuning stopped at 1e-06 of the full run's estimated" in out
+
+
+def test_the_start_of_search_warning_names_the_share_when_tuning_outlasts_the_run():
+    from autotune.search.study import estimate_text
+
+    long = estimate_text({"full_run_s": 7.0, "tuning_s": 95.0}, None)
+    assert "would take about 7 s; the search's trials will take about 95 s, 13.6x the run itself" in long
+    assert "--max-tuning-share 0.5" in long
+    assert "x the run itself" not in estimate_text({"full_run_s": 700.0, "tuning_s": 95.0}, None)
+    assert "stopped at 0.5 of the run's time (350 s" in estimate_text({"full_run_s": 700.0, "tuning_s": 95.0}, 0.5)
+
+
+def test_the_search_starts_no_trial_after_its_timeout(tiny_task, tmp_path, capsys):
+    space = _space([8, 16, 32])
+    study, space = _open(tmp_path, tiny_task, space)
+    enqueue_default(study, space)
+    budget = SearchBudget(n_trials=50, timeout_s=1.0, trial=FAST)
+    run_search(study, tiny_task, space, budget, progress=False)
+    ran = [t for t in study.trials if t.state.is_finished()]
+    assert 1 <= len(ran) <= 2  # the first trial starts at once, and no new one once 1 s has passed
+    assert "search timeout of 1 s reached" in capsys.readouterr().out

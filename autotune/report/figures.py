@@ -156,3 +156,30 @@ def confusion_matrix(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     return to_png(fig)
+
+
+def history(trials: Sequence[dict[str, Any]], objective: str) -> bytes:
+    """The search over time: each measured trial's objective value by trial number and by
+    the search's wall time (its trials' seconds added up), with the best so far as a line."""
+    measured = [t for t in trials if t.get("value") is not None and t.get("state") == "complete"]
+    fig = _figure(10, 3.6)
+    by_number, by_time = fig.subplots(1, 2, sharey=True)
+    clock, times = 0.0, {}
+    for t in sorted(trials, key=lambda t: t["number"]):
+        clock += t.get("trial_seconds") or 0.0
+        times[t["number"]] = clock
+    for ax, xs, label in ((by_number, [t["number"] for t in measured], "trial"),
+                          (by_time, [times[t["number"]] for t in measured], "search time (s, trials' own)")):
+        ys = [t["value"] for t in measured]
+        ax.scatter(xs, ys, s=22, color=BLUE, zorder=3, label="trial")
+        best, line = -math.inf, []
+        for y in ys:
+            best = max(best, y)
+            line.append(best)
+        ax.step(xs, line, where="post", color=ORANGE, linewidth=1.5, label="best so far", zorder=2)
+        ax.set_xlabel(label)
+        ax.grid(True, alpha=0.3)
+    by_number.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_number.set_ylabel(f"{objective} (samples/s)")
+    by_number.legend(fontsize=8, loc="lower right")
+    return to_png(fig)

@@ -81,14 +81,34 @@ def trial_note(t: dict[str, Any], chars: int | None = 120) -> str:
 
 
 def split_queued(trials: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """The trials that ran (or were ruled out), and a sentence about those still queued:
-    a new study queues every screening trial at once, and the budget may end first."""
-    ran = [t for t in trials if t.get("state") != "waiting"]
-    queued = [str(t["number"]) for t in trials if t.get("state") == "waiting"]
-    if not queued:
-        return ran, ""
-    return ran, (f"{len(queued)} more queued trial(s) did not run, as the budget was reached first "
-                 f"(numbers {', '.join(queued)}); running the same command with a larger --trials runs them.")
+    """The trials that ran, and sentences about the rest: configs ruled out without
+    running (counted, with their reasons, not mixed into the table), proposals answered
+    from an earlier trial of the same config, and trials still queued (a new study queues
+    every screening trial at once, and the budget may end first)."""
+    unrun = {"infeasible": [], "duplicate": []}
+    ran, queued = [], []
+    for t in trials:
+        if t.get("state") == "waiting":
+            queued.append(str(t["number"]))
+        elif t.get("status") in unrun:
+            unrun[t["status"]].append(t)
+        else:
+            ran.append(t)
+    notes = []
+    if unrun["infeasible"]:
+        reasons: dict[str, list[str]] = {}
+        for t in unrun["infeasible"]:
+            reasons.setdefault(str(t.get("reason") or "no reason recorded"), []).append(str(t["number"]))
+        notes.append(f"{len(unrun['infeasible'])} config(s) ruled out without running: " + "; ".join(
+            f"{reason} (trials {', '.join(numbers)})" for reason, numbers in reasons.items()) + ".")
+    if unrun["duplicate"]:
+        numbers = ", ".join(str(t["number"]) for t in unrun["duplicate"])
+        notes.append(f"{len(unrun['duplicate'])} proposal(s) repeated a config already measured and were answered "
+                     f"from that trial (trials {numbers}).")
+    if queued:
+        notes.append(f"{len(queued)} more queued trial(s) did not run, as the budget was reached first "
+                     f"(numbers {', '.join(queued)}); running the same command with a larger --trials runs them.")
+    return ran, "\n\n".join(notes)
 
 
 def trial_cells(t: dict[str, Any], note_chars: int | None = 120) -> list[Any]:
@@ -138,6 +158,84 @@ def headline_facts(data: dict[str, Any]) -> list[str]:
     return bits
 
 
+# What the card compares between the default and the pick: the knobs a user sets.
+_CARD_KNOBS = ("micro_batch_size", "accumulation_steps", "num_workers", "pin_memory", "cpu_threads", "amp",
+               "checkpointing", "channels_last", "cudnn_benchmark", "compile", "fp32_precision", "optimizer_impl",
+               "expandable_segments", "lr")
+
+
+def changes_from_default(picked: dict[str, Any], default: dict[str, Any]) -> list[str]:
+    """"micro_batch_size 32 -> 256": each knob the pick sets otherwise than the default."""
+    out = []
+    for key in _CARD_KNOBS:
+        if key in picked and key in default and picked[key] != default[key]:
+            before, after = default[key], picked[key]
+            if isinstance(before, float) or isinstance(after, float):
+                before, after = f"{before:.4g}", f"{after:.4g}"
+            out.append(f"{key} {fmt(before)} -> {fmt(after)}")
+    return out
+
+
+def payback_seconds(tuning_s: float, speedup: float) -> float | None:
+    """Seconds of training with the tuned config after which the tuning has paid for
+    itself: each such second would have taken ``speedup`` seconds at the default, so it
+    saves ``speedup - 1``; None when the pick is not faster (it never pays back)."""
+    if not speedup or speedup <= 1 or tuning_s is None:
+        return None
+    return tuning_s / (speedup - 1)
+
+
+def summary_card(data: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """The report's first answer, as (label, text) rows: the config to use (what changed
+    from the default), its speed-up, what the tuning cost and when it pays for itself.
+    None for a report without a search (``autotune train``)."""
+    sel = data.get("selection") or {}
+    if not sel.get("speedup_vs_default"):
+        return None
+    picked = data.get("config") or {}
+    default = (sel.get("default") or {}).get("config") or {}
+    changes = changes_from_default(picked, default)
+    rows = [("Use", "; ".join(changes) if changes else "the default config: nothing measured faster")]
+    objective = sel.get("objective") or "throughput"
+    speedup = sel["goodput_vs_default"] if objective == "goodput" and sel.get("goodput_vs_default") else sel["speedup_vs_default"]
+    text = f"{sel['speedup_vs_default']:.2f}x the default's samples/s"
+    if objective == "goodput" and sel.get("goodput_vs_default"):
+        text += f", {sel['goodput_vs_default']:.2f}x its goodput"
+    rows.append(("Speed-up", text))
+    tuning_s = sel.get("tuning_seconds")
+    if tuning_s is not None:
+        rows.append(("Tuning took", duration(tuning_s)))
+        back = payback_seconds(tuning_s, speedup)
+        final_s = (data.get("final") or {}).get("seconds")
+        if back is None:
+            rows.append(("Pays back", "never: the pick is no faster than the default"))
+        else:
+            text = (f"after {duration(back)} of training at this size with the tuned config "
+                    f"(each second saves {speedup - 1:.2f} s against the default)")
+            if final_s:
+                text += (f"; this run trained for {duration(final_s)}, "
+                         + ("so it has paid back already" if final_s >= back else f"{final_s / back:.0%} of that"))
+            rows.append(("Pays back", text))
+    return rows
+
+
+def flops_text(flops: float) -> str:
+    """FLOPs in the unit that fits their size: "850 FLOP", "12.5 KFLOP", "10.7 MFLOP", "3.2 GFLOP"."""
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("KFLOP", 1e3)):
+        if abs(flops) >= scale:
+            return f"{flops / scale:,.3g} {unit}"
+    return f"{flops:,.0f} FLOP"
+
+
+def duration(seconds: float) -> str:
+    """"45 s", "6.3 min", "2.1 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def hardware_rows(hw: dict[str, Any]) -> list[list[Any]]:
     rows = [
         ["fingerprint", hw.get("fingerprint")],
@@ -179,10 +277,20 @@ def budget_text(search: dict[str, Any]) -> str:
         parts.append(f"at most {b['timeout_s']:,.0f} s of search")
     if b.get("prune_below"):
         parts.append(f"a trial below {b['prune_below']:.0%} of the best is stopped early")
+    if b.get("max_tuning_share"):
+        parts.append(f"tuning stops at {b['max_tuning_share']:g} of the full run's estimated time")
     trial = b.get("trial") or {}
     if trial.get("windows") and trial.get("window_s"):
         parts.append(f"each trial timed over {trial['windows']} windows of at least {trial['window_s']} s")
-    return "; ".join(parts)
+    text = "; ".join(parts)
+    est = search.get("tuning_estimate")
+    if est:
+        text += (f". The full run at the default config was estimated at {est['full_run_s']:,.0f} s, the search's "
+                 f"trials at {est['tuning_s']:,.0f} s"
+                 + (f" ({est['tuning_s'] / est['full_run_s']:.1f}x the run)" if est["tuning_s"] > est["full_run_s"] else ""))
+    if search.get("stopped_by") == "max_tuning_share":
+        text += "; the search stopped at --max-tuning-share"
+    return text
 
 
 def warm_start_text(warm: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 64px; background: #
 h1 { font-size: 1.7em; margin-bottom: 0.2em; }
 h2 { font-size: 1.3em; margin-top: 2em; padding-bottom: 0.2em; border-bottom: 1px solid #ddd; }
 .headline { font-size: 1.1em; background: #eef5ff; border-left: 4px solid #1f77b4; padding: 10px 14px; }
+.card { border: 2px solid #1f77b4; border-radius: 6px; margin: 12px 0; width: auto; } .card th { text-align: left; padding: 6px 12px; white-space: nowrap; vertical-align: top; } .card td { padding: 6px 12px; }
 nav ol { columns: 3; font-size: 0.92em; padding-left: 1.4em; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 0.86em; margin: 0.6em 0; }
@@ -60,6 +61,10 @@ def render_html(data: dict[str, Any]) -> str:
     body = "\n".join(f'<section id="{s.id}">\n<h2>{_esc(s.title)}</h2>\n{s.body}\n</section>' for s in sections)
     facts = f.headline_facts(data)
     headline = f'<p class="headline" id="headline">Result: {_inline(", ".join(facts))}.</p>' if facts else ""
+    card = f.summary_card(data)
+    if card:
+        rows = "".join(f"<tr><th>{_esc(label)}</th><td>{_inline(text)}</td></tr>" for label, text in card)
+        headline = f'<table class="card" id="summary"><tbody>{rows}</tbody></table>\n' + headline
     meta = f"Model file <code>{_esc(data['model']['file'])}</code>"
     if f.model_form(data):
         meta += ", " + _inline(f.model_form(data))
@@ -176,7 +181,11 @@ def _trials(data: dict[str, Any]) -> Section | None:
     ran, queued = f.split_queued(trials)
     classes = ["picked" if t["number"] == picked else str(t.get("state", "")) for t in ran]
     body = _table(f.TRIAL_HEADER, [f.trial_cells(t, note_chars=None) for t in ran], classes, cls="trials")
-    return Section("trials", f"Trials ({len(ran)})", body + _para(queued))
+    objective = (data.get("search") or {}).get("objective", "throughput")
+    if any(t.get("value") is not None for t in ran):
+        body = _figure("fig-history", f"The search over time: each trial's {objective} by trial and by the trials' "
+                       "own seconds, the best so far in orange.", lambda: figures.history(ran, objective)) + body
+    return Section("trials", f"Trials ({len(ran)})", body + "".join(_para(p) for p in queued.split("\n\n") if p))
 
 
 def _pareto(data: dict[str, Any]) -> Section | None:

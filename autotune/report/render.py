@@ -84,6 +84,9 @@ def render_markdown(data: dict[str, Any]) -> str:
     parts = [f"# autotune report: {Path(data['model']['file']).name}\n"]
     if f.model_form(data):
         parts.append(f"The model is {f.model_form(data)}.\n")
+    card = f.summary_card(data)
+    if card:
+        parts.append("## Summary\n\n" + _table(["", ""], [[label, text] for label, text in card]))
     facts = f.headline_facts(data)
     if facts:
         parts.append("Result: " + ", ".join(facts) + ".\n")

@@ -62,7 +62,7 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
                     else "no bounded interval")
             how = "per-example" if noise.get("method") == "per-example" else "group"
             outro += (f" Gradient noise scale {noise['estimate']:,.0f} ({span}; from {how} gradient norms"
-                      f"{', Adam-preconditioned' if noise.get('preconditioned') else ''}).")
+                      f"{', Adam-preconditioned' if noise.get('preconditioned') else ''}; reported, not used).")
         outro += f" Statistical efficiency: {noise['basis']}."
         alone = noise.get("throughput_pick")
         picked = next((c["config"] for c in [*(sel.get("candidates") or []), sel.get("default") or {}]

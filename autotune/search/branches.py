@@ -69,6 +69,12 @@ class Check:
             return None
         return {b: statistics.median(v) for b, v in per_batch.items()}
 
+    def per_repeat(self) -> list[float | None]:
+        """Each repeat's samples at the largest batch over the reference batch's (None
+        where that repeat read no drop)."""
+        ref, large = self.batches[0], self.batches[-1]
+        return [r[large] / r[ref] if r.get(ref) and r.get(large) else None for r in self.to_target]
+
     def to_dict(self) -> dict[str, Any]:
         ratios = self.ratios
         return {
@@ -77,6 +83,7 @@ class Check:
             "targets": self.targets,
             "samples_to_target": [{str(b): s for b, s in r.items()} for r in self.to_target],
             "ratios": {str(b): v for b, v in ratios.items()} if ratios else None,
+            "per_repeat": self.per_repeat(),
             "reason": self.reason if ratios is None else None,
             "curves": [{str(b): c for b, c in rep.items()} for rep in self.curves],
         }
@@ -224,13 +231,15 @@ def _warmup_steps(cfg: TrainConfig, batch: int, train_size: int) -> int:
 
 
 def check(task: Task, cfg: TrainConfig, point: Point, batches: list[int], steps: int = STEPS,
-          repeats: int = 1, device: torch.device | None = None, warmup: bool = False) -> Check:
+          repeats: int = 1, device: torch.device | None = None, warmup: bool = False, seed_offset: int = 0) -> Check:
     """Branch from ``point`` at each of ``batches`` (the first is the reference) for
     ``steps`` steps of the largest, ``repeats`` times with different data orders; the
     samples each needs for ``FRACTION`` of the smallest loss drop any branch of a repeat
     made, on curves smoothed over neighbouring evaluations. With ``warmup`` (for a point at
     the start of training), each branch warms its learning rate up linearly over the
-    steps the full run at its batch would (``cfg.warmup`` of them)."""
+    steps the full run at its batch would (``cfg.warmup`` of them). Repeat ``r`` draws its
+    data order from seed ``cfg.seed + 1 + seed_offset + r``: checks with other offsets are
+    independent of this one."""
     device = device or torch.device("cpu")
     train_set = task.datasets()[0]
     batches = [b for b in batches if b <= len(train_set)]
@@ -242,7 +251,7 @@ def check(task: Task, cfg: TrainConfig, point: Point, batches: list[int], steps:
     evals = eval_set(task, device)
     micro = batches[0]
     for r in range(repeats):
-        curves = {b: branch(task, cfg, point, b, micro, samples, evals, cfg.seed + 1 + r, device,
+        curves = {b: branch(task, cfg, point, b, micro, samples, evals, cfg.seed + 1 + seed_offset + r, device,
                             _warmup_steps(cfg, b, len(train_set)) if warmup else 0) for b in batches}
         result.curves.append(curves)
         smoothed = {b: smooth(c) for b, c in curves.items()}

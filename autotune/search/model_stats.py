@@ -8,11 +8,13 @@
   optimizers, of gradients preconditioned by Adam's second moments, the direction Adam
   steps in). The observations give the estimate and its 95% interval
   (``engine.gns.interval``).
-- A branched check (``search.branches``): from the state reached, two short runs at the
-  reference batch and at ``CHECK_FACTOR`` times it count the samples each needs for the
-  same loss drop, and the ratio is set beside the estimate's prediction.
+- A branched check (``search.branches``): from the initial weights and a fresh optimizer,
+  short runs at the reference batch and at ``CHECK_FACTOR`` times it, each with the full
+  run's warmup at its batch, count the samples each needs for the same loss drop,
+  ``CHECK_REPEATS`` times with different data orders. The noise scale goodput uses is
+  fitted to that ratio (``objective.decide_noise_scale``); the estimate above is reported
+  beside it.
 
-Whether goodput uses the estimate is decided from these (``objective.decide_noise_scale``).
 All are properties of the model and its data, not of a config, so one measurement serves
 every trial and all trials are scored on the same scale.
 """
@@ -46,6 +48,7 @@ from autotune.search.objective import CHECK_FACTOR
 from autotune.model.task import Task, load_task
 
 BLOCKS = 5  # blocks of observations for the interval
+CHECK_REPEATS = 2  # the check's repeats, with different data orders: their spread says whether it is readable
 
 
 class Observer:
@@ -149,15 +152,15 @@ def measure(model_path: str, config: dict[str, Any], max_seconds: float = 15.0, 
     runs in a fresh process.
 
     ``config`` is the reference config (the model file's ``BASE``), trained by ``reach``; the
-    check then adds two short runs from where it got to, at its batch and at
-    ``CHECK_FACTOR`` times it, of ``check_steps`` large-batch steps each.
+    check then runs from the initial weights (``start_point``) at its batch and at
+    ``CHECK_FACTOR`` times it, ``check_steps`` large-batch steps each, ``CHECK_REPEATS`` times.
     """
     start = time.perf_counter()
     ref = reach(model_path, config, max_seconds, observe_steps)
     if check:
-        point = branches.Point.of(ref.model, ref.optimizer)
         ref.noise["check"] = branches.check(
-            ref.task, ref.cfg, point, [ref.batch, CHECK_FACTOR * ref.batch], steps=check_steps, device=ref.device
+            ref.task, ref.cfg, start_point(ref), [ref.batch, CHECK_FACTOR * ref.batch], steps=check_steps,
+            repeats=CHECK_REPEATS, device=ref.device, warmup=True,
         ).to_dict()
     return {
         "flops_per_sample": ref.flops_per_sample,
@@ -165,6 +168,13 @@ def measure(model_path: str, config: dict[str, Any], max_seconds: float = 15.0, 
         "seconds": time.perf_counter() - start,
         "device": str(ref.device),
     }
+
+
+def start_point(ref: Reference) -> branches.Point:
+    """Where the full run starts: the model as its seed builds it, with a fresh optimizer."""
+    torch.manual_seed(ref.cfg.seed)
+    model = ref.task.build_model().to(ref.device)
+    return branches.Point.of(model, ref.task.make_optimizer(model.parameters(), ref.cfg.lr, ref.cfg.weight_decay))
 
 
 def measure_isolated(task: Task, timeout_s: float = 180.0) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 Past the model's critical batch, more samples per step buy little: a batch of B needs
 (1 + B / B_noise) times the fewest samples to reach a given loss (``engine.gns``). Goodput
 counts a trial's samples/s at their worth relative to the model's reference batch
-(``BASE["batch_size"]``): throughput x statistical efficiency. The estimate is used only
-when it can be trusted (``decide_noise_scale``): a narrow interval, and a branched check
-(``search.branches``) that measured about the sample cost it predicts. Otherwise the
-efficiency is 1 and goodput equals throughput, so no pick rests on a coin flip.
+(``BASE["batch_size"]``): throughput x statistical efficiency. B_noise is measured, not
+assumed (``decide_noise_scale``): it is fitted to the sample cost that short branched runs
+from the initial weights measured at 4x the reference batch (``search.branches``), and
+used only when their repeats agree. Otherwise the efficiency is 1 and goodput equals
+throughput, so no pick rests on a coin flip.
 
 Every trial also gets its MFU: FLOPs per sample x samples/s over the profile's measured
 matmul peak for the dtype the config computes in.
@@ -20,6 +21,7 @@ the run's effective throughput, those one-off costs spread over the run's sample
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +31,7 @@ from autotune.engine.gns import efficiency
 from autotune.errors import ConfigError
 
 OBJECTIVES = ("goodput", "throughput")
-AGREE = 1.3  # predicted sample ratios closer than this factor agree (interval ends; estimate and check)
+AGREE = 1.3  # the check's repeats closer than this factor agree
 CHECK_FACTOR = 4  # the branched check's large batch over the reference batch
 ATTRS = {"goodput": "goodput_samples_per_s", "throughput": "throughput_samples_per_s"}
 
@@ -109,45 +111,60 @@ def noise_summary(noise: dict[str, Any] | None) -> dict[str, Any]:
     check = noise.get("check")
     if check:
         summary["check"] = {"batches": check["batches"], "samples": check.get("samples"),
-                            "ratios": check.get("ratios"), "reason": check.get("reason")}
+                            "ratios": check.get("ratios"), "per_repeat": check.get("per_repeat"),
+                            "reason": check.get("reason")}
         if noise.get("estimate") and check.get("ratios"):
             summary["check"]["predicted"] = {str(b): predicted_ratio(noise["estimate"], check["batches"][0], b)
                                              for b in check["batches"][1:]}
     return summary
 
 
+def fitted_noise_scale(ratio: float, reference: int, batch: int) -> float:
+    """The noise scale at which ``predicted_ratio(b_noise, reference, batch)`` equals the
+    measured ``ratio``: B0 (k - r) / (r - 1) for k = batch / reference. A ratio of 1 or
+    less (no extra samples) is an unbounded noise scale (``math.inf``); one of k or more (no
+    progress per sample gained at all) is a noise scale of 1% of the reference batch."""
+    k = batch / reference
+    if ratio <= 1:
+        return math.inf
+    if ratio >= k:
+        return reference / 100
+    return reference * (k - ratio) / (ratio - 1)
+
+
 def decide_noise_scale(noise: dict[str, Any] | None) -> tuple[float | None, str]:
     """The noise scale goodput uses, or None (efficiency 1: goodput = throughput), and a
     sentence saying why, from ``model_stats.measure``'s ``noise`` record.
 
-    Used only when the sample ratio it predicts for the check's large batch (``CHECK_FACTOR``
-    times the reference) is within ``AGREE`` times at both ends of its 95% interval and,
-    where a branched check could read a loss drop, within ``AGREE`` times of the one
+    The noise scale is measured, not assumed: branched runs from the initial weights
+    (``branches.check``, each with the full run's warmup at its batch) count the samples
+    the reference batch and ``CHECK_FACTOR`` times it need for the same loss drop, and the
+    noise scale is the one whose efficiency curve gives that ratio (``fitted_noise_scale``).
+    It is used when the check's repeats agree within ``AGREE`` times; otherwise, or where no
+    loss drop could be read, goodput equals throughput. The per-example estimate of the
+    simple noise scale (``engine/gns.py``) is reported beside it, not used: it overstated the
+    cost of large batches against such branches on every bundled model where it could be
     measured.
     """
-    if not noise or noise.get("estimate") is None:
-        return None, "no positive estimate of the gradient noise scale, so goodput equals throughput"
-    est, low, high = noise["estimate"], noise.get("low"), noise.get("high")
-    check = noise.get("check")
-    reference = check["batches"][0] if check else noise.get("batch") or 1
-    large = check["batches"][-1] if check else CHECK_FACTOR * reference
-    if not low or not high or predicted_ratio(low, reference, large) / predicted_ratio(high, reference, large) > AGREE:
-        span = f"[{low:,.0f}, {high:,.0f}]" if low and high else "unbounded"
-        return None, (f"the noise scale's 95% interval ({est:,.0f}, interval {span}) leaves the sample cost of batch "
-                      f"{large} over batch {reference} uncertain by more than {AGREE:g}x, so goodput equals throughput")
-    if check is None:
-        return est, f"noise scale {est:,.0f} (95% interval [{low:,.0f}, {high:,.0f}]); no branched check ran"
+    check = (noise or {}).get("check")
+    estimate = (noise or {}).get("estimate")
+    beside = f"; the per-example estimate was {estimate:,.0f}" if estimate else ""
+    if not check:
+        return None, f"no branched check ran, so goodput equals throughput{beside}"
     if not check.get("ratios"):
-        return None, (f"a branched check could not read a loss drop ({check.get('reason')}), so the noise scale "
-                      f"{est:,.0f} is not used and goodput equals throughput")
+        return None, (f"the branched check could not read a loss drop ({check.get('reason')}), so goodput equals "
+                      f"throughput{beside}")
     reference, batch = check["batches"][0], check["batches"][-1]
     measured = check["ratios"][str(batch)]
-    predicted = predicted_ratio(est, reference, batch)
-    said = (f"at batch {batch} the noise scale {est:,.0f} predicts {predicted:.2f}x the samples of batch "
-            f"{reference} for one loss drop; branched runs measured {measured:.2f}x")
-    if not 1 / AGREE <= predicted / measured <= AGREE:
-        return None, f"{said}, so the estimate is not used and goodput equals throughput"
-    return est, f"{said}, in agreement (95% interval [{low:,.0f}, {high:,.0f}])"
+    repeats = [r for r in check.get("per_repeat") or [] if r]
+    said = (f"branched runs from the initial weights needed {measured:.2f}x the samples at batch {batch} as at batch "
+            f"{reference} for one loss drop" + (f" (repeats {', '.join(f'{r:.2f}x' for r in repeats)})" if len(repeats) > 1 else ""))
+    if len(repeats) > 1 and max(repeats) / min(repeats) > AGREE:
+        return None, f"{said}: the repeats disagree by more than {AGREE:g}x, so goodput equals throughput{beside}"
+    fitted = fitted_noise_scale(measured, reference, batch)
+    if math.isinf(fitted):
+        return None, f"{said}: no extra cost, so goodput equals throughput{beside}"
+    return fitted, f"{said}: noise scale {fitted:,.0f} fitted to that{beside}"
 
 
 def effective_throughput(measured: dict[str, Any]) -> float | None:

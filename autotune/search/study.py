@@ -55,6 +55,9 @@ class SearchBudget:
     # trial's value is stopped (pruned); 0 measures every trial in full.
     prune_below: float = 0.5
     prune_after_windows: int = 2  # ... judged only after this many timing windows
+    # Stop tuning once its time reaches this share of the full run's estimated time at the
+    # default config (``tuning_estimate``); None: no such limit.
+    max_tuning_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**{k: v for k, v in dataclasses.asdict(self).items() if k != "trial"}, "trial": self.trial.to_dict()}
@@ -107,6 +110,7 @@ def run_search(
     budget: SearchBudget,
     progress: bool = True,
     on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+    started: float | None = None,
 ) -> int:
     """Run trials until the study holds ``budget.n_trials`` finished ones, or time is up.
 
@@ -118,9 +122,17 @@ def run_search(
     is left to start, or when the next screening stage depends on them; a trial of theirs
     that goes stale is failed and queued again here. Returns the number of trials this
     call asked for.
+
+    Once the default config's trial has run, the full run's time at that config is known
+    (``tuning_estimate``): the search says what the tuning will cost against it, warning
+    where it costs more than the run itself, and with ``budget.max_tuning_share`` stops
+    when the time since ``started`` (``time.perf_counter()`` when the tuning began,
+    default: now) reaches that share of the run's.
     """
     train_size = len(task.datasets()[0])
     start, ran = time.perf_counter(), 0
+    started = start if started is None else started
+    estimate = study_data.attrs(study).get("tuning_estimate")
     feasible = lambda knobs: space.infeasible(TrainConfig.from_base(task.base, **knobs), train_size) is None  # noqa: E731
     claims = lambda key: claim(study, key)  # noqa: E731
     # Infeasible and duplicate proposals cost no time and do not count, but must not loop
@@ -133,6 +145,17 @@ def run_search(
             raise KeyboardInterrupt
         if budget.timeout_s is not None and time.perf_counter() - start >= budget.timeout_s:
             bar.write(f"search timeout of {budget.timeout_s:.0f} s reached")
+            break
+        if estimate is None:
+            estimate = tuning_estimate(study.get_trials(deepcopy=False), budget)
+            if estimate is not None:
+                study_data.put(study, "tuning_estimate", estimate)
+                bar.write(estimate_text(estimate, budget.max_tuning_share))
+        if (estimate and budget.max_tuning_share
+                and time.perf_counter() - started >= budget.max_tuning_share * estimate["full_run_s"]):
+            bar.write(f"autotune: tuning stopped at {budget.max_tuning_share:g} of the full run's estimated "
+                      f"{estimate['full_run_s']:,.0f} s (--max-tuning-share)")
+            study_data.put(study, "stopped_by", "max_tuning_share")
             break
         fail_stale_trials(study)
         # Each is due once the trials before it have finished: the micro-batch's screening,
@@ -161,6 +184,34 @@ def run_search(
             on_trial(frozen)
     bar.close()
     return ran
+
+
+def tuning_estimate(trials: list[optuna.trial.FrozenTrial], budget: SearchBudget) -> dict[str, float] | None:
+    """Once the default config's trial has been measured: the full run's seconds at the
+    default config (its training samples at the trial's samples/s) and what the tuning
+    will take, about the default trial's seconds for each trial of the budget. None
+    before that."""
+    default = next((t for t in trials if t.user_attrs.get("role") == "default" and t.state == TrialState.COMPLETE
+                    and t.user_attrs.get("throughput_samples_per_s") and t.user_attrs.get("run_samples")), None)
+    if default is None:
+        return None
+    attrs = default.user_attrs
+    full = attrs["run_samples"] / attrs["throughput_samples_per_s"]
+    tuning = (attrs.get("trial_seconds") or 0.0) * budget.n_trials
+    return {"full_run_s": full, "tuning_s": tuning, "trial_s": attrs.get("trial_seconds") or 0.0}
+
+
+def estimate_text(estimate: dict[str, float], share: float | None) -> str:
+    """The start-of-search sentence: the full run's time against what tuning will cost."""
+    full, tuning = estimate["full_run_s"], estimate["tuning_s"]
+    text = (f"autotune: the full run at the default config would take about {full:,.0f} s; the search's trials "
+            f"will take about {tuning:,.0f} s")
+    if share:
+        return text + f", stopped at {share:g} of the run's time ({share * full:,.0f} s, --max-tuning-share)"
+    if tuning > full:
+        return (text + f", {tuning / full:.1f}x the run itself: for a run this short, --max-tuning-share 0.5 "
+                       "(or --trials) bounds the tuning")
+    return text
 
 
 def counts(trial: optuna.trial.FrozenTrial) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from autotune.workflow.final import WEIGHTS_FILE, FinalOptions, final_run
 from autotune.hardware import HardwareProfile, collect_profile
 from autotune.workflow import parallel
 from autotune.machines import results
+from autotune.report.format import flops_text
 from autotune.report import write_report
 from autotune.search import (
     Facts,
@@ -182,20 +184,21 @@ def tune(model_path: str | Path, opts: RunOptions, log: Any = print) -> Tuning:
     study and tuned.yaml into ``opts.out``. Resumes the study found there (or joins the
     one at ``opts.storage``). With ``opts.workers`` > 1 the trials run in that many
     worker processes (``parallel``), and this process selects once they are done."""
+    started = time.perf_counter()
     plans = parallel.plan_workers(opts.workers) if opts.workers > 1 else []
     s = setup_study(model_path, opts, log, plans)
     budget = opts.budget
     if opts.size_budget and sized_trials(budget.n_trials, s.space, s.study) > budget.n_trials:
         budget = dataclasses.replace(budget, n_trials=sized_trials(budget.n_trials, s.space, s.study))
-        s.study_data.put(study, "budget", budget.to_dict())  # where workers read it
+        study_data.put(s.study, "budget", budget.to_dict())  # where workers read it
         log(f"autotune: budget {budget.n_trials} trials, for the screening of each knob's choices (--trials sets it)")
     before = len(s.study.get_trials(deepcopy=False))
     if plans:
         parallel.run_workers(s.study, budget, s.task.path, s.storage, opts.out, plans, opts.progress, log)
     # With workers: whatever budget a stopped worker left.
-    run_search(s.study, s.task, s.space, budget, progress=opts.progress and not plans)
+    run_search(s.study, s.task, s.space, budget, progress=opts.progress and not plans, started=started)
     ran = len(s.study.get_trials(deepcopy=False)) - before
-    return select_and_save(s.task, s.profile, s.study, s.space, s.storage, opts, ran, log)
+    return select_and_save(s.task, s.profile, s.study, s.space, s.storage, opts, ran, log, started)
 
 
 def setup_study(model_path: str | Path, opts: RunOptions, log: Any = print, plans: list[Any] | None = None,
@@ -249,8 +252,10 @@ def setup_study(model_path: str | Path, opts: RunOptions, log: Any = print, plan
 
 
 def select_and_save(task: Task, profile: HardwareProfile, study: Any, space: SearchSpace, storage: str, opts: RunOptions,
-                    ran: int, log: Any = print) -> Tuning:
-    """Re-measure the best few (``select``) and write tuned.yaml into ``opts.out``."""
+                    ran: int, log: Any = print, started: float | None = None) -> Tuning:
+    """Re-measure the best few (``select``) and write tuned.yaml into ``opts.out``; with
+    ``started`` (``time.perf_counter()`` when the tuning began), tuned.yaml records the
+    tuning's wall time (``measured.tuning_seconds``), for the report's payback."""
     budget = study_budget(study, opts.budget)
     if ran == 0 and study_data.attrs(study).get("remeasured"):
         # Nothing new was measured: the selection made before still holds (and a resumed
@@ -261,6 +266,8 @@ def select_and_save(task: Task, profile: HardwareProfile, study: Any, space: Sea
     else:
         selection = select(study, task, budget.trial, progress=opts.progress)
     tuned = _tuned_config(task, space, profile, study, selection, storage)
+    if started is not None:
+        tuned.measured["tuning_seconds"] = round(time.perf_counter() - started, 1)
     _keep_previous(opts.out / TUNED_FILE, tuned, log)
     path = tuned.save(opts.out / TUNED_FILE)
     log(f"autotune: wrote {path}")
@@ -306,7 +313,7 @@ def _scorer(task: Task, profile: HardwareProfile, opts: RunOptions, log: Any) ->
     """Measure the model's FLOPs and gradient noise scale, for goodput and MFU."""
     stats = model_stats.measure_isolated(task)
     scorer = Scorer.build(opts.objective, task.base.batch_size, stats, profile.measured, profile.device)
-    log(f"autotune: {stats['flops_per_sample'] / 1e6:,.1f} MFLOP per sample; objective {scorer.objective}, "
+    log(f"autotune: {flops_text(stats['flops_per_sample'])} per sample; objective {scorer.objective}, "
         f"reference batch {scorer.reference_batch}")
     if scorer.objective == "goodput":
         log(f"autotune: statistical efficiency: {scorer.basis}")

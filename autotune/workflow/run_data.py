@@ -148,13 +148,16 @@ def search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[st
         row.pop("traceback", None)
         trials.append(row)
     choices = {n: list(space.params[n].choices) for n in space.searched() if space.params[n].choices is not None}
+    attrs = study_data.attrs(study)
     return {
         "space": space.to_dict(),
         "gated": space.gated,
         "warm_start": study_data.attrs(study).get("warm_start"),
         "memory_probe": study_data.attrs(study).get("memory_probe"),
         "budget": {"n_trials": budget.n_trials, "timeout_s": budget.timeout_s, "prune_below": budget.prune_below,
-                   "trial": budget.trial.to_dict()},
+                   "max_tuning_share": budget.max_tuning_share, "trial": budget.trial.to_dict()},
+        "tuning_estimate": attrs.get("tuning_estimate"),
+        "stopped_by": attrs.get("stopped_by"),
         "objective": study_data.attrs(study).get("objective", "throughput"),
         "trials": trials,
         "param_importances": param_importances(study),
@@ -166,5 +169,5 @@ def search_data(study: Any, space: SearchSpace, budget: SearchBudget) -> dict[st
 def selection_data(sel: Selection, tuned: TunedConfig) -> dict[str, Any]:
     keys = ("throughput_samples_per_s", "goodput_samples_per_s", "statistical_efficiency", "mfu",
             "default_throughput_samples_per_s", "speedup_vs_default", "goodput_vs_default", "gradient_noise_scale",
-            "noise_scale")
+            "noise_scale", "tuning_seconds")
     return {**sel.to_dict(), **{k: tuned.measured.get(k) for k in keys}}
