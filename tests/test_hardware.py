@@ -258,10 +258,13 @@ def test_cuda_amp_decision() -> None:
 
 
 def test_summary_names_the_cpu_and_the_missing_driver(fake_nvml) -> None:
+    fake_nvml(init_error="NVMLError_DriverNotLoaded")  # as on a machine without an NVIDIA driver
     profile = collect_profile(measure=False)
     text = profile.summary()
     assert profile.host["cpu_model"] in text
     assert profile.fingerprint in text
+    assert not profile.nvml["available"] and profile.nvml["message"]
+    assert f"GPUs:     none; {profile.nvml['message']}" in text and "Driver Not Loaded" in text
     fake_nvml([H100])
     text = collect_profile(measure=False).summary()
     assert "GPU 0:    NVIDIA H100 80GB HBM3, 80 GiB, compute 9.0, 132 SMs" in text

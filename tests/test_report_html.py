@@ -332,7 +332,8 @@ def test_the_summary_card_is_on_the_first_screen_at_1280_by_800(real_run, tmp_pa
     # The report has no scripts; a copy of it gets one that writes where the browser laid
     # out the card into the title, which --dump-dom then prints.
     probe = ("<script>const r = document.getElementById('summary').getBoundingClientRect();"
-             "document.title = 'CARD ' + [r.top, r.bottom, r.left, r.right].join(' ');</script>")
+             "const t = document.querySelector('table.trials').getBoundingClientRect();"
+             "document.title = 'CARD ' + [r.top, r.bottom, r.left, r.right, t.width].join(' ');</script>")
     page = tmp_path / "probe.html"
     page.write_text((real_run / "report.html").read_text().replace("</body>", probe + "</body>"))
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -341,5 +342,6 @@ def test_the_summary_card_is_on_the_first_screen_at_1280_by_800(real_run, tmp_pa
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     found = re.search(r"<title>CARD ([-\d. ]+)</title>", proc.stdout)
     assert proc.returncode == 0 and found, proc.stderr[-2000:]
-    top, bottom, left, right = map(float, found.group(1).split())
+    top, bottom, left, right, trials_width = map(float, found.group(1).split())
     assert 0 <= top < bottom <= 800 and 0 <= left < right <= 1280
+    assert trials_width <= 1280 - 2 * 32  # the wide trials table fits the page without scrolling

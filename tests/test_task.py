@@ -311,6 +311,10 @@ def test_custom_collate_fn_batches_raw_items(tmp_path: Path) -> None:
     """
     task = load_task(write(tmp_path, body))
     assert task.collate_fn is task.module.collate_fn
+    # The raw items (a string and a label) batch through it, as the trials' loaders take them.
+    loader = torch.utils.data.DataLoader(task.datasets()[0], batch_size=4, collate_fn=task.collate)
+    x, y = next(iter(loader))
+    assert x.shape == (4, 4) and x[:, 0].tolist() == [2.0, 3.0, 1.0, 4.0] and y.tolist() == [0, 1, 2, 0]
 
 
 # --- detect_blocks and checkpoint_blocks ----------------------------------------------

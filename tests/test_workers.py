@@ -4,6 +4,7 @@ Optuna's journal file and on SQLite; claims, stale trials and the worker plan.""
 from __future__ import annotations
 
 import importlib.util
+import json
 import multiprocessing
 import os
 import socket
@@ -324,3 +325,23 @@ def test_the_finalize_claim_does_not_count_a_trial_queued_between_two_workers_lo
     assert not is_last(study)
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     assert is_last(study) and not is_last(study)
+
+
+@pytest.mark.slow
+def test_finalize_by_hand_selects_trains_and_reports_from_a_worker_that_did_not(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["--storage", storage, "--study", "byhand", "--no-progress"]
+    worker = subprocess.run(_cli("worker", str(ASSETS / "tiny_mlp.py"), *common, "--trials", "3", "--no-finalize",
+                                 "--space", str(ASSETS / "tiny_space.yaml"), "--out", str(tmp_path / "w")),
+                            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    assert not (tmp_path / "w" / "tuned.yaml").exists()  # --no-finalize: the study's trials only
+    done = subprocess.run(_cli("finalize", str(ASSETS / "tiny_mlp.py"), *common, "--out", str(tmp_path / "f"),
+                               "--epochs", "1"),
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tuned = yaml.safe_load((tmp_path / "f" / "tuned.yaml").read_text())
+    assert tuned["provenance"]["study"]["name"] == "byhand" and tuned["train"]["epochs"] == 1
+    report = json.loads((tmp_path / "f" / "report.json").read_text())
+    assert report["selection"]["picked"] is not None and len(report["final"]["history"]) == 1
+    assert (tmp_path / "f" / "model.pt").is_file()

@@ -261,10 +261,12 @@ def select_and_save(task: Task, profile: HardwareProfile, study: Any, space: Sea
         # Nothing new was measured: the selection made before still holds (and a resumed
         # final run must train the config it started with).
         selection = Selection.from_dict(study_data.attrs(study)["remeasured"], study)
-        selection.picked.config = dataclasses.replace(selection.picked.config, epochs=task.base.epochs)
         log("autotune: the study was complete; using its earlier selection")
     else:
         selection = select(study, task, budget.trial, progress=opts.progress)
+    # The final run's length is this command's (--epochs, as `autotune finalize` may give
+    # it), not the one the trials were queued with.
+    selection.picked.config = dataclasses.replace(selection.picked.config, epochs=task.base.epochs)
     tuned = _tuned_config(task, space, profile, study, selection, storage)
     if started is not None:
         tuned.measured["tuning_seconds"] = round(time.perf_counter() - started, 1)
