@@ -131,9 +131,9 @@ def test_the_noise_scale_is_fitted_to_the_measured_sample_ratio():
 
 
 def test_goodput_uses_the_noise_scale_the_branches_measured():
-    used, basis = decide_noise_scale(_noise(ratios={"128": 1.5}, per_repeat=[1.45, 1.55]))
+    used, basis = decide_noise_scale(_noise(ratios={"128": 1.5}, per_repeat=[1.45, 1.5, 1.9]))
     assert used == pytest.approx(160.0)
-    assert "needed 1.50x the samples at batch 128 as at batch 32" in basis and "repeats 1.45x, 1.55x" in basis
+    assert "needed 1.50x the samples at batch 128 as at batch 32" in basis and "repeats 1.45x, 1.50x, 1.90x" in basis
     assert "noise scale 160 fitted" in basis and "per-example estimate was 100" in basis
     scorer = Scorer.build("goodput", 32, {"noise": _noise(ratios={"128": 1.5}, per_repeat=[1.45, 1.55]),
                                           "flops_per_sample": 1.0}, {}, "cpu")
@@ -145,7 +145,7 @@ def test_goodput_uses_the_noise_scale_the_branches_measured():
     (None, "no branched check ran"),
     (_noise(check=False), "no branched check ran"),
     (_noise(ratios=None, reason="the loss did not drop"), "could not read a loss drop (the loss did not drop)"),
-    (_noise(ratios={"128": 1.5}, per_repeat=[1.2, 1.8]), "the repeats disagree by more than 1.3x"),
+    (_noise(ratios={"128": 1.5}, per_repeat=[1.1, 1.5, 1.6]), "a repeat is more than 1.3x from their median"),
     (_noise(ratios={"128": 0.95}, per_repeat=[0.95, 0.96]), "no extra cost"),
 ])
 def test_goodput_falls_back_to_throughput_when_the_measurement_cannot_say(noise, says):
@@ -174,5 +174,5 @@ def test_model_stats_measure_flops_and_a_noise_scale_in_a_fresh_process():
     assert noise["estimate"] is None or noise["estimate"] > 0
     assert len(noise["blocks"]) == min(5, noise["observations"])
     check = noise["check"]
-    assert check["batches"] == [noise["batch"], 4 * noise["batch"]] and len(check["per_repeat"]) == 2
+    assert check["batches"] == [noise["batch"], 4 * noise["batch"]] and len(check["per_repeat"]) == 3
     assert check["ratios"] is not None or check["reason"]

@@ -48,7 +48,7 @@ from autotune.search.objective import CHECK_FACTOR
 from autotune.model.task import Task, load_task
 
 BLOCKS = 5  # blocks of observations for the interval
-CHECK_REPEATS = 2  # the check's repeats, with different data orders: their spread says whether it is readable
+CHECK_REPEATS = 3  # the check's repeats, with different data orders: their median is used, their spread says whether it is readable
 
 
 class Observer:
