@@ -142,10 +142,10 @@ def decide_noise_scale(noise: dict[str, Any] | None) -> tuple[float | None, str]
     noise scale is the one whose efficiency curve gives that ratio (``fitted_noise_scale``).
     The ratio is the median of the check's repeats, used when every repeat is within
     ``AGREE`` times of it; otherwise, or where no loss drop could be read, goodput equals
-    throughput. The per-example estimate of the
-    simple noise scale (``engine/gns.py``) is reported beside it, not used: it overstated the
-    cost of large batches against such branches on every bundled model where it could be
-    measured.
+    throughput. The per-example estimate of the simple noise scale (``engine/gns.py``) is
+    reported beside it, not used: the simple noise scale equals the critical batch only for
+    a well-conditioned problem, and against such branches it overstated the cost of large
+    batches on most of the bundled models.
     """
     check = (noise or {}).get("check")
     estimate = (noise or {}).get("estimate")
