@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 import statistics
 from pathlib import Path
@@ -411,8 +413,11 @@ def test_the_search_starts_no_trial_after_its_timeout(tiny_task, tmp_path, capsy
     space = _space([8, 16, 32])
     study, space = _open(tmp_path, tiny_task, space)
     enqueue_default(study, space)
-    budget = SearchBudget(n_trials=50, timeout_s=1.0, trial=FAST)
+    # Each trial times two windows of at least 0.3 s, so the first one alone outlasts the
+    # 0.5 s timeout: it runs (the search starts at once), and no trial starts after it,
+    # where the budget of 50 would otherwise measure all three configs.
+    slow = dataclasses.replace(FAST, window_s=0.3)
+    budget = SearchBudget(n_trials=50, timeout_s=0.5, trial=slow)
     run_search(study, tiny_task, space, budget, progress=False)
-    ran = [t for t in study.trials if t.state.is_finished()]
-    assert 1 <= len(ran) <= 2  # the first trial starts at once, and no new one once 1 s has passed
-    assert "search timeout of 1 s reached" in capsys.readouterr().out
+    assert [t.number for t in study.trials if t.state.is_finished()] == [0]
+    assert "search timeout of 0.5 s reached" in capsys.readouterr().out

@@ -144,7 +144,7 @@ def run_search(
         if STOP.is_set():
             raise KeyboardInterrupt
         if budget.timeout_s is not None and time.perf_counter() - start >= budget.timeout_s:
-            bar.write(f"search timeout of {budget.timeout_s:.0f} s reached")
+            bar.write(f"search timeout of {budget.timeout_s:g} s reached")
             break
         if estimate is None:
             estimate = tuning_estimate(study.get_trials(deepcopy=False), budget)
