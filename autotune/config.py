@@ -24,6 +24,25 @@ import yaml
 
 from autotune.errors import ConfigError
 
+# The knobs a user sets and a tuned config is told by: what `autotune compare` sets side
+# by side and the report's summary says changed from the default.
+TUNED_KNOBS = (
+    "micro_batch_size",
+    "accumulation_steps",
+    "amp",
+    "checkpointing",
+    "num_workers",
+    "cpu_threads",
+    "channels_last",
+    "cudnn_benchmark",
+    "compile",
+    "fp32_precision",
+    "optimizer_impl",
+    "expandable_segments",
+    "lr",
+)
+
+
 SCHEMA_VERSION = 1
 AMP_MODES = ("off", "fp16", "bf16")
 LR_RULES = ("linear", "sqrt", "none")

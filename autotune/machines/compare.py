@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autotune.errors import ConfigError
+from autotune.config import TUNED_KNOBS
 from autotune.hardware.nvml import NA
 from autotune.hardware.profile import AMP_DTYPES, HardwareProfile, load_profile
 from autotune.machines.compare_render import _GIB, _MISSING, _is_number, render_json, render_markdown, render_text
@@ -33,21 +34,6 @@ __all__ = [
 ]
 
 FORMATS = ("text", "markdown", "json")
-TUNED_KNOBS = (
-    "micro_batch_size",
-    "accumulation_steps",
-    "amp",
-    "checkpointing",
-    "num_workers",
-    "cpu_threads",
-    "channels_last",
-    "cudnn_benchmark",
-    "compile",
-    "fp32_precision",
-    "optimizer_impl",
-    "expandable_segments",
-    "lr",
-)
 
 Getter = Callable[[HardwareProfile], Any]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from autotune.config import TrainConfig, compile_mode
+from autotune.config import TUNED_KNOBS, TrainConfig, compile_mode
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -158,16 +158,10 @@ def headline_facts(data: dict[str, Any]) -> list[str]:
     return bits
 
 
-# What the card compares between the default and the pick: the knobs a user sets.
-_CARD_KNOBS = ("micro_batch_size", "accumulation_steps", "num_workers", "pin_memory", "cpu_threads", "amp",
-               "checkpointing", "channels_last", "cudnn_benchmark", "compile", "fp32_precision", "optimizer_impl",
-               "expandable_segments", "lr")
-
-
 def changes_from_default(picked: dict[str, Any], default: dict[str, Any]) -> list[str]:
     """"micro_batch_size 32 -> 256": each knob the pick sets otherwise than the default."""
     out = []
-    for key in _CARD_KNOBS:
+    for key in TUNED_KNOBS:
         if key in picked and key in default and picked[key] != default[key]:
             before, after = default[key], picked[key]
             if isinstance(before, float) or isinstance(after, float):
