@@ -146,8 +146,16 @@ def run_search(
         if budget.timeout_s is not None and time.perf_counter() - start >= budget.timeout_s:
             bar.write(f"search timeout of {budget.timeout_s:g} s reached")
             break
-        if estimate is None:
-            estimate = tuning_estimate(study.get_trials(deepcopy=False), budget)
+        fail_stale_trials(study)
+        # Each is due once the trials before it have finished: the micro-batch's screening,
+        # then the other knobs' at its best choice, then the combination, then the climb.
+        enqueue_second_stage(study, space, claim=claims)
+        enqueue_combination(study, space, feasible, claim=claims)
+        enqueue_refinement(study, space, claim=claims)
+        trials = study.get_trials(deepcopy=False)
+        done = sum(counts(t) for t in trials)
+        if estimate is None:  # from the same read of the study as the rest of this step
+            estimate = tuning_estimate(trials, budget)
             if estimate is not None:
                 study_data.put(study, "tuning_estimate", estimate)
                 bar.write(estimate_text(estimate, budget.max_tuning_share))
@@ -157,14 +165,6 @@ def run_search(
                       f"{estimate['full_run_s']:,.0f} s (--max-tuning-share)")
             study_data.put(study, "stopped_by", "max_tuning_share")
             break
-        fail_stale_trials(study)
-        # Each is due once the trials before it have finished: the micro-batch's screening,
-        # then the other knobs' at its best choice, then the combination, then the climb.
-        enqueue_second_stage(study, space, claim=claims)
-        enqueue_combination(study, space, feasible, claim=claims)
-        enqueue_refinement(study, space, claim=claims)
-        trials = study.get_trials(deepcopy=False)
-        done = sum(counts(t) for t in trials)
         bar.n = min(done, budget.n_trials)
         bar.refresh()
         running = sum(t.state == TrialState.RUNNING for t in trials)
