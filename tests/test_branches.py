@@ -50,7 +50,7 @@ def _point(task, steps=5):
 def test_a_check_branches_every_batch_from_the_same_point_for_the_same_samples():
     task = load_task(ASSETS / "tiny_mlp.py")
     cfg = TrainConfig.from_base(task.base, micro_batch_size=8)
-    got = check(task, cfg, _point(task), [8, 32], steps=6, repeats=2)
+    got = check(task, cfg, _point(task), [8, 32], steps=6, repeats=2, windows=1)
     assert got.batches == [8, 32] and got.samples == 6 * 32
     assert len(got.curves) == 2
     for curves in got.curves:
@@ -92,3 +92,47 @@ def test_branches_from_the_initial_weights_warm_up_as_the_full_run_at_their_batc
     plain = check(task, cfg, fresh, [8, 32], steps=6)
     assert warmed.curves[0][8][0] == plain.curves[0][8][0]  # the same start
     assert warmed.curves[0][8][1][1] != plain.curves[0][8][1][1]  # a smaller first step
+
+
+def test_a_window_without_a_real_loss_drop_is_doubled_and_the_repeats_keep_the_window(monkeypatch):
+    task = load_task(ASSETS / "tiny_mlp.py")
+    cfg = TrainConfig.from_base(task.base, micro_batch_size=8)
+    monkeypatch.setattr(branches, "READABLE", 0.0)  # any drop is readable: the first window stays
+    assert check(task, cfg, _point(task), [8, 32], steps=2, repeats=2).samples == 64
+    monkeypatch.setattr(branches, "READABLE", 2.0)  # no drop is: every window is tried
+    got = check(task, cfg, _point(task), [8, 32], steps=2, repeats=2)
+    assert got.samples == 4 * 64
+    assert [c[32][-1][0] for c in got.curves] == [256, 256]  # the second repeat ran the settled window
+    assert got.ratios is not None  # the last window is read even where it shows a small drop
+    assert check(task, cfg, _point(task), [8, 32], steps=2, windows=1).samples == 64
+
+
+def test_branches_with_the_same_seed_draw_the_same_random_augmentations():
+    """A model whose training data draws from numpy's global generator (as
+    image_folder's augmentations do) trains the same branch twice to the same curve."""
+    task = load_task(ASSETS / "tiny_mlp.py")
+    cfg = TrainConfig.from_base(task.base, micro_batch_size=8)
+    import numpy as np
+
+    plain = task.loss
+
+    def noisy_loss(out, y):  # a draw from numpy's generator on every step, as an augmentation makes
+        return plain(out, y) * float(1 + np.random.rand())
+
+    task.loss = noisy_loss
+    evals, point = branches.eval_set(task, torch.device("cpu"), 32), _point(task)
+    runs = [branches.branch(task, cfg, point, 8, 8, 64, evals, seed=3, device=torch.device("cpu"))
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_a_branch_leaves_the_points_optimizer_state_as_it_was():
+    task = load_task(ASSETS / "tiny_mlp.py")  # an Adam-type optimizer: state that steps move in place
+    cfg = TrainConfig.from_base(task.base, micro_batch_size=8)
+    point = _point(task)
+    before = {k: v.clone() for k, v in point.optimizer["state"][0].items()}
+    evals = branches.eval_set(task, torch.device("cpu"), 32)
+    runs = [branches.branch(task, cfg, point, 16, 8, 64, evals, seed=1, device=torch.device("cpu")) for _ in range(2)]
+    assert runs[0] == runs[1]
+    for k, v in point.optimizer["state"][0].items():
+        torch.testing.assert_close(v, before[k])

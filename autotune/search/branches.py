@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_map
 
 from autotune.config import TrainConfig, scaled_lr
 from autotune.engine.data import batch_len, to_device
+from autotune.engine.knobs import seed_everything
 from autotune.model.task import Task
 
 STEPS = 24  # optimizer steps of the largest branch
@@ -28,6 +29,8 @@ EVALS = 12  # evaluations per branch, evenly spaced in samples
 EVAL_SAMPLES = 512  # training examples evaluated at each point
 FRACTION = 0.5  # the loss drop timed: half the smallest drop any branch made, where curves are steep, not flat
 MIN_DROP = 0.01  # below this fraction of the starting loss, no drop is readable
+READABLE = 0.25  # the smallest drop, as a fraction of the starting loss, that a window must show
+MAX_WINDOWS = 3  # windows tried, each twice the last: ``steps``, 2x and 4x
 
 
 @dataclass
@@ -134,12 +137,12 @@ def branch(task: Task, cfg: TrainConfig, point: Point, batch: int, micro: int, s
            evals: list[tuple[Any, Any]], seed: int, device: torch.device, warmup_steps: int = 0) -> list[tuple[int, float]]:
     """Train ``samples`` samples at effective batch ``batch`` from ``point`` (micro-batches of
     ``micro``); the loss on ``evals`` at the start and after each ``samples / EVALS``."""
-    torch.manual_seed(seed)
+    seed_everything(seed)  # the data order's, and any random augmentation's (numpy, python) draws
     model = task.build_model().to(device)
     model.load_state_dict(point.model)
     model.train()
     optimizer = task.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
-    optimizer.load_state_dict(point.optimizer)
+    optimizer.load_state_dict(copy.deepcopy(point.optimizer))  # loading aliases the state's tensors, which steps move
     lr = scaled_lr(cfg.base_lr, cfg.base_batch_size, batch, cfg.lr_rule)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -231,36 +234,47 @@ def _warmup_steps(cfg: TrainConfig, batch: int, train_size: int) -> int:
 
 
 def check(task: Task, cfg: TrainConfig, point: Point, batches: list[int], steps: int = STEPS,
-          repeats: int = 1, device: torch.device | None = None, warmup: bool = False, seed_offset: int = 0) -> Check:
+          repeats: int = 1, device: torch.device | None = None, warmup: bool = False, seed_offset: int = 0,
+          windows: int = MAX_WINDOWS) -> Check:
     """Branch from ``point`` at each of ``batches`` (the first is the reference) for
     ``steps`` steps of the largest, ``repeats`` times with different data orders; the
     samples each needs for ``FRACTION`` of the smallest loss drop any branch of a repeat
-    made, on curves smoothed over neighbouring evaluations. With ``warmup`` (for a point at
-    the start of training), each branch warms its learning rate up linearly over the
-    steps the full run at its batch would (``cfg.warmup`` of them). Repeat ``r`` draws its
-    data order from seed ``cfg.seed + 1 + seed_offset + r``: checks with other offsets are
-    independent of this one."""
+    made, on curves smoothed over neighbouring evaluations.
+
+    The window must show a real drop: where the first repeat's smallest drop is under
+    ``READABLE`` of the starting loss (a model on a plateau, whose first loss drop is noise
+    more than progress), it is tried again at twice the steps, up to ``windows`` windows,
+    and the repeats after it use the window it settled on.
+
+    With ``warmup`` (for a point at the start of training), each branch warms its learning
+    rate up linearly over the steps the full run at its batch would (``cfg.warmup`` of
+    them). Repeat ``r`` draws its data order and random augmentations from seed
+    ``cfg.seed + 1 + seed_offset + r``: checks with other offsets are independent of this one."""
     device = device or torch.device("cpu")
     train_set = task.datasets()[0]
     batches = [b for b in batches if b <= len(train_set)]
-    samples = steps * max(batches)
-    result = Check(batches, samples)
+    result = Check(batches, steps * max(batches) if batches else 0)
     if len(batches) < 2:
         result.reason = "the training set is smaller than the check's large batch"
         return result
     evals = eval_set(task, device)
     micro = batches[0]
     for r in range(repeats):
-        curves = {b: branch(task, cfg, point, b, micro, samples, evals, cfg.seed + 1 + seed_offset + r, device,
-                            _warmup_steps(cfg, b, len(train_set)) if warmup else 0) for b in batches}
+        tries = windows if r == 0 else 1
+        for attempt in range(tries):
+            curves = {b: branch(task, cfg, point, b, micro, result.samples, evals, cfg.seed + 1 + seed_offset + r,
+                                device, _warmup_steps(cfg, b, len(train_set)) if warmup else 0) for b in batches}
+            smoothed = {b: smooth(c) for b, c in curves.items()}
+            start = max(c[0][1] for c in curves.values())
+            drop = min(start - min(loss for _, loss in c) for c in smoothed.values())
+            if drop >= READABLE * abs(start) or attempt == tries - 1:
+                break
+            result.samples *= 2
         result.curves.append(curves)
-        smoothed = {b: smooth(c) for b, c in curves.items()}
-        start = max(c[0][1] for c in curves.values())
-        drop = min(start - min(loss for _, loss in c) for c in smoothed.values())
         if drop <= MIN_DROP * abs(start):
             result.targets.append(None)
             result.to_target.append({b: None for b in batches})
-            result.reason = (f"the loss did not drop by {MIN_DROP:.0%} in {samples:,} samples at every batch "
+            result.reason = (f"the loss did not drop by {MIN_DROP:.0%} in {result.samples:,} samples at every batch "
                              f"(smallest drop {drop:.4g} from {start:.4g})")
             continue
         target = start - FRACTION * drop

@@ -11,7 +11,8 @@
 - A branched check (``search.branches``): from the initial weights and a fresh optimizer,
   short runs at the reference batch and at ``CHECK_FACTOR`` times it, each with the full
   run's warmup at its batch, count the samples each needs for the same loss drop,
-  ``CHECK_REPEATS`` times with different data orders. The noise scale goodput uses is
+  ``CHECK_REPEATS`` times with different data orders, over a window long enough for the
+  loss to move (``branches.READABLE``). The noise scale goodput uses is
   fitted to that ratio (``objective.decide_noise_scale``); the estimate above is reported
   beside it.
 
