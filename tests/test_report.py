@@ -72,3 +72,5 @@ def test_the_summary_card_says_what_to_use_its_speed_up_and_when_the_tuning_pays
     data["selection"]["speedup_vs_default"] = 0.98
     assert dict(f.summary_card(data))["Pays back"].startswith("never")
     assert f.summary_card({"config": default, "selection": {}}) is None  # autotune train: no search, no card
+    threads = f.changes_from_default({**default, "cpu_threads": 2}, {**default, "cpu_threads": 0})
+    assert threads == ["cpu_threads torch's default -> 2"]

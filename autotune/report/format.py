@@ -164,6 +164,8 @@ def changes_from_default(picked: dict[str, Any], default: dict[str, Any]) -> lis
     for key in TUNED_KNOBS:
         if key in picked and key in default and picked[key] != default[key]:
             before, after = default[key], picked[key]
+            if key == "cpu_threads":  # 0 leaves the thread count to torch
+                before, after = (v if v else "torch's default" for v in (before, after))
             if isinstance(before, float) or isinstance(after, float):
                 before, after = f"{before:.4g}", f"{after:.4g}"
             out.append(f"{key} {fmt(before)} -> {fmt(after)}")
