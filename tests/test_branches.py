@@ -136,3 +136,34 @@ def test_a_branch_leaves_the_points_optimizer_state_as_it_was():
     assert runs[0] == runs[1]
     for k, v in point.optimizer["state"][0].items():
         torch.testing.assert_close(v, before[k])
+
+
+def test_a_check_trains_each_batch_whole_as_a_full_run_does_and_accumulates_only_when_memory_runs_out(monkeypatch):
+    task = load_task(ASSETS / "tiny_mlp.py")
+    cfg = TrainConfig.from_base(task.base, micro_batch_size=8)
+    seen: list[tuple[int, int]] = []
+    real = branches.branch
+
+    def spy(task, cfg, point, batch, micro, *args, **kwargs):
+        seen.append((batch, micro))
+        if batch == 32 and micro == 32 and fail_whole:
+            raise torch.cuda.OutOfMemoryError("no room for 32")
+        return real(task, cfg, point, batch, micro, *args, **kwargs)
+
+    monkeypatch.setattr(branches, "branch", spy)
+    fail_whole = False
+    check(task, cfg, _point(task), [8, 32], steps=6, windows=1)
+    assert seen == [(8, 8), (32, 32)]
+    seen.clear()
+    fail_whole = True
+    assert check(task, cfg, _point(task), [8, 32], steps=6, windows=1).ratios is not None
+    assert seen == [(8, 8), (32, 32), (32, 8)]
+
+
+def test_a_branch_clips_the_gradient_as_the_config_does():
+    task = load_task(ASSETS / "tiny_mlp.py")
+    evals = branches.eval_set(task, torch.device("cpu"), 32)
+    point = _point(task)
+    curves = [branches.branch(task, TrainConfig.from_base(task.base, micro_batch_size=8, grad_clip=clip), point, 8, 8,
+                              64, evals, seed=1, device=torch.device("cpu")) for clip in (0.0, 1e-4, 0.0)]
+    assert curves[0] == curves[2] and curves[1] != curves[0]

@@ -1,9 +1,10 @@
 """Statistical efficiency measured directly: short runs branched from one point of training.
 
-From one model and optimizer state, each branch trains at its own effective batch (as
-micro-batches of the reference batch, accumulated, so memory stays that of the reference
-run; the learning rate scaled by the config's rule) for the same number of samples, and
-evaluates the loss on a fixed set of training examples as it goes. The samples each branch needs
+From one model and optimizer state, each branch trains at its own effective batch as a
+full run at that batch would (one micro-batch a step where it fits in memory, the
+learning rate scaled by the config's rule, the gradient clipped as the config clips it)
+for the same number of samples, and evaluates the loss on a fixed set of training
+examples as it goes. The samples each branch needs
 for one loss drop, over those the reference batch needs, is the sample cost of the larger
 batch: what goodput's statistical efficiency predicts as eff(reference) / eff(batch).
 Samples are counted, not timed, so the measurement holds on a noisy machine.
@@ -102,9 +103,12 @@ def backward(model: torch.nn.Module, task: Task, inputs: Any, target: Any, accum
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, task: Task, inputs: Any, target: Any,
-               accumulation: int = 1) -> None:
-    """One optimizer step on a batch, split into ``accumulation`` equal micro-batches."""
+               accumulation: int = 1, grad_clip: float = 0.0) -> None:
+    """One optimizer step on a batch, split into ``accumulation`` equal micro-batches, its
+    gradient clipped to norm ``grad_clip`` first (0: not clipped), as the training loop does."""
     backward(model, task, inputs, target, accumulation)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -160,7 +164,7 @@ def branch(task: Task, cfg: TrainConfig, point: Point, batch: int, micro: int, s
             if warmup_steps:
                 for group in optimizer.param_groups:
                     group["lr"] = lr * min(1.0, (seen // batch + 1) / warmup_steps)
-            train_step(model, optimizer, task, inputs, target, accumulation=max(1, batch // micro))
+            train_step(model, optimizer, task, inputs, target, max(1, batch // micro), cfg.grad_clip)
             seen += batch
             if seen >= next_eval - 1e-9 or seen >= samples:
                 curve.append((seen, eval_loss(task, model, evals)))
@@ -169,6 +173,21 @@ def branch(task: Task, cfg: TrainConfig, point: Point, batch: int, micro: int, s
             if seen >= samples:
                 break
     return curve
+
+
+def fitting_branch(task: Task, cfg: TrainConfig, point: Point, batch: int, reference: int, samples: int,
+                   evals: list[tuple[Any, Any]], seed: int, device: torch.device, warmup_steps: int = 0) -> list[tuple[int, float]]:
+    """``branch`` with each step's batch as one micro-batch, as a full run at that batch
+    trains it (BatchNorm normalises over the micro-batch a step sees, so accumulating small
+    ones trains another model); where that runs out of memory, as micro-batches of the
+    ``reference`` batch, accumulated."""
+    try:
+        return branch(task, cfg, point, batch, batch, samples, evals, seed, device, warmup_steps)
+    except torch.cuda.OutOfMemoryError:
+        if batch == reference:
+            raise
+        torch.cuda.empty_cache()
+        return branch(task, cfg, point, batch, reference, samples, evals, seed, device, warmup_steps)
 
 
 SECOND_MOMENT_BATCHES = 8  # batches over which a branch re-measures Adam's second moment
@@ -262,8 +281,8 @@ def check(task: Task, cfg: TrainConfig, point: Point, batches: list[int], steps:
     for r in range(repeats):
         tries = windows if r == 0 else 1
         for attempt in range(tries):
-            curves = {b: branch(task, cfg, point, b, micro, result.samples, evals, cfg.seed + 1 + seed_offset + r,
-                                device, _warmup_steps(cfg, b, len(train_set)) if warmup else 0) for b in batches}
+            curves = {b: fitting_branch(task, cfg, point, b, micro, result.samples, evals, cfg.seed + 1 + seed_offset + r,
+                                        device, _warmup_steps(cfg, b, len(train_set)) if warmup else 0) for b in batches}
             smoothed = {b: smooth(c) for b, c in curves.items()}
             start = max(c[0][1] for c in curves.values())
             drop = min(start - min(loss for _, loss in c) for c in smoothed.values())

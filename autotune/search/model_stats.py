@@ -129,7 +129,7 @@ def reach(model_path: str, config: dict[str, Any], max_seconds: float = 15.0, ob
             one = NoiseScale()
             observer.observe(model, inputs, target, scales).add_to(one)
             observations.append(one)
-        branches.train_step(model, optimizer, task, inputs, target)
+        branches.train_step(model, optimizer, task, inputs, target, grad_clip=cfg.grad_clip)
         steps += 1
     estimate = interval(observations, BLOCKS)
     noise = {
