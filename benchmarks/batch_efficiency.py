@@ -23,7 +23,10 @@ than after the warmup, so that the estimate and the branches see the same steps.
 ``--predict-from check`` predicts as the study does: from the noise scale fitted to an
 independent run of its own check (branches from the start at the reference batch and 4x
 it, on data orders of their own), so 4x tests the check's repeatability and 8x its
-extrapolation.
+extrapolation. The measured branches then cover the study check's window in samples
+(``--steps`` defaults to the steps of 8x that fill it), so both read the same loss drop:
+"one loss drop" is a fraction of the smallest drop in the window, so a longer window reads
+a later, lower loss, where the ratios differ.
 """
 
 from __future__ import annotations
@@ -90,7 +93,8 @@ def validate(model_path: str, steps: int, repeats: int, from_start: bool = False
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--steps", type=int, default=48, help="optimizer steps of the largest batch's branch")
+    parser.add_argument("--steps", type=int, help="optimizer steps of the largest batch's branch (default 48; with "
+                                                   "--predict-from check, the steps that cover the study check's window)")
     parser.add_argument("--repeats", type=int, default=3, help="branches per batch, with different data orders")
     parser.add_argument("--from-start", action="store_true",
                         help="branch from the initial weights with the run's warmup, not from after the warmup")
@@ -104,6 +108,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="result file (default benchmarks/results/batch_efficiency[-from_start].json)")
     args = parser.parse_args()
     args.from_start = args.from_start or args.predict_from == "check"
+    if args.steps is None:
+        from autotune.search.branches import STEPS
+        from autotune.search.objective import CHECK_FACTOR
+
+        args.steps = STEPS * CHECK_FACTOR // max(FACTORS) if args.predict_from == "check" else 48
     from autotune.search.worker import run_isolated
 
     results, table = {}, []

@@ -7,8 +7,8 @@ For each model, in one run on this machine:
    statistical efficiency rested on (or why it fell back to throughput). ``--picks FILE``
    takes the picks of an earlier result instead.
 2. Full training runs (the model file's epochs) of three arms, BASE (the model file's own
-   config), the throughput pick and the goodput pick, interleaved A B C A B C for
-   ``--repeats`` rounds, each in a fresh process; round ``r`` runs every arm with seed
+   config), the throughput pick and the goodput pick, interleaved in rotated order (A B C,
+   B C A, C A B, ...) for ``--repeats`` rounds, each in a fresh process; round ``r`` runs every arm with seed
    ``r``, so the rounds sample the luck of the initial weights and data order and each
    round's arms share it. Each run evaluates every ``eval_every`` samples (the least
    common multiple of the arms' effective batches, so all are checked at the same sample
@@ -128,7 +128,7 @@ def one_model(name: str, early: float, repeats: int, earlier: dict[str, Any] | N
     eval_every = math.lcm(*(cfg.effective_batch_size for cfg in picks.values()))
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
     for r in range(repeats):
-        for arm in ARMS:
+        for arm in ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]:  # rotated: no arm always runs first or last
             config = {**picks[arm].to_dict(), "seed": r}
             outcome = run_isolated(full_run, {"model_path": model, "config": config, "eval_every": eval_every}, 3600)
             if not outcome.ok:
