@@ -144,8 +144,8 @@ def decide_noise_scale(noise: dict[str, Any] | None) -> tuple[float | None, str]
     ``AGREE`` times of it; otherwise, or where no loss drop could be read, goodput equals
     throughput. The per-example estimate of the simple noise scale (``engine/gns.py``) is
     reported beside it, not used: the simple noise scale equals the critical batch only for
-    a well-conditioned problem, and against such branches it overstated the cost of large
-    batches on most of the bundled models.
+    a well-conditioned problem, and on most of the bundled models it sat several times
+    from the noise scale such branches imply, in both directions.
     """
     check = (noise or {}).get("check")
     estimate = (noise or {}).get("estimate")
