@@ -167,3 +167,11 @@ def test_a_branch_clips_the_gradient_as_the_config_does():
     curves = [branches.branch(task, TrainConfig.from_base(task.base, micro_batch_size=8, grad_clip=clip), point, 8, 8,
                               64, evals, seed=1, device=torch.device("cpu")) for clip in (0.0, 1e-4, 0.0)]
     assert curves[0] == curves[2] and curves[1] != curves[0]
+
+
+def test_a_check_out_of_time_reads_nothing_and_says_so():
+    task = load_task(ASSETS / "tiny_mlp.py")
+    cfg = TrainConfig.from_base(task.base, micro_batch_size=8)
+    got = check(task, cfg, _point(task), [8, 32], steps=6, repeats=2, windows=1, seconds=0.0)
+    assert got.ratios is None and got.reason == "the check ran out of its 0 s before reading every repeat"
+    assert check(task, cfg, _point(task), [8, 32], steps=6, repeats=2, windows=1, seconds=60.0).ratios is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,10 +138,16 @@ def eval_loss(task: Task, model: torch.nn.Module, batches: list[tuple[Any, Any]]
     return total / n
 
 
+class OutOfTime(Exception):
+    """A branch passed its deadline (``time.monotonic``)."""
+
+
 def branch(task: Task, cfg: TrainConfig, point: Point, batch: int, micro: int, samples: int,
-           evals: list[tuple[Any, Any]], seed: int, device: torch.device, warmup_steps: int = 0) -> list[tuple[int, float]]:
+           evals: list[tuple[Any, Any]], seed: int, device: torch.device, warmup_steps: int = 0, *,
+           deadline: float | None = None) -> list[tuple[int, float]]:
     """Train ``samples`` samples at effective batch ``batch`` from ``point`` (micro-batches of
-    ``micro``); the loss on ``evals`` at the start and after each ``samples / EVALS``."""
+    ``micro``); the loss on ``evals`` at the start and after each ``samples / EVALS``.
+    Raises ``OutOfTime`` after a step that ends past ``deadline``."""
     seed_everything(seed)  # the data order's, and any random augmentation's (numpy, python) draws
     model = task.build_model().to(device)
     model.load_state_dict(point.model)
@@ -166,6 +173,8 @@ def branch(task: Task, cfg: TrainConfig, point: Point, batch: int, micro: int, s
                     group["lr"] = lr * min(1.0, (seen // batch + 1) / warmup_steps)
             train_step(model, optimizer, task, inputs, target, max(1, batch // micro), cfg.grad_clip)
             seen += batch
+            if deadline is not None and time.monotonic() > deadline:
+                raise OutOfTime
             if seen >= next_eval - 1e-9 or seen >= samples:
                 curve.append((seen, eval_loss(task, model, evals)))
                 while next_eval <= seen:
@@ -176,18 +185,19 @@ def branch(task: Task, cfg: TrainConfig, point: Point, batch: int, micro: int, s
 
 
 def fitting_branch(task: Task, cfg: TrainConfig, point: Point, batch: int, reference: int, samples: int,
-                   evals: list[tuple[Any, Any]], seed: int, device: torch.device, warmup_steps: int = 0) -> list[tuple[int, float]]:
+                   evals: list[tuple[Any, Any]], seed: int, device: torch.device, warmup_steps: int = 0, *,
+                   deadline: float | None = None) -> list[tuple[int, float]]:
     """``branch`` with each step's batch as one micro-batch, as a full run at that batch
     trains it (BatchNorm normalises over the micro-batch a step sees, so accumulating small
     ones trains another model); where that runs out of memory, as micro-batches of the
     ``reference`` batch, accumulated."""
     try:
-        return branch(task, cfg, point, batch, batch, samples, evals, seed, device, warmup_steps)
+        return branch(task, cfg, point, batch, batch, samples, evals, seed, device, warmup_steps, deadline=deadline)
     except torch.cuda.OutOfMemoryError:
         if batch == reference:
             raise
         torch.cuda.empty_cache()
-        return branch(task, cfg, point, batch, reference, samples, evals, seed, device, warmup_steps)
+        return branch(task, cfg, point, batch, reference, samples, evals, seed, device, warmup_steps, deadline=deadline)
 
 
 SECOND_MOMENT_BATCHES = 8  # batches over which a branch re-measures Adam's second moment
@@ -254,7 +264,7 @@ def _warmup_steps(cfg: TrainConfig, batch: int, train_size: int) -> int:
 
 def check(task: Task, cfg: TrainConfig, point: Point, batches: list[int], steps: int = STEPS,
           repeats: int = 1, device: torch.device | None = None, warmup: bool = False, seed_offset: int = 0,
-          windows: int = MAX_WINDOWS) -> Check:
+          windows: int = MAX_WINDOWS, seconds: float | None = None) -> Check:
     """Branch from ``point`` at each of ``batches`` (the first is the reference) for
     ``steps`` steps of the largest, ``repeats`` times with different data orders; the
     samples each needs for ``FRACTION`` of the smallest loss drop any branch of a repeat
@@ -268,7 +278,10 @@ def check(task: Task, cfg: TrainConfig, point: Point, batches: list[int], steps:
     With ``warmup`` (for a point at the start of training), each branch warms its learning
     rate up linearly over the steps the full run at its batch would (``cfg.warmup`` of
     them). Repeat ``r`` draws its data order and random augmentations from seed
-    ``cfg.seed + 1 + seed_offset + r``: checks with other offsets are independent of this one."""
+    ``cfg.seed + 1 + seed_offset + r``: checks with other offsets are independent of this one.
+
+    With ``seconds``, a check still running after that long stops and reads nothing (its
+    ``reason`` says so): a model too slow to check in time gets no ratio, not a failed run."""
     device = device or torch.device("cpu")
     train_set = task.datasets()[0]
     batches = [b for b in batches if b <= len(train_set)]
@@ -277,12 +290,26 @@ def check(task: Task, cfg: TrainConfig, point: Point, batches: list[int], steps:
         result.reason = "the training set is smaller than the check's large batch"
         return result
     evals = eval_set(task, device)
-    micro = batches[0]
+    deadline = time.monotonic() + seconds if seconds is not None else None
+    try:
+        _repeats(task, cfg, point, result, evals, repeats, device, warmup, seed_offset, windows, deadline)
+    except OutOfTime:
+        result.to_target.clear()
+        result.targets.clear()
+        result.reason = f"the check ran out of its {seconds:g} s before reading every repeat"
+    return result
+
+
+def _repeats(task: Task, cfg: TrainConfig, point: Point, result: Check, evals: list[tuple[Any, Any]], repeats: int,
+             device: torch.device, warmup: bool, seed_offset: int, windows: int, deadline: float | None) -> None:
+    """``check``'s repeats, into ``result``."""
+    batches, micro, train_size = result.batches, result.batches[0], len(task.datasets()[0])
     for r in range(repeats):
         tries = windows if r == 0 else 1
         for attempt in range(tries):
             curves = {b: fitting_branch(task, cfg, point, b, micro, result.samples, evals, cfg.seed + 1 + seed_offset + r,
-                                        device, _warmup_steps(cfg, b, len(train_set)) if warmup else 0) for b in batches}
+                                        device, _warmup_steps(cfg, b, train_size) if warmup else 0, deadline=deadline)
+                      for b in batches}
             smoothed = {b: smooth(c) for b, c in curves.items()}
             start = max(c[0][1] for c in curves.values())
             drop = min(start - min(loss for _, loss in c) for c in smoothed.values())
@@ -299,4 +326,3 @@ def check(task: Task, cfg: TrainConfig, point: Point, batches: list[int], steps:
         target = start - FRACTION * drop
         result.targets.append(target)
         result.to_target.append({b: samples_to(c, target) for b, c in smoothed.items()})
-    return result

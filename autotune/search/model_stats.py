@@ -49,6 +49,7 @@ from autotune.search.objective import CHECK_FACTOR
 from autotune.model.task import Task, load_task
 
 BLOCKS = 5  # blocks of observations for the interval
+CHECK_SECONDS = 120.0  # the check's time: past it, goodput equals throughput (within measure_isolated's 180 s)
 CHECK_REPEATS = 3  # the check's repeats, with different data orders: their median is used, their spread says whether it is readable
 
 
@@ -161,7 +162,7 @@ def measure(model_path: str, config: dict[str, Any], max_seconds: float = 15.0, 
     if check:
         ref.noise["check"] = branches.check(
             ref.task, ref.cfg, start_point(ref), [ref.batch, CHECK_FACTOR * ref.batch], steps=check_steps,
-            repeats=CHECK_REPEATS, device=ref.device, warmup=True,
+            repeats=CHECK_REPEATS, device=ref.device, warmup=True, seconds=CHECK_SECONDS,
         ).to_dict()
     return {
         "flops_per_sample": ref.flops_per_sample,
