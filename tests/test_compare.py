@@ -6,6 +6,8 @@ ratios are computed here from the YAML values, not copied from the output.
 
 from __future__ import annotations
 
+import copy
+
 import json
 import re
 import subprocess
@@ -263,6 +265,20 @@ def test_tuned_configs_side_by_side_with_throughput_ratio(cpu_tuned: Path) -> No
         "throughput", "11783", "samples/s", "248312", "samples/s", f"({ratio:.2f}x)",
     ]
     assert line_of(text, "peak memory").split() == ["peak", "memory", "0.38", "GiB", "1.2", "GiB"]
+
+
+def test_compile_reads_as_one_spelling_across_profiles(tmp_path: Path) -> None:
+    """A profile written when compile was a yes/no stores ``false``; a later one "off"."""
+    paths = []
+    for name, value in (("old.yaml", False), ("new.yaml", "off")):
+        data = raw(CPU)
+        entry = copy.deepcopy(CPU_DIGITS_ENTRY)
+        entry["best"]["config"]["compile"] = value
+        data["tuned"] = [entry]
+        paths.append(tmp_path / name)
+        paths[-1].write_text(yaml.safe_dump(data, sort_keys=False))
+    [model] = compare(paths)["tuned"]
+    assert rows_by_key(model["rows"])["compile"]["values"] == ["off", "off"]
 
 
 def test_a_model_tuned_on_one_profile_only_is_flagged(cpu_tuned: Path) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autotune.errors import ConfigError
-from autotune.config import TUNED_KNOBS
+from autotune.config import TUNED_KNOBS, compile_mode
 from autotune.hardware.nvml import NA
 from autotune.hardware.profile import AMP_DTYPES, HardwareProfile, load_profile
 from autotune.machines.compare_render import _GIB, _MISSING, _is_number, render_json, render_markdown, render_text
@@ -251,11 +251,18 @@ def _tuned_models(entries: list[dict[str, dict[str, Any]]]) -> list[dict[str, An
     return sorted(out, key=lambda m: m["only_one"])  # stable: first-seen order otherwise
 
 
+def _knob(config: dict[str, Any], knob: str) -> Any:
+    """A config's knob as one spelling: a profile written when ``compile`` was a yes/no
+    stores ``false`` where a later one stores "off"."""
+    value = config.get(knob)
+    return compile_mode(value) if knob == "compile" and value is not None else value
+
+
 def _tuned_rows(per_profile: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
     """The best config's knobs, its throughput (with ratios), speedup and peak memory."""
     bests = [(entry or {}).get("best", {}) for entry in per_profile]
     configs = [best.get("config", {}) for best in bests]
-    rows = [_row(knob, knob, None, [c.get(knob) for c in configs]) for knob in TUNED_KNOBS]
+    rows = [_row(knob, knob, None, [_knob(c, knob) for c in configs]) for knob in TUNED_KNOBS]
     figures = (  # key, name, unit, with ratios: only the throughput is compared
         ("throughput_samples_per_s", "throughput", "samples/s", True),
         ("speedup_vs_default", "speedup vs default", "", False),
