@@ -7,7 +7,6 @@ ratios are computed here from the YAML values, not copied from the output.
 from __future__ import annotations
 
 import copy
-
 import json
 import re
 import subprocess
