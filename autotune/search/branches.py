@@ -4,9 +4,9 @@ From one model and optimizer state, each branch trains at its own effective batc
 full run at that batch would (one micro-batch a step where it fits in memory, the
 learning rate scaled by the config's rule, the gradient clipped as the config clips it)
 for the same number of samples, and evaluates the loss on a fixed set of training
-examples as it goes. The samples each branch needs
-for one loss drop, over those the reference batch needs, is the sample cost of the larger
-batch: what goodput's statistical efficiency predicts as eff(reference) / eff(batch).
+examples as it goes. The samples each branch needs for one loss drop, over those the
+reference batch needs, is the sample cost of the larger batch: what goodput's
+statistical efficiency predicts as eff(reference) / eff(batch).
 Samples are counted, not timed, so the measurement holds on a noisy machine.
 """
 
