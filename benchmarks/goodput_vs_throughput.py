@@ -8,11 +8,14 @@ For each model, in one run on this machine:
    takes the picks of an earlier result instead.
 2. Full training runs (the model file's epochs) of three arms, BASE (the model file's own
    config), the throughput pick and the goodput pick, interleaved in rotated order (A B C,
-   B C A, C A B, ...) for ``--repeats`` rounds, each in a fresh process; round ``r`` runs every arm with seed
-   ``r``, so the rounds sample the luck of the initial weights and data order and each
-   round's arms share it. Each run evaluates every ``eval_every`` samples (the least
-   common multiple of the arms' effective batches, so all are checked at the same sample
-   counts, at optimizer-step boundaries).
+   B C A, C A B, ...) for ``--repeats`` rounds, each in a fresh process; round ``r`` runs
+   every arm with seed ``r``, so the rounds sample the luck of the initial weights and data
+   order and each round's arms share it. Each run evaluates every ``eval_every`` samples
+   (the least common multiple of the arms' effective batches, so all are checked at the
+   same sample counts, at optimizer-step boundaries). An arm whose pick trains exactly as
+   an earlier arm's (the same config once torch's default thread count is spelled out) is
+   not run again: it shares that arm's runs, so a pick that is BASE's training compares
+   with BASE at exactly 1, not at the machine's noise between two runs of one config.
 3. Per run and target, the samples until the validation accuracy first reaches it
    (counted) times the run's own seconds per training sample (its whole training time over
    its samples, evaluation off the clock): its time to the target at the run's steady rate,
@@ -126,20 +129,44 @@ def one_model(name: str, early: float, repeats: int, earlier: dict[str, Any] | N
     basis = (tuning["goodput"].get("noise_scale") or {}).get("basis")
     print(f"  {name} goodput basis: {basis}", flush=True)
     eval_every = math.lcm(*(cfg.effective_batch_size for cfg in picks.values()))
+    same = same_runs(picks)
+    distinct = tuple(arm for arm in ARMS if same[arm] == arm)
+    for arm in ARMS:
+        if same[arm] != arm:
+            print(f"  {name} {arm}: trains as {same[arm]} does, so it shares {same[arm]}'s runs", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
     for r in range(repeats):
-        for arm in ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]:  # rotated: no arm always runs first or last
+        for arm in distinct[r % len(distinct):] + distinct[:r % len(distinct)]:  # rotated: none always first or last
             config = {**picks[arm].to_dict(), "seed": r}
             outcome = run_isolated(full_run, {"model_path": model, "config": config, "eval_every": eval_every}, 3600)
             if not outcome.ok:
                 raise SystemExit(f"{name}: the {arm} arm's full run failed: {outcome.reason}")
             runs[arm].append(outcome.value)
+        for arm in ARMS:
+            if same[arm] != arm:
+                runs[arm].append(runs[same[arm]][-1])
     targets = {"early": early,
                "late": LATE * statistics.median(run["final_val_accuracy"] for run in runs["base"])}
     by_target = {label: compare(runs, target) for label, target in targets.items()}
-    return {"targets": targets, "eval_every_samples": eval_every,
+    return {"targets": targets, "eval_every_samples": eval_every, "same_runs": same,
             "picks": {k: v.to_dict() for k, v in picks.items()}, "tuning": tuning, "by_target": by_target,
             "passes": {label: r["passes"] for label, r in by_target.items()}, "runs": runs}
+
+
+def same_runs(picks: dict[str, Any]) -> dict[str, str]:
+    """Each arm's runner: the first arm in ``ARMS`` whose config trains the same, itself if
+    none. ``cpu_threads`` 0 is torch's default thread count, as in every run's process."""
+    import torch
+
+    def training(cfg: Any) -> dict[str, Any]:
+        spelled = cfg.to_dict()
+        spelled["cpu_threads"] = spelled.get("cpu_threads") or torch.get_num_threads()
+        return spelled
+
+    same: dict[str, str] = {}
+    for i, arm in enumerate(ARMS):
+        same[arm] = next((a for a in ARMS[:i] if same[a] == a and training(picks[a]) == training(picks[arm])), arm)
+    return same
 
 
 def compare(runs: dict[str, list[dict[str, Any]]], target: float) -> dict[str, Any]:
@@ -215,6 +242,8 @@ def _rows(name: str, r: dict[str, Any]) -> list[str]:
     fmt = lambda x, spec=".2f": "-" if x is None else format(x, spec)  # noqa: E731
     basis = ((r["tuning"]["goodput"].get("noise_scale") or {}).get("basis") or "").replace("|", "/")
     batches = " / ".join(str(r["picks"][a]["micro_batch_size"] * r["picks"][a]["accumulation_steps"]) for a in ARMS)
+    shared = [f"{a[0].upper()} = {r['same_runs'][a][0].upper()}" for a in ARMS if r.get("same_runs", {}).get(a, a) != a]
+    batches += f" ({', '.join(shared)})" if shared else ""
     rows = []
     for label in TARGETS:
         t = r["by_target"][label]

@@ -176,3 +176,34 @@ def test_model_stats_measure_flops_and_a_noise_scale_in_a_fresh_process():
     check = noise["check"]
     assert check["batches"] == [noise["batch"], 4 * noise["batch"]] and len(check["per_repeat"]) == 3
     assert check["ratios"] is not None or check["reason"]
+
+
+def test_a_pick_leaves_the_reference_batch_only_on_a_lead_larger_than_the_predictions_error():
+    from autotune.search.objective import LEAVE_MARGIN
+    from autotune.search.select import Candidate, at_reference
+
+    scorer = Scorer("goodput", reference_batch=32, b_noise=200.0)
+    assert scorer.lead_needed(32) == 1.0
+    assert scorer.lead_needed(64) == scorer.lead_needed(16) == pytest.approx(1 + LEAVE_MARGIN)
+
+    def run(number, micro, accumulation, level):
+        return Candidate(number, TrainConfig(micro_batch_size=micro, accumulation_steps=accumulation), {},
+                         values=[level], level=level)
+
+    # Effective batch 64 (32 x 2 counts as 64, not as its micro-batch) leads by 1.2x: the
+    # best run at 32 is kept, and the lead passed over is recorded.
+    wide, default, bf16 = run(7, 32, 2, 120.0), run(None, 32, 1, 95.0), run(4, 32, 1, 100.0)
+    picked, kept = at_reference(wide, [wide, default, bf16], scorer)
+    assert picked is bf16
+    assert kept == {"trial": 7, "effective_batch": 64, "reference_batch": 32, "lead": pytest.approx(1.2),
+                    "needed": pytest.approx(1 + LEAVE_MARGIN)}
+    # A lead beyond the margin is picked; so is the best when it is at the reference batch.
+    far = run(8, 128, 1, 140.0)
+    assert at_reference(far, [far, default, bf16], scorer) == (far, None)
+    assert at_reference(bf16, [wide, default, bf16], scorer) == (bf16, None)
+    # No run at the reference batch measured: nothing to keep.
+    assert at_reference(wide, [wide, run(None, 32, 1, 0.0)], scorer) == (wide, None)
+    # Throughput, or goodput that fell back to throughput (no noise scale): the best wins.
+    for plain in (Scorer("throughput", reference_batch=32), Scorer("goodput", reference_batch=32, b_noise=None)):
+        assert plain.lead_needed(64) == 1.0
+        assert at_reference(wide, [wide, default, bf16], plain) == (wide, None)

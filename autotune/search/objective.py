@@ -9,6 +9,13 @@ from the initial weights measured at 4x the reference batch (``search.branches``
 used only when their repeats agree. Otherwise the efficiency is 1 and goodput equals
 throughput, so no pick rests on a coin flip.
 
+The efficiency at any batch but the reference is a prediction, and the pick rests on it
+only where it decides clearly: a config at another effective batch is picked over the best
+one at the reference batch only when its goodput leads by more than ``LEAVE_MARGIN``
+(``Scorer.lead_needed``). The reference batch's samples are worth exactly what the model
+file's own training gets from them; a lead smaller than the prediction's error is no
+reason to train with other dynamics.
+
 Every trial also gets its MFU: FLOPs per sample x samples/s over the profile's measured
 matmul peak for the dtype the config computes in.
 
@@ -33,6 +40,9 @@ from autotune.errors import ConfigError
 OBJECTIVES = ("goodput", "throughput")
 AGREE = 1.3  # each repeat of the check within this factor of their median: the check is readable
 CHECK_FACTOR = 4  # the branched check's large batch over the reference batch
+# The error a predicted sample cost is held to (``benchmarks/batch_efficiency.py``'s goal):
+# goodput at another batch than the reference may be off by this much.
+LEAVE_MARGIN = 0.3
 ATTRS = {"goodput": "goodput_samples_per_s", "throughput": "throughput_samples_per_s"}
 
 
@@ -81,6 +91,15 @@ class Scorer:
             "goodput_samples_per_s": run_tps * eff if run_tps is not None else None,
             "mfu": mfu(tps, self.flops_per_sample, self.peak_tflops.get(peak_key(cfg.amp, cfg.fp32_precision))),
         }
+
+    def lead_needed(self, batch: int) -> float:
+        """The goodput a config at effective batch ``batch`` must reach, over the best config
+        at the reference batch, to be picked: 1 + ``LEAVE_MARGIN`` at another batch when
+        goodput weighs samples by a measured noise scale; 1 (the better one wins) at the
+        reference batch itself, under throughput, or where goodput equals throughput."""
+        if self.objective != "goodput" or self.b_noise is None or batch == self.reference_batch:
+            return 1.0
+        return 1.0 + LEAVE_MARGIN
 
     def value(self, cfg: TrainConfig, measured: dict[str, Any]) -> float | None:
         """The objective's value for one measurement of ``cfg``."""

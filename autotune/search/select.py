@@ -31,6 +31,11 @@ After ``rounds`` rounds, the candidates still within ``margin`` of the leader's 
 (the contenders) are measured for more rounds, in turns, up to ``max_rounds``: two configs
 a few percent apart cannot be told apart by three measurements on a machine whose timings
 vary 10-30% between minutes, and the configs clearly behind cost nothing more.
+
+Under goodput, the best level is the pick only where it trains at the reference batch or
+leads the best run there by more than the objective's margin (``at_reference``): goodput
+at another batch rests on a predicted sample cost, and a lead within that prediction's
+error keeps the reference batch's known training.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from tqdm.auto import tqdm
 
 from autotune.config import TrainConfig
 from autotune.errors import AutotuneError
+from autotune.search.objective import Scorer
 from autotune.search.study import scorer_of
 from autotune.search.trial import TrialBudget, measure
 from autotune.search.worker import run_isolated
@@ -98,6 +104,7 @@ class Selection:
     run_windows: int | None = None  # timing windows of one race run (None: recorded before they were shorter)
     cut: float | None = None  # runs this far behind the best level after ``cut_after`` rounds left the race
     cut_after: int | None = None
+    kept_reference: dict[str, Any] | None = None  # the faster pick at another batch passed over (``at_reference``)
 
     @property
     def trial_number(self) -> int | None:
@@ -128,13 +135,15 @@ class Selection:
         else:
             picked = next(c for c in candidates if c.trial_number == data["picked"])
         return cls(picked, candidates, default, data["objective"], data.get("rounds", 2), data.get("max_rounds", 2),
-                   data.get("margin", 0.0), data.get("keep"), data.get("run_windows"), data.get("cut"), data.get("cut_after"))
+                   data.get("margin", 0.0), data.get("keep"), data.get("run_windows"), data.get("cut"), data.get("cut_after"),
+                   data.get("kept_reference"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "picked": self.picked.trial_number, "picked_default": self.picked is self.default,
                 "candidates": [c.to_dict() for c in self.candidates], "default": self.default.to_dict(),
                 "rounds": self.rounds, "max_rounds": self.max_rounds, "margin": self.margin, "keep": self.keep,
-                "run_windows": self.run_windows, "cut": self.cut, "cut_after": self.cut_after}
+                "run_windows": self.run_windows, "cut": self.cut, "cut_after": self.cut_after,
+                "kept_reference": self.kept_reference}
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -343,11 +352,29 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 4
     adjust(runs)
     # The default competes too: when no tuned config beats it side by side, it is kept.
     measured = [c for c in going if c.values] or [c for c in runs if c.values] or candidates[:1]
-    picked = max(measured, key=lambda c: c.level or 0.0)
+    picked, passed_over = at_reference(max(measured, key=lambda c: c.level or 0.0), [c for c in runs if c.values], scorer)
     selection = Selection(picked, candidates, default, scorer.objective, rounds, max(rounds, max_rounds), margin,
-                          keep if halving else None, run_budget.windows, cut, cut_after)
+                          keep if halving else None, run_budget.windows, cut, cut_after, passed_over)
     study_data.put(study, "remeasured", selection.to_dict())
     return selection
+
+
+def at_reference(best: Candidate, runs: list[Candidate], scorer: Scorer) -> tuple[Candidate, dict[str, Any] | None]:
+    """The pick: ``best`` (the best level), unless it trains at another effective batch than
+    the scorer's reference and leads the best of ``runs`` at the reference batch by less
+    than ``scorer.lead_needed`` asks; then that one, with a record of the lead passed over.
+    Goodput at another batch rests on a predicted sample cost, the reference batch's on
+    none."""
+    need = scorer.lead_needed(best.config.effective_batch_size)
+    home = [c for c in runs if c.config.effective_batch_size == scorer.reference_batch and c.level]
+    if need <= 1.0 or not home or not best.level:
+        return best, None
+    closest = max(home, key=lambda c: c.level or 0.0)
+    lead = best.level / closest.level  # type: ignore[operator]
+    if lead >= need:
+        return best, None
+    return closest, {"trial": best.trial_number, "effective_batch": best.config.effective_batch_size,
+                     "reference_batch": scorer.reference_batch, "lead": lead, "needed": need}
 
 
 def throughput_pick(study: optuna.Study) -> dict[str, Any] | None:

@@ -264,6 +264,11 @@ def select_and_save(task: Task, profile: HardwareProfile, study: Any, space: Sea
         log("autotune: the study was complete; using its earlier selection")
     else:
         selection = select(study, task, budget.trial, progress=opts.progress)
+        kept = selection.kept_reference
+        if kept:
+            log(f"autotune: kept the reference batch {kept['reference_batch']}: the best at effective batch "
+                f"{kept['effective_batch']} led it by {kept['lead']:.2f}x goodput, under the {kept['needed']:.2f}x "
+                f"a pick at another batch needs")
     # The final run's length is this command's (--epochs, as `autotune finalize` may give
     # it), not the one the trials were queued with.
     selection.picked.config = dataclasses.replace(selection.picked.config, epochs=task.base.epochs)
