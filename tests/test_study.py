@@ -89,6 +89,15 @@ def test_default_config_is_queued_first_only_in_a_new_study(tiny_task, tmp_path)
     assert not enqueue_default(study, space)
 
 
+def test_the_default_trains_at_the_model_files_batch_where_the_space_holds_it():
+    from autotune.search.study import default_knobs
+
+    space = parse_space({"name": "t", "params": {"micro_batch_size": {"choices": [8, 16, 32]}}}, source="test space")
+    assert default_knobs(space, 16)["micro_batch_size"] == 16
+    assert default_knobs(space, 64)["micro_batch_size"] == 32  # not in the space: TrainConfig's default
+    assert default_knobs(space)["micro_batch_size"] == 32
+
+
 def _abandon(trial) -> None:
     """Make ``trial`` look like one whose tuner, on this machine, was killed."""
     import subprocess
@@ -366,8 +375,9 @@ def test_the_default_trial_with_its_thread_count_spelled_out_is_the_races_defaul
     from autotune.config import TrainConfig
     from autotune.search.select import Candidate, default_run
 
-    plain = TrainConfig.from_base(tiny_task.base)
-    spelled = TrainConfig.from_base(tiny_task.base, cpu_threads=2)  # how the study's default trial ran it
+    batch = tiny_task.base.batch_size  # the default trains at the model file's batch
+    plain = TrainConfig.from_base(tiny_task.base, micro_batch_size=batch)
+    spelled = TrainConfig.from_base(tiny_task.base, micro_batch_size=batch, cpu_threads=2)  # as the default trial ran it
     other = TrainConfig.from_base(tiny_task.base, cpu_threads=2, micro_batch_size=16)
     study = optuna.create_study(direction="maximize")
     for cfg, role in ((spelled, "default"), (other, "screening")):

@@ -29,7 +29,7 @@ from autotune.model.task import Task
 STEPS = 24  # optimizer steps of the largest branch
 EVALS = 12  # evaluations per branch, evenly spaced in samples
 EVAL_SAMPLES = 512  # training examples evaluated at each point
-FRACTION = 0.5  # the loss drop timed: half the smallest drop any branch made, where curves are steep, not flat
+FRACTION = 0.75  # the loss drop timed, of the smallest any branch made: deep in the window, short of its flat end
 MIN_DROP = 0.01  # below this fraction of the starting loss, no drop is readable
 READABLE = 0.25  # the smallest drop, as a fraction of the starting loss, that a window must show
 MAX_WINDOWS = 3  # windows tried, each twice the last: ``steps``, 2x and 4x

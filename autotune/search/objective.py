@@ -10,11 +10,10 @@ used only when their repeats agree. Otherwise the efficiency is 1 and goodput eq
 throughput, so no pick rests on a coin flip.
 
 The efficiency at any batch but the reference is a prediction, and the pick rests on it
-only where it decides clearly: a config at another effective batch is picked over the best
-one at the reference batch only when its goodput leads by more than ``LEAVE_MARGIN``
-(``Scorer.lead_needed``). The reference batch's samples are worth exactly what the model
-file's own training gets from them; a lead smaller than the prediction's error is no
-reason to train with other dynamics.
+only where it is safe: a config at another effective batch is picked only when its goodput
+leads the default's by more than ``LEAVE_MARGIN`` (``Scorer.lead_needed``), so it would
+beat the default even with samples costing that much more than predicted. The reference
+batch's samples are worth exactly what the model file's own training gets from them.
 
 Every trial also gets its MFU: FLOPs per sample x samples/s over the profile's measured
 matmul peak for the dtype the config computes in.
@@ -93,10 +92,10 @@ class Scorer:
         }
 
     def lead_needed(self, batch: int) -> float:
-        """The goodput a config at effective batch ``batch`` must reach, over the best config
-        at the reference batch, to be picked: 1 + ``LEAVE_MARGIN`` at another batch when
-        goodput weighs samples by a measured noise scale; 1 (the better one wins) at the
-        reference batch itself, under throughput, or where goodput equals throughput."""
+        """The goodput a config at effective batch ``batch`` must reach, over the default's,
+        to be picked: 1 + ``LEAVE_MARGIN`` at another batch when goodput weighs samples by
+        a measured noise scale; 1 at the reference batch itself, under throughput, or where
+        goodput equals throughput."""
         if self.objective != "goodput" or self.b_noise is None or batch == self.reference_batch:
             return 1.0
         return 1.0 + LEAVE_MARGIN

@@ -32,10 +32,11 @@ After ``rounds`` rounds, the candidates still within ``margin`` of the leader's 
 a few percent apart cannot be told apart by three measurements on a machine whose timings
 vary 10-30% between minutes, and the configs clearly behind cost nothing more.
 
-Under goodput, the best level is the pick only where it trains at the reference batch or
-leads the best run there by more than the objective's margin (``at_reference``): goodput
-at another batch rests on a predicted sample cost, and a lead within that prediction's
-error keeps the reference batch's known training.
+Under goodput, a config at another effective batch than the reference (the model file's
+``BASE`` batch) is picked only where it would beat the default even if its samples cost
+the objective's margin more than predicted (``at_reference``): its goodput rests on a
+predicted sample cost, the reference batch's on none. Among the configs that clear that
+bar, and those at the reference batch, the best level wins.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ def default_run(study: optuna.Study, task: Task, candidates: list[Candidate]) ->
     The study's default trial spells out torch's thread count where the model file's BASE
     leaves it at 0, so both spellings are the default: racing them as two configs would
     measure one config twice a round."""
-    plain = TrainConfig.from_base(task.base)
+    plain = TrainConfig.from_base(task.base, micro_batch_size=task.base.batch_size)
     spelled = default_configs(study)
     return next((c for c in candidates if c.config == plain or c.config in spelled), None) or Candidate(None, plain, {})
 
@@ -352,29 +353,39 @@ def select(study: optuna.Study, task: Task, budget: TrialBudget, rounds: int = 4
     adjust(runs)
     # The default competes too: when no tuned config beats it side by side, it is kept.
     measured = [c for c in going if c.values] or [c for c in runs if c.values] or candidates[:1]
-    picked, passed_over = at_reference(max(measured, key=lambda c: c.level or 0.0), [c for c in runs if c.values], scorer)
+    picked, passed_over = at_reference(measured, default, scorer)
     selection = Selection(picked, candidates, default, scorer.objective, rounds, max(rounds, max_rounds), margin,
                           keep if halving else None, run_budget.windows, cut, cut_after, passed_over)
     study_data.put(study, "remeasured", selection.to_dict())
     return selection
 
 
-def at_reference(best: Candidate, runs: list[Candidate], scorer: Scorer) -> tuple[Candidate, dict[str, Any] | None]:
-    """The pick: ``best`` (the best level), unless it trains at another effective batch than
-    the scorer's reference and leads the best of ``runs`` at the reference batch by less
-    than ``scorer.lead_needed`` asks; then that one, with a record of the lead passed over.
-    Goodput at another batch rests on a predicted sample cost, the reference batch's on
-    none."""
-    need = scorer.lead_needed(best.config.effective_batch_size)
-    home = [c for c in runs if c.config.effective_batch_size == scorer.reference_batch and c.level]
-    if need <= 1.0 or not home or not best.level:
+def at_reference(runs: list[Candidate], default: Candidate, scorer: Scorer) -> tuple[Candidate, dict[str, Any] | None]:
+    """The pick among ``runs``: the best level of those that are safe, with a record of the
+    best one passed over (None when the best is safe).
+
+    A run at the scorer's reference batch is safe: its goodput is measured throughput. A
+    run at another effective batch is safe when its level is at least
+    ``scorer.lead_needed`` times the default's: even with its samples costing that much
+    more than the efficiency curve predicts, it would beat the default. (Where the default
+    has no level, the best run at the reference batch stands in for it; where there is
+    none either, the best level wins.)"""
+    measured = [c for c in runs if c.level]
+    best = max(measured or runs, key=lambda c: c.level or 0.0)
+    home = [c for c in measured if c.config.effective_batch_size == scorer.reference_batch]
+    base = default if default.level else max(home, key=lambda c: c.level or 0.0, default=None)
+    if base is None:
         return best, None
-    closest = max(home, key=lambda c: c.level or 0.0)
-    lead = best.level / closest.level  # type: ignore[operator]
-    if lead >= need:
+
+    def safe(c: Candidate) -> bool:
+        return c.level >= scorer.lead_needed(c.config.effective_batch_size) * base.level  # type: ignore[operator]
+
+    if safe(best):
         return best, None
-    return closest, {"trial": best.trial_number, "effective_batch": best.config.effective_batch_size,
-                     "reference_batch": scorer.reference_batch, "lead": lead, "needed": need}
+    picked = max([c for c in measured if safe(c)] or [base], key=lambda c: c.level or 0.0)
+    return picked, {"trial": best.trial_number, "effective_batch": best.config.effective_batch_size,
+                    "reference_batch": scorer.reference_batch, "lead": best.level / base.level,  # type: ignore[operator]
+                    "needed": scorer.lead_needed(best.config.effective_batch_size)}
 
 
 def throughput_pick(study: optuna.Study) -> dict[str, Any] | None:

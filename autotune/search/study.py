@@ -76,10 +76,14 @@ def _scorer_in(study_attrs: dict[str, Any]) -> Scorer:
     return Scorer.from_dict(study_attrs.get("scorer") or {"objective": "throughput"})
 
 
-def default_knobs(space: SearchSpace) -> dict[str, Any]:
-    """The untuned reference config's values of the searched knobs."""
+def default_knobs(space: SearchSpace, batch: int | None = None) -> dict[str, Any]:
+    """The untuned reference config's values of the searched knobs: micro-batch ``batch``
+    (the model file's ``BASE`` batch, which goodput counts samples in) where the space holds
+    it, else ``TrainConfig``'s; every other knob at ``TrainConfig``'s default."""
     default = TrainConfig()
     knobs = {name: getattr(default, name) for name in space.searched()}
+    if batch and "micro_batch_size" in knobs and space.contains({**knobs, "micro_batch_size": batch}):
+        knobs["micro_batch_size"] = batch
     if knobs.get("cpu_threads") == 0:  # 0 is torch's default: the count torch picks here
         knobs["cpu_threads"] = torch.get_num_threads()
         choices = space.params["cpu_threads"].choices or []
@@ -89,12 +93,13 @@ def default_knobs(space: SearchSpace) -> dict[str, Any]:
     return knobs
 
 
-def enqueue_default(study: optuna.Study, space: SearchSpace, screening: bool = False) -> bool:
-    """Queue the untuned reference config (batch 32, fp32, no workers) as the first trial,
-    and with ``screening`` the one-factor-at-a-time trials around it (``screen``)."""
+def enqueue_default(study: optuna.Study, space: SearchSpace, screening: bool = False, batch: int | None = None) -> bool:
+    """Queue the untuned reference config (micro-batch ``batch``, the model file's, fp32, no
+    workers: ``default_knobs``) as the first trial, and with ``screening`` the
+    one-factor-at-a-time trials around it (``screen``)."""
     if study.trials:
         return False
-    knobs = default_knobs(space)
+    knobs = default_knobs(space, batch)
     if not space.contains(knobs):
         return False
     study.enqueue_trial(knobs, user_attrs={"role": "default"})

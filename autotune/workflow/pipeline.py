@@ -231,7 +231,7 @@ def setup_study(model_path: str | Path, opts: RunOptions, log: Any = print, plan
         warm = _warm_plan(space, profile, task, opts)
         # A warm start seeds the study with another machine's best; a cold one screens
         # every knob's choices first (search/screen.py).
-        enqueue_default(study, space, screening=warm is None)
+        enqueue_default(study, space, screening=warm is None, batch=task.base.batch_size)
         if warm is not None:
             n = warmstart.apply(study, warm)
             log(f"autotune: warm start: {n} config(s) from {warm['source_fingerprint']} "
@@ -266,9 +266,9 @@ def select_and_save(task: Task, profile: HardwareProfile, study: Any, space: Sea
         selection = select(study, task, budget.trial, progress=opts.progress)
         kept = selection.kept_reference
         if kept:
-            log(f"autotune: kept the reference batch {kept['reference_batch']}: the best at effective batch "
-                f"{kept['effective_batch']} led it by {kept['lead']:.2f}x goodput, under the {kept['needed']:.2f}x "
-                f"a pick at another batch needs")
+            log(f"autotune: passed over trial {kept['trial']} at effective batch {kept['effective_batch']}: it led the "
+                f"default by {kept['lead']:.2f}x goodput, under the {kept['needed']:.2f}x a pick at another batch than "
+                f"the reference {kept['reference_batch']} needs")
     # The final run's length is this command's (--epochs, as `autotune finalize` may give
     # it), not the one the trials were queued with.
     selection.picked.config = dataclasses.replace(selection.picked.config, epochs=task.base.epochs)
