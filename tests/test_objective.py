@@ -214,3 +214,22 @@ def test_a_pick_at_another_batch_must_beat_the_default_even_if_its_samples_cost_
     for plain in (Scorer("throughput", reference_batch=32), Scorer("goodput", reference_batch=32, b_noise=None)):
         assert plain.lead_needed(64) == 1.0
         assert at_reference([wide, bf16, default], default, plain) == (wide, None)
+
+
+def test_the_pick_is_compared_with_the_default_as_the_race_compared_them():
+    from autotune.search.select import Candidate, Selection
+
+    # Rounds ran at 1.2x, 1x and 0.8x the machine's speed; the pick's run in the fast round
+    # failed. By plain medians the pick reads 0.95x the default; with each round's speed
+    # taken out it is the 1.05x it was measured at.
+    default = Candidate(None, TrainConfig(), {}, values=[120.0, 100.0, 80.0], throughputs=[120.0, 100.0, 80.0],
+                        rounds=[0, 1, 2])
+    pick = Candidate(3, TrainConfig(amp="bf16"), {}, values=[105.0, 84.0], throughputs=[105.0, 84.0], rounds=[1, 2])
+    other = Candidate(5, TrainConfig(micro_batch_size=64), {}, values=[108.0, 90.0, 72.0],
+                      throughputs=[108.0, 90.0, 72.0], rounds=[0, 1, 2])
+    sel = Selection(pick, [pick, other], default, "throughput")
+    assert pick.median() / default.median() == pytest.approx(0.945)
+    speed, level = sel.over_default()
+    assert speed == pytest.approx(1.05) and level == pytest.approx(1.05)
+    assert Selection(default, [pick, other], default, "throughput").over_default() == (1.0, 1.0)
+    assert Selection(pick, [pick], Candidate(None, TrainConfig(), {}), "throughput").over_default() == (None, None)

@@ -402,6 +402,7 @@ def _tuned_config(task: Task, space: SearchSpace, profile: HardwareProfile, stud
     tuned_tps, default_tps = sel.picked.median_throughput(), sel.default.median_throughput()
     scores = scorer.score(sel.config, {"throughput_samples_per_s": tuned_tps})
     default_scores = scorer.score(sel.default.config, {"throughput_samples_per_s": default_tps})
+    speedup, objective_ratio = sel.over_default()
     measured = {
         "objective": sel.objective,
         "throughput_samples_per_s": tuned_tps,
@@ -410,8 +411,10 @@ def _tuned_config(task: Task, space: SearchSpace, profile: HardwareProfile, stud
         "mfu": scores["mfu"],
         "remeasured_samples_per_s": sel.picked.throughputs,
         "default_throughput_samples_per_s": default_tps,
-        "speedup_vs_default": _ratio(tuned_tps, default_tps),
-        "goodput_vs_default": _ratio(scores["goodput_samples_per_s"], default_scores["goodput_samples_per_s"]),
+        # Round-adjusted, as the race compared them (``Selection.over_default``).
+        "speedup_vs_default": speedup if speedup is not None else _ratio(tuned_tps, default_tps),
+        "goodput_vs_default": (objective_ratio if sel.objective == "goodput" and objective_ratio is not None else
+                               _ratio(scores["goodput_samples_per_s"], default_scores["goodput_samples_per_s"])),
         "gradient_noise_scale": scorer.b_noise,
         "noise_scale": {**scorer.noise, "used": scorer.b_noise, "basis": scorer.basis,
                         "throughput_pick": throughput_pick(study)} if scorer.objective == "goodput" else None,
