@@ -72,11 +72,11 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
                       f"({knobs_text(alone['config'])}, {alone['samples_per_s']:,.0f} samples/s).")
         elif alone:
             outro += " Throughput alone would have picked the same config."
-    kept = sel.get("kept_reference")
-    if kept:
-        outro += (f" Trial {kept['trial']} had the best level, at effective batch {kept['effective_batch']}, but led the "
-                  f"default by {kept['lead']:.2f}x, less than the {kept['needed']:.2f}x a pick at another batch than "
-                  f"the reference {kept['reference_batch']} needs (its goodput rests on a predicted sample cost, and "
+    over = sel.get("passed_over")
+    if over:
+        outro += (f" Trial {over['trial']} had the best level, at effective batch {over['effective_batch']}, but led the "
+                  f"default by {over['lead']:.2f}x, less than the {over['needed']:.2f}x a pick at another batch than "
+                  f"the reference {over['reference_batch']} needs (its goodput rests on a predicted sample cost, and "
                   f"must beat the default even if that is off by the margin): it was passed over.")
     header = ["config", "knobs", f"trial {objective}", f"{objective}, round-adjusted", "runs"]
     return Table(intro, header, rows, outro)

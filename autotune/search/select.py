@@ -105,7 +105,7 @@ class Selection:
     run_windows: int | None = None  # timing windows of one race run (None: recorded before they were shorter)
     cut: float | None = None  # runs this far behind the best level after ``cut_after`` rounds left the race
     cut_after: int | None = None
-    kept_reference: dict[str, Any] | None = None  # the faster pick at another batch passed over (``at_reference``)
+    passed_over: dict[str, Any] | None = None  # the best level, at another batch, not safe enough to pick (``at_reference``)
 
     @property
     def trial_number(self) -> int | None:
@@ -119,7 +119,7 @@ class Selection:
         runs = self.candidates + ([self.default] if self.default not in self.candidates else [])
         speeds = levels([dict(zip(c.rounds or range(len(c.throughputs)), c.throughputs)) for c in runs])
         objective = levels([c.by_round() for c in runs])
-        i, j = runs.index(self.picked), runs.index(self.default)
+        i, j = (next(k for k, c in enumerate(runs) if c is one) for one in (self.picked, self.default))
         return (speeds[i] / speeds[j] if speeds[i] and speeds[j] else None,  # type: ignore[operator]
                 objective[i] / objective[j] if objective[i] and objective[j] else None)  # type: ignore[operator]
 
@@ -149,14 +149,14 @@ class Selection:
             picked = next(c for c in candidates if c.trial_number == data["picked"])
         return cls(picked, candidates, default, data["objective"], data.get("rounds", 2), data.get("max_rounds", 2),
                    data.get("margin", 0.0), data.get("keep"), data.get("run_windows"), data.get("cut"), data.get("cut_after"),
-                   data.get("kept_reference"))
+                   data.get("passed_over"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "picked": self.picked.trial_number, "picked_default": self.picked is self.default,
                 "candidates": [c.to_dict() for c in self.candidates], "default": self.default.to_dict(),
                 "rounds": self.rounds, "max_rounds": self.max_rounds, "margin": self.margin, "keep": self.keep,
                 "run_windows": self.run_windows, "cut": self.cut, "cut_after": self.cut_after,
-                "kept_reference": self.kept_reference}
+                "passed_over": self.passed_over}
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

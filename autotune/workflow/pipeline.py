@@ -264,11 +264,11 @@ def select_and_save(task: Task, profile: HardwareProfile, study: Any, space: Sea
         log("autotune: the study was complete; using its earlier selection")
     else:
         selection = select(study, task, budget.trial, progress=opts.progress)
-        kept = selection.kept_reference
-        if kept:
-            log(f"autotune: passed over trial {kept['trial']} at effective batch {kept['effective_batch']}: it led the "
-                f"default by {kept['lead']:.2f}x goodput, under the {kept['needed']:.2f}x a pick at another batch than "
-                f"the reference {kept['reference_batch']} needs")
+        over = selection.passed_over
+        if over:
+            log(f"autotune: passed over trial {over['trial']} at effective batch {over['effective_batch']}: it led the "
+                f"default by {over['lead']:.2f}x goodput, under the {over['needed']:.2f}x a pick at another batch than "
+                f"the reference {over['reference_batch']} needs")
     # The final run's length is this command's (--epochs, as `autotune finalize` may give
     # it), not the one the trials were queued with.
     selection.picked.config = dataclasses.replace(selection.picked.config, epochs=task.base.epochs)
