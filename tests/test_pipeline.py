@@ -55,7 +55,8 @@ def test_run_writes_everything_and_a_second_run_resumes(tiny_model_file, tmp_pat
     # amp is searched only where the profile found bf16 faster than fp32 (a CPU with
     # AVX-512 BF16); elsewhere the gate leaves it at off, and it is no parameter.
     amp = {} if "bf16" in tuned.provenance["search_space"]["gated"].get("amp", {}) else {"amp": "off"}
-    assert first[0][0] == {"micro_batch_size": 32, "accumulation_steps": 2 // 2, **amp}
+    # The default trial trains at the model file's BASE batch (8), which the space holds.
+    assert first[0][0] == {"micro_batch_size": 8, "accumulation_steps": 2 // 2, **amp}
     assert _study(out).trials[0].user_attrs["role"] == "default"
 
     report = json.loads((out / "report.json").read_text())
