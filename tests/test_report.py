@@ -54,6 +54,10 @@ def test_the_selection_table_names_the_other_knobs_too():
     assert "| trial 3 **picked** | 64 x 1, amp off, workers 0, cpu_threads 2 | 900 | 880 | 870, 890 |" in text
     assert "passed over" not in text
 
+    data["selection"]["noise_scale"] = {"estimate": 84.0, "low": 58.0, "high": 121.0, "method": "groups",
+                                         "method_fallback_reason": "RuntimeError: in-place operation", "basis": "b"}
+    assert ("Gradient noise scale 84 (95% interval [58, 121]; from group gradient norms, since per-example gradients "
+            "failed (RuntimeError: in-place operation); reported, not used).") in render_markdown(data)
     data["selection"]["passed_over"] = {"trial": 5, "effective_batch": 128, "reference_batch": 32, "lead": 1.12,
                                            "needed": 1.3}
     assert ("Trial 5 had the best level, at effective batch 128, but led the default by 1.12x, less than the 1.30x "

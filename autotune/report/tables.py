@@ -61,8 +61,10 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
             span = (f"95% interval [{noise['low']:,.0f}, {noise['high']:,.0f}]" if noise.get("low") and noise.get("high")
                     else "no bounded interval")
             how = "per-example" if noise.get("method") == "per-example" else "group"
+            why = noise.get("method_fallback_reason") if how == "group" else None
             outro += (f" Gradient noise scale {noise['estimate']:,.0f} ({span}; from {how} gradient norms"
-                      f"{', Adam-preconditioned' if noise.get('preconditioned') else ''}; reported, not used).")
+                      f"{', Adam-preconditioned' if noise.get('preconditioned') else ''}"
+                      f"{f', since per-example gradients failed ({why})' if why else ''}; reported, not used).")
         outro += f" Statistical efficiency: {noise['basis']}."
         alone = noise.get("throughput_pick")
         picked = next((c["config"] for c in [*(sel.get("candidates") or []), sel.get("default") or {}]

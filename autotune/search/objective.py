@@ -124,7 +124,8 @@ def noise_summary(noise: dict[str, Any] | None) -> dict[str, Any]:
     interval, how it was measured, and the check's batches and ratios (not its curves)."""
     if not noise:
         return {}
-    keep = ("estimate", "low", "high", "method", "preconditioned", "observations", "steps_before", "run_fraction")
+    keep = ("estimate", "low", "high", "method", "method_fallback_reason", "preconditioned", "observations",
+            "steps_before", "run_fraction")
     summary = {k: noise.get(k) for k in keep}
     check = noise.get("check")
     if check:
