@@ -217,7 +217,7 @@ def test_a_pick_at_another_batch_must_beat_the_default_even_if_its_samples_cost_
 
 
 def test_the_pick_is_compared_with_the_default_as_the_race_compared_them():
-    from autotune.search.select import Candidate, Selection
+    from autotune.search.select import Candidate, Selection, adjust
 
     # Rounds ran at 1.2x, 1x and 0.8x the machine's speed; the pick's run in the fast round
     # failed. By plain medians the pick reads 0.95x the default; with each round's speed
@@ -227,6 +227,7 @@ def test_the_pick_is_compared_with_the_default_as_the_race_compared_them():
     pick = Candidate(3, TrainConfig(amp="bf16"), {}, values=[105.0, 84.0], throughputs=[105.0, 84.0], rounds=[1, 2])
     other = Candidate(5, TrainConfig(micro_batch_size=64), {}, values=[108.0, 90.0, 72.0],
                       throughputs=[108.0, 90.0, 72.0], rounds=[0, 1, 2])
+    adjust([pick, other, default])  # the race's levels, as ``select`` leaves them
     sel = Selection(pick, [pick, other], default, "throughput")
     assert pick.median() / default.median() == pytest.approx(0.945)
     speed, level = sel.over_default()

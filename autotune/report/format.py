@@ -215,6 +215,15 @@ def summary_card(data: dict[str, Any]) -> list[tuple[str, str]] | None:
     return rows
 
 
+def passed_over_text(over: dict[str, Any]) -> str:
+    """Why the race's best level was not the pick (``Selection.passed_over``), as a clause
+    for the run's log and the report's selection section."""
+    return (f"trial {over['trial']} had the best level, at effective batch {over['effective_batch']}, but led the "
+            f"default by {over['lead']:.2f}x, less than the {over['needed']:.2f}x a pick at another batch than the "
+            f"reference {over['reference_batch']} needs (its goodput rests on a predicted sample cost, and must beat "
+            f"the default even if that is off by the margin): it was passed over")
+
+
 def flops_text(flops: float) -> str:
     """FLOPs in the unit that fits their size: "850 FLOP", "12.5 KFLOP", "10.7 MFLOP", "3.2 GFLOP"."""
     for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("KFLOP", 1e3)):

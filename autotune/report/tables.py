@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from autotune.report.analysis import pareto_front, trial_points
-from autotune.report.format import fmt, knobs_text, pct, ratio
+from autotune.report.format import fmt, knobs_text, passed_over_text, pct, ratio
 
 
 class Table(NamedTuple):
@@ -76,10 +76,8 @@ def selection_table(sel: dict[str, Any]) -> Table | None:
             outro += " Throughput alone would have picked the same config."
     over = sel.get("passed_over")
     if over:
-        outro += (f" Trial {over['trial']} had the best level, at effective batch {over['effective_batch']}, but led the "
-                  f"default by {over['lead']:.2f}x, less than the {over['needed']:.2f}x a pick at another batch than "
-                  f"the reference {over['reference_batch']} needs (its goodput rests on a predicted sample cost, and "
-                  f"must beat the default even if that is off by the margin): it was passed over.")
+        text = passed_over_text(over)
+        outro += f" {text[:1].upper()}{text[1:]}."
     header = ["config", "knobs", f"trial {objective}", f"{objective}, round-adjusted", "runs"]
     return Table(intro, header, rows, outro)
 

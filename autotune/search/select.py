@@ -113,15 +113,14 @@ class Selection:
 
     def over_default(self) -> tuple[float | None, float | None]:
         """The pick's samples/s and objective over the default's, each round's machine speed
-        taken out (``levels``): the comparison the race picked on, so a pick that won it
-        does not read as slower than the default by the plain medians of a few runs. None
-        where either was not measured."""
+        taken out (``levels``; the objective's are the runs' ``level``): the comparison the
+        race picked on, so a pick that won it does not read as slower than the default by
+        the plain medians of a few runs. None where either was not measured."""
         runs = self.candidates + ([self.default] if self.default not in self.candidates else [])
         speeds = levels([dict(zip(c.rounds or range(len(c.throughputs)), c.throughputs)) for c in runs])
-        objective = levels([c.by_round() for c in runs])
         i, j = (next(k for k, c in enumerate(runs) if c is one) for one in (self.picked, self.default))
-        return (speeds[i] / speeds[j] if speeds[i] and speeds[j] else None,  # type: ignore[operator]
-                objective[i] / objective[j] if objective[i] and objective[j] else None)  # type: ignore[operator]
+        a, b = self.picked.level, self.default.level
+        return speeds[i] / speeds[j] if speeds[i] and speeds[j] else None, a / b if a and b else None  # type: ignore[operator]
 
     @property
     def config(self) -> TrainConfig:

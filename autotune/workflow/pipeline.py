@@ -22,7 +22,7 @@ from autotune.workflow.final import WEIGHTS_FILE, FinalOptions, final_run
 from autotune.hardware import HardwareProfile, collect_profile
 from autotune.workflow import parallel
 from autotune.machines import results
-from autotune.report.format import flops_text
+from autotune.report.format import flops_text, passed_over_text
 from autotune.report import write_report
 from autotune.search import (
     Facts,
@@ -264,11 +264,8 @@ def select_and_save(task: Task, profile: HardwareProfile, study: Any, space: Sea
         log("autotune: the study was complete; using its earlier selection")
     else:
         selection = select(study, task, budget.trial, progress=opts.progress)
-        over = selection.passed_over
-        if over:
-            log(f"autotune: passed over trial {over['trial']} at effective batch {over['effective_batch']}: it led the "
-                f"default by {over['lead']:.2f}x goodput, under the {over['needed']:.2f}x a pick at another batch than "
-                f"the reference {over['reference_batch']} needs")
+        if selection.passed_over:
+            log(f"autotune: {passed_over_text(selection.passed_over)}")
     # The final run's length is this command's (--epochs, as `autotune finalize` may give
     # it), not the one the trials were queued with.
     selection.picked.config = dataclasses.replace(selection.picked.config, epochs=task.base.epochs)
