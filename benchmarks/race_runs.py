@@ -44,7 +44,7 @@ def main() -> None:
 
     from autotune.config import TrainConfig
     from autotune.search import worker
-    from autotune.search.select import rotated
+    from autotune.search.race import rotated
     from autotune.search.trial import TrialBudget, measure
     from autotune.search.worker import run_isolated
     from autotune.model.task import load_task

@@ -1,5 +1,5 @@
 """Does a whole round of the selection's re-measurements run fast or slow together, and do
-round-adjusted levels (``select.levels``) rank configs more consistently than medians?
+round-adjusted levels (``race.levels``) rank configs more consistently than medians?
 
 Measures a few configs of one model in turns (A B C D, B C D A, ...) for ``--rounds``
 rounds, each run a fresh trial process as the selection runs it. Then:
@@ -42,7 +42,7 @@ CONFIGS = {
 
 def measure_rounds(model: str, configs: dict[str, dict[str, Any]], rounds: int) -> list[dict[str, Any]]:
     from autotune.config import TrainConfig
-    from autotune.search.select import rotated
+    from autotune.search.race import rotated
     from autotune.search.trial import TrialBudget, measure
     from autotune.search.worker import preload_for, run_isolated
     from autotune.model.task import load_task
@@ -65,7 +65,7 @@ def measure_rounds(model: str, configs: dict[str, dict[str, Any]], rounds: int) 
 
 def estimates(values: dict[tuple[int, str], float], names: list[str], rounds: list[int], how: str) -> dict[str, float]:
     """Each config relative to the first, from the given rounds, by plain medians or levels."""
-    from autotune.search.select import levels
+    from autotune.search.race import levels
 
     if how == "median":
         est = {n: statistics.median(values[(r, n)] for r in rounds if (r, n) in values) for n in names}

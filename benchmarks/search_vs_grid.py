@@ -12,7 +12,7 @@ For each model, in one run on this machine:
 3. side by side: the default config (batch 32, fp32, no workers), both tuned picks and the
    grid's best by goodput and by throughput, re-measured in turns (A B C D E, B C D E A,
    ...) for ``--rounds`` rounds. The ratios in the table are of the configs' levels with
-   each round's machine speed taken out (``select.levels``, as the tuner's own selection
+   each round's machine speed taken out (``race.levels``, as the tuner's own selection
    compares its candidates): on this shared machine the runs of one round tend to be fast
    or slow together, which a ratio of plain medians takes for a difference between configs.
    Each ratio comes with a 90% interval from resampling the rounds, and the ratio of
@@ -112,8 +112,8 @@ def side_by_side(task: Any, entries: dict[str, Any], scorer: Any, rounds: int) -
     """Re-measure each distinct config of ``entries`` in turns, each round starting one
     further along (A B C, B C A, ...) so that no config always follows the same one.
     Per config: its measurements by round, their medians and their round-adjusted levels
-    (``select.levels``) in throughput and goodput."""
-    from autotune.search.select import levels, rotated
+    (``race.levels``) in throughput and goodput."""
+    from autotune.search.race import levels, rotated
 
     distinct: list[Any] = []
     for cfg in entries.values():
@@ -153,7 +153,7 @@ def compare(again: dict[str, dict[str, Any]], a: str, b: str, key: str, resample
     """``a``'s level over ``b``'s in ``key`` (goodput or throughput) from the side-by-side,
     with a 90% interval from resampling its rounds (each draw refits the levels of every
     config measured), and the ratio of plain medians beside it."""
-    from autotune.search.select import levels
+    from autotune.search.race import levels
 
     x, y = again[a], again[b]
     plain = x[f"{key}_samples_per_s"] / y[f"{key}_samples_per_s"]

@@ -180,7 +180,8 @@ def test_model_stats_measure_flops_and_a_noise_scale_in_a_fresh_process():
 
 def test_a_pick_at_another_batch_must_beat_the_default_even_if_its_samples_cost_the_margin_more():
     from autotune.search.objective import LEAVE_MARGIN
-    from autotune.search.select import Candidate, at_reference
+    from autotune.search.race import Candidate
+    from autotune.search.select import at_reference
 
     scorer = Scorer("goodput", reference_batch=32, b_noise=200.0)
     assert scorer.lead_needed(32) == 1.0
@@ -217,7 +218,8 @@ def test_a_pick_at_another_batch_must_beat_the_default_even_if_its_samples_cost_
 
 
 def test_the_pick_is_compared_with_the_default_as_the_race_compared_them():
-    from autotune.search.select import Candidate, Selection, adjust
+    from autotune.search.race import Candidate, adjust
+    from autotune.search.select import Selection
 
     # Rounds ran at 1.2x, 1x and 0.8x the machine's speed; the pick's run in the fast round
     # failed. By plain medians the pick reads 0.95x the default; with each round's speed

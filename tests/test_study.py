@@ -236,7 +236,7 @@ def test_selection_halves_after_its_first_round(tiny_task, tmp_path):
 
 def test_halving_ranks_on_the_first_round_and_the_trials_together():
     from autotune.config import TrainConfig
-    from autotune.search.select import Candidate, halve
+    from autotune.search.race import Candidate, halve
 
     def run(value, mean):
         return Candidate(None, TrainConfig(), {}, values=[value], rounds=[0], trial_mean=mean)
@@ -251,7 +251,7 @@ def test_halving_ranks_on_the_first_round_and_the_trials_together():
 
 def test_contenders_are_the_runs_within_the_margin_of_the_best_median():
     from autotune.config import TrainConfig
-    from autotune.search.select import Candidate, contenders
+    from autotune.search.race import Candidate, contenders
 
     def run(*values):
         return Candidate(None, TrainConfig(), {}, values=list(values))
@@ -267,7 +267,7 @@ def test_contenders_are_the_runs_within_the_margin_of_the_best_median():
 
 
 def test_levels_take_out_each_rounds_speed():
-    from autotune.search.select import levels
+    from autotune.search.race import levels
 
     speed = [1.0, 0.7, 0.7, 1.0, 1.0]  # the machine in rounds 1 and 2: 30% slow for everyone
     fast = {r: 105.0 * speed[r] for r in (0, 1, 2)}  # 5% faster, but not raced after round 2
@@ -373,7 +373,8 @@ def test_the_default_trial_with_its_thread_count_spelled_out_is_the_races_defaul
     from optuna.trial import create_trial
 
     from autotune.config import TrainConfig
-    from autotune.search.select import Candidate, default_run
+    from autotune.search.race import Candidate
+    from autotune.search.select import default_run
 
     batch = tiny_task.base.batch_size  # the default trains at the model file's batch
     plain = TrainConfig.from_base(tiny_task.base, micro_batch_size=batch)
